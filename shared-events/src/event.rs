@@ -1,0 +1,400 @@
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{AccountId, Currency, Money, parse_decimal};
+
+/// Schema version written with every event of this release.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// The kinds of account event, named as on the wire (`"AccountCredited"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    AccountCreated,
+    AccountActivated,
+    AccountCredited,
+    AccountDebited,
+    AccountSuspended,
+    AccountReactivated,
+    AccountClosed,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 7] = [
+        Self::AccountCreated,
+        Self::AccountActivated,
+        Self::AccountCredited,
+        Self::AccountDebited,
+        Self::AccountSuspended,
+        Self::AccountReactivated,
+        Self::AccountClosed,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::AccountCreated => "AccountCreated",
+            Self::AccountActivated => "AccountActivated",
+            Self::AccountCredited => "AccountCredited",
+            Self::AccountDebited => "AccountDebited",
+            Self::AccountSuspended => "AccountSuspended",
+            Self::AccountReactivated => "AccountReactivated",
+            Self::AccountClosed => "AccountClosed",
+        }
+    }
+
+    /// Routing key on the `bank.events` exchange: `account.<kind>`.
+    pub fn routing_key(&self) -> &'static str {
+        match self {
+            Self::AccountCreated => "account.created",
+            Self::AccountActivated => "account.activated",
+            Self::AccountCredited => "account.credited",
+            Self::AccountDebited => "account.debited",
+            Self::AccountSuspended => "account.suspended",
+            Self::AccountReactivated => "account.reactivated",
+            Self::AccountClosed => "account.closed",
+        }
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventType {
+    type Err = EventDecodeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == s)
+            .ok_or_else(|| EventDecodeError::UnknownType(s.chars().take(64).collect()))
+    }
+}
+
+/// A fact about one account. Amounts carry their currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountEvent {
+    Created { initial_balance: Money },
+    Activated,
+    Credited { amount: Money, balance: Money },
+    Debited { amount: Money, balance: Money },
+    Suspended { reason: Option<String> },
+    Reactivated,
+    Closed,
+}
+
+/// Why a stored or received event could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventDecodeError {
+    #[error("unknown event type {0:?}")]
+    UnknownType(String),
+    #[error("unsupported schema version {schema_version} of {event_type}")]
+    UnsupportedSchema {
+        event_type: EventType,
+        schema_version: i32,
+    },
+    #[error("invalid data for {event_type}: {reason}")]
+    InvalidData {
+        event_type: EventType,
+        reason: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreatedData {
+    initial_balance: String,
+    currency: Currency,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MovementData {
+    amount: String,
+    currency: Currency,
+    balance: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuspendedData {
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoData {}
+
+impl AccountEvent {
+    pub fn event_type(&self) -> EventType {
+        match self {
+            Self::Created { .. } => EventType::AccountCreated,
+            Self::Activated => EventType::AccountActivated,
+            Self::Credited { .. } => EventType::AccountCredited,
+            Self::Debited { .. } => EventType::AccountDebited,
+            Self::Suspended { .. } => EventType::AccountSuspended,
+            Self::Reactivated => EventType::AccountReactivated,
+            Self::Closed => EventType::AccountClosed,
+        }
+    }
+
+    /// The `data` object of the event as the contract shows it.
+    pub fn data(&self) -> Value {
+        match self {
+            Self::Created { initial_balance } => json!({
+                "initial_balance": initial_balance.render(),
+                "currency": initial_balance.currency(),
+            }),
+            Self::Credited { amount, balance } | Self::Debited { amount, balance } => json!({
+                "amount": amount.render(),
+                "currency": amount.currency(),
+                "balance": balance.render(),
+            }),
+            Self::Suspended { reason } => json!({ "reason": reason }),
+            Self::Activated | Self::Reactivated | Self::Closed => json!({}),
+        }
+    }
+
+    /// Reads an event back from its type, schema version and data, refusing anything
+    /// that could not have been written (unknown type, negative or mis-scaled amounts).
+    pub fn decode(
+        event_type: &str,
+        schema_version: i32,
+        data: &Value,
+    ) -> Result<Self, EventDecodeError> {
+        let event_type: EventType = event_type.parse()?;
+        if schema_version != SCHEMA_VERSION {
+            return Err(EventDecodeError::UnsupportedSchema {
+                event_type,
+                schema_version,
+            });
+        }
+        let invalid = |reason: String| EventDecodeError::InvalidData { event_type, reason };
+        let money = |text: &str, currency| {
+            parse_decimal(text)
+                .and_then(|amount| Money::new(amount, currency))
+                .map_err(|error| invalid(error.to_string()))
+        };
+        let parse = |data: &Value| -> Result<_, EventDecodeError> {
+            Ok(match event_type {
+                EventType::AccountCreated => {
+                    let d = CreatedData::deserialize(data).map_err(|e| invalid(e.to_string()))?;
+                    Self::Created {
+                        initial_balance: money(&d.initial_balance, d.currency)?,
+                    }
+                }
+                EventType::AccountCredited | EventType::AccountDebited => {
+                    let d = MovementData::deserialize(data).map_err(|e| invalid(e.to_string()))?;
+                    let amount = money(&d.amount, d.currency)?;
+                    if amount.is_zero() {
+                        return Err(invalid("amount must be greater than 0".into()));
+                    }
+                    let balance = money(&d.balance, d.currency)?;
+                    if event_type == EventType::AccountCredited {
+                        Self::Credited { amount, balance }
+                    } else {
+                        Self::Debited { amount, balance }
+                    }
+                }
+                EventType::AccountSuspended => {
+                    let d = SuspendedData::deserialize(data).map_err(|e| invalid(e.to_string()))?;
+                    Self::Suspended { reason: d.reason }
+                }
+                EventType::AccountActivated
+                | EventType::AccountReactivated
+                | EventType::AccountClosed => {
+                    NoData::deserialize(data).map_err(|e| invalid(e.to_string()))?;
+                    match event_type {
+                        EventType::AccountActivated => Self::Activated,
+                        EventType::AccountReactivated => Self::Reactivated,
+                        _ => Self::Closed,
+                    }
+                }
+            })
+        };
+        parse(data)
+    }
+}
+
+/// Tracing and de-duplication context carried with every event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventMetadata {
+    /// Id of the request (and of every message it caused) for log correlation.
+    pub correlation_id: Option<String>,
+    /// Id of the command that caused the event.
+    pub causation_id: Option<String>,
+    /// The client's `Idempotency-Key`, when it sent one.
+    pub idempotency_key: Option<String>,
+}
+
+/// An event as the event store keeps it and as the feeds and the broker carry it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventEnvelope {
+    #[schema(value_type = String, format = Uuid)]
+    pub event_id: Uuid,
+    pub account_id: AccountId,
+    /// 1-based, gap-free position of the event in its account's stream.
+    pub version: u64,
+    /// Global position in the event store, strictly increasing in feed order.
+    pub position: u64,
+    #[serde(rename = "type")]
+    #[schema(example = "AccountCredited")]
+    pub event_type: String,
+    pub schema_version: i32,
+    #[serde(
+        serialize_with = "serialize_micros",
+        deserialize_with = "deserialize_timestamp"
+    )]
+    #[schema(value_type = String, format = DateTime, example = "2026-11-22T10:00:00.123456Z")]
+    pub occurred_at: DateTime<Utc>,
+    #[schema(value_type = Object, example = json!({"amount": "50.00", "currency": "MAD", "balance": "150.00"}))]
+    pub data: Value,
+    pub metadata: EventMetadata,
+}
+
+impl EventEnvelope {
+    /// The typed event inside the envelope.
+    pub fn decode(&self) -> Result<AccountEvent, EventDecodeError> {
+        AccountEvent::decode(&self.event_type, self.schema_version, &self.data)
+    }
+}
+
+fn serialize_micros<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Micros, true))
+}
+
+fn deserialize_timestamp<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<DateTime<Utc>, D::Error> {
+    let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+    DateTime::parse_from_rfc3339(&text)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal::Decimal;
+
+    fn mad(cents: i64) -> Money {
+        Money::new(Decimal::new(cents, 2), Currency::parse("MAD").unwrap()).unwrap()
+    }
+
+    fn every_kind_of_event() -> Vec<AccountEvent> {
+        vec![
+            AccountEvent::Created {
+                initial_balance: mad(10_000),
+            },
+            AccountEvent::Activated,
+            AccountEvent::Credited {
+                amount: mad(5_000),
+                balance: mad(15_000),
+            },
+            AccountEvent::Debited {
+                amount: mad(3_000),
+                balance: mad(12_000),
+            },
+            AccountEvent::Suspended {
+                reason: Some("fraud check".into()),
+            },
+            AccountEvent::Suspended { reason: None },
+            AccountEvent::Reactivated,
+            AccountEvent::Closed,
+        ]
+    }
+
+    #[test]
+    fn every_event_decodes_from_its_own_data() {
+        for event in every_kind_of_event() {
+            let kind = event.event_type();
+            assert_eq!(
+                AccountEvent::decode(kind.as_str(), SCHEMA_VERSION, &event.data()),
+                Ok(event)
+            );
+        }
+    }
+
+    #[test]
+    fn data_has_the_contract_shape() {
+        let credited = AccountEvent::Credited {
+            amount: mad(5_000),
+            balance: mad(15_000),
+        };
+        assert_eq!(
+            credited.data(),
+            json!({"amount": "50.00", "currency": "MAD", "balance": "150.00"})
+        );
+        assert_eq!(
+            AccountEvent::Created {
+                initial_balance: mad(0)
+            }
+            .data(),
+            json!({"initial_balance": "0.00", "currency": "MAD"})
+        );
+    }
+
+    #[test]
+    fn impossible_events_are_refused() {
+        let cases = [
+            ("AccountTeleported", json!({})),
+            (
+                "AccountCredited",
+                json!({"amount": "-1.00", "currency": "MAD", "balance": "1.00"}),
+            ),
+            (
+                "AccountCredited",
+                json!({"amount": "0.00", "currency": "MAD", "balance": "1.00"}),
+            ),
+            (
+                "AccountDebited",
+                json!({"amount": "1.001", "currency": "MAD", "balance": "1.00"}),
+            ),
+            (
+                "AccountCreated",
+                json!({"initial_balance": 1.5, "currency": "MAD"}),
+            ),
+            (
+                "AccountCreated",
+                json!({"initial_balance": "1.00", "currency": "ZZZ"}),
+            ),
+            ("AccountActivated", json!({"surprise": true})),
+            ("AccountActivated", json!(null)),
+        ];
+        for (kind, data) in cases {
+            assert!(
+                AccountEvent::decode(kind, SCHEMA_VERSION, &data).is_err(),
+                "{kind} {data}"
+            );
+        }
+        assert!(AccountEvent::decode("AccountActivated", 2, &json!({})).is_err());
+    }
+
+    #[test]
+    fn envelope_serialises_occurred_at_with_microseconds() {
+        let envelope = EventEnvelope {
+            event_id: Uuid::nil(),
+            account_id: AccountId::from(Uuid::nil()),
+            version: 3,
+            position: 1042,
+            event_type: "AccountActivated".into(),
+            schema_version: SCHEMA_VERSION,
+            occurred_at: DateTime::parse_from_rfc3339("2026-11-22T10:00:00.123456Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            data: json!({}),
+            metadata: EventMetadata::default(),
+        };
+        let json = serde_json::to_value(&envelope).unwrap();
+        assert_eq!(json["occurred_at"], "2026-11-22T10:00:00.123456Z");
+        assert_eq!(json["type"], "AccountActivated");
+        let back: EventEnvelope = serde_json::from_value(json).unwrap();
+        assert_eq!(back, envelope);
+    }
+}
