@@ -1,1 +1,17 @@
+//! Postgres event store.
+//!
+//! - [`EventStore::append`]: optimistic concurrency on a stream's version, events, their
+//!   outbox entries, the latest snapshot and an idempotency record in one transaction;
+//! - [`EventStore::load`]: the latest snapshot plus the events after it;
+//! - [`EventStore::read_all`]: the global feed, gap-free in position order;
+//! - [`OutboxLeader`]: the single active consumer of the outbox.
 
+mod error;
+mod outbox;
+mod store;
+
+pub use error::StoreError;
+pub use outbox::OutboxLeader;
+pub use store::{
+    Append, EventStore, LoadedStream, NewEvent, RecordedEvent, Snapshot, StoredResponse,
+};

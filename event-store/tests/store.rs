@@ -1,0 +1,275 @@
+//! The event store against the real Postgres of this machine, one fresh database per test.
+
+use std::collections::BTreeSet;
+
+use chrono::{SubsecRound, Utc};
+use event_store::{Append, EventStore, NewEvent, StoreError, StoredResponse};
+use serde_json::json;
+use uuid::Uuid;
+
+async fn fresh_store() -> EventStore {
+    let server = std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+    let url = format!("{server}/es_test_{}", Uuid::new_v4().simple());
+    EventStore::connect(&url, 20).await.unwrap_or_else(|error| {
+        panic!(
+            "cannot reach Postgres at {server} ({error:?}). Start it with \
+             `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
+             or point TEST_POSTGRES_URL at a server."
+        )
+    })
+}
+
+fn event(kind: &str) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: kind.to_owned(),
+        schema_version: 1,
+        data: json!({"n": kind}),
+        metadata: json!({"correlation_id": "test"}),
+        occurred_at: Utc::now().trunc_subsecs(6),
+    }
+}
+
+fn append<'a>(stream_id: Uuid, expected_version: i64, events: &'a [NewEvent]) -> Append<'a> {
+    Append {
+        stream_id,
+        expected_version,
+        events,
+        snapshot: None,
+        response: None,
+    }
+}
+
+#[tokio::test]
+async fn appended_events_are_loaded_back_in_version_order() {
+    let store = fresh_store().await;
+    let stream = Uuid::now_v7();
+    let first = [event("A"), event("B")];
+    let positions = store.append(append(stream, 0, &first)).await.unwrap();
+    assert_eq!(positions.len(), 2);
+    assert!(positions[0] < positions[1]);
+    store
+        .append(append(stream, 2, &[event("C")]))
+        .await
+        .unwrap();
+
+    let loaded = store.load(stream).await.unwrap().unwrap();
+    assert_eq!(loaded.version, 3);
+    let kinds: Vec<_> = loaded
+        .events
+        .iter()
+        .map(|e| e.event_type.as_str())
+        .collect();
+    assert_eq!(kinds, ["A", "B", "C"]);
+    assert_eq!(loaded.events[0].occurred_at, first[0].occurred_at);
+    assert_eq!(loaded.events[2].version, 3);
+
+    let tail = store.read_stream(stream, 2).await.unwrap().unwrap();
+    assert_eq!(tail.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
+    assert!(
+        store
+            .read_stream(Uuid::now_v7(), 1)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.load(Uuid::now_v7()).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn an_append_at_a_stale_version_is_a_typed_conflict_and_writes_nothing() {
+    let store = fresh_store().await;
+    let stream = Uuid::now_v7();
+    store
+        .append(append(stream, 0, &[event("A")]))
+        .await
+        .unwrap();
+
+    for expected in [0, 2] {
+        let error = store
+            .append(append(stream, expected, &[event("X")]))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Conflict { .. }), "{error:?}");
+    }
+    let loaded = store.load(stream).await.unwrap().unwrap();
+    assert_eq!(loaded.version, 1);
+    assert_eq!(store.read_all(0, 100).await.unwrap().len(), 1);
+    assert_eq!(store.outbox_backlog().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn racing_appends_at_the_same_version_let_exactly_one_win() {
+    let store = fresh_store().await;
+    let stream = Uuid::now_v7();
+    store
+        .append(append(stream, 0, &[event("A")]))
+        .await
+        .unwrap();
+
+    let attempts = (0..20).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let events = [event("B")];
+            store.append(append(stream, 1, &events)).await
+        })
+    });
+    let results = futures::future::join_all(attempts).await;
+    let wins = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    let conflicts = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Err(StoreError::Conflict { .. }))))
+        .count();
+    assert_eq!((wins, conflicts), (1, 19));
+    assert_eq!(store.load(stream).await.unwrap().unwrap().version, 2);
+}
+
+#[tokio::test]
+async fn the_snapshot_replaces_the_events_before_it_when_loading() {
+    let store = fresh_store().await;
+    let stream = Uuid::now_v7();
+    let state = json!({"balance": "10.00"});
+    store
+        .append(Append {
+            snapshot: Some((&state, 1)),
+            ..append(stream, 0, &[event("A"), event("B")])
+        })
+        .await
+        .unwrap();
+    store
+        .append(append(stream, 2, &[event("C")]))
+        .await
+        .unwrap();
+
+    let loaded = store.load(stream).await.unwrap().unwrap();
+    let snapshot = loaded.snapshot.unwrap();
+    assert_eq!((snapshot.version, snapshot.schema_version), (2, 1));
+    assert_eq!(snapshot.state, state);
+    assert_eq!(
+        loaded.events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [3]
+    );
+}
+
+#[tokio::test]
+async fn the_global_feed_never_skips_an_event_under_concurrent_writers() {
+    let store = fresh_store().await;
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let stream = Uuid::now_v7();
+                for version in 0..40 {
+                    let events = [event("E"), event("E")];
+                    store
+                        .append(append(stream, version * 2, &events))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+
+    let reader = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut after = 0;
+            loop {
+                let batch = store.read_all(after, 7).await.unwrap();
+                for event in &batch {
+                    assert!(event.position > after, "feed went backwards");
+                    after = event.position;
+                    seen.push(event.event_id);
+                }
+                if batch.is_empty() && seen.len() == 8 * 40 * 2 {
+                    return seen;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(60), reader)
+        .await
+        .expect("the reader missed events")
+        .unwrap();
+    let all: BTreeSet<_> = store
+        .read_all(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(seen.into_iter().collect::<BTreeSet<_>>(), all);
+}
+
+#[tokio::test]
+async fn only_one_relay_leads_the_outbox_and_acknowledged_events_leave_it() {
+    let store = fresh_store().await;
+    let stream = Uuid::now_v7();
+    store
+        .append(append(stream, 0, &[event("A"), event("B")]))
+        .await
+        .unwrap();
+
+    let mut leader = store
+        .try_lead_outbox()
+        .await
+        .unwrap()
+        .expect("first relay leads");
+    assert!(store.try_lead_outbox().await.unwrap().is_none());
+
+    let pending = leader.pending(10).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    leader.acknowledge(&[pending[0].position]).await.unwrap();
+    assert_eq!(leader.pending(10).await.unwrap().len(), 1);
+
+    leader.resign().await.unwrap();
+    assert!(store.try_lead_outbox().await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_taken_once_and_its_response_kept() {
+    let store = fresh_store().await;
+    let response = StoredResponse {
+        key: "key-1".into(),
+        fingerprint: vec![1, 2, 3],
+        status: 201,
+        body: json!({"id": "x"}),
+    };
+    store
+        .append(Append {
+            response: Some(&response),
+            ..append(Uuid::now_v7(), 0, &[event("A")])
+        })
+        .await
+        .unwrap();
+    let again = store
+        .append(Append {
+            response: Some(&response),
+            ..append(Uuid::now_v7(), 0, &[event("A")])
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, StoreError::IdempotencyKeyTaken(_)),
+        "{again:?}"
+    );
+    assert_eq!(
+        store.stored_response("key-1").await.unwrap(),
+        Some(response.clone())
+    );
+    assert!(!store.store_response(&response).await.unwrap());
+    assert_eq!(
+        store.read_all(0, 10).await.unwrap().len(),
+        1,
+        "the losing append wrote nothing"
+    );
+}
