@@ -1,1 +1,11 @@
-fn main() {}
+use anyhow::Context;
+use command_service::{Application, Settings};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings: Settings = service_kit::settings::load().context("invalid configuration")?;
+    service_kit::telemetry::init(settings.json_logs());
+    let shutdown = service_kit::shutdown::on_signal();
+    let app = Application::build(settings).await?;
+    app.run_until_stopped(shutdown).await
+}

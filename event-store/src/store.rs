@@ -72,6 +72,14 @@ pub struct Append<'a> {
     pub response: Option<&'a StoredResponse>,
 }
 
+#[derive(sqlx::FromRow)]
+struct StreamHead {
+    version: i64,
+    snapshot_version: Option<i64>,
+    snapshot_schema: Option<i32>,
+    snapshot: Option<Value>,
+}
+
 /// Handle on the Postgres event store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EventStore {
@@ -90,13 +98,12 @@ macro_rules! select_events {
 impl EventStore {
     /// Connects, creating the database if it is missing, and applies the migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        if !Postgres::database_exists(url).await? {
-            if let Err(error) = Postgres::create_database(url).await {
-                // A concurrent start-up may have created it in between.
-                if !Postgres::database_exists(url).await? {
-                    return Err(error.into());
-                }
-            }
+        if !Postgres::database_exists(url).await?
+            && let Err(error) = Postgres::create_database(url).await
+            // A concurrent start-up may have created it in between.
+            && !Postgres::database_exists(url).await?
+        {
+            return Err(error.into());
         }
         let options: PgConnectOptions = url.parse()?;
         let pool = PgPoolOptions::new()
@@ -166,16 +173,17 @@ impl EventStore {
 
     /// The latest snapshot of a stream and the events after it; `None` for an unknown stream.
     pub async fn load(&self, stream_id: Uuid) -> Result<Option<LoadedStream>, StoreError> {
-        let head: Option<(i64, Option<i64>, Option<i32>, Option<Value>)> = sqlx::query_as(
+        let head: Option<StreamHead> = sqlx::query_as(
             "SELECT version, snapshot_version, snapshot_schema, snapshot FROM streams WHERE stream_id = $1",
         )
         .bind(stream_id)
         .fetch_optional(&self.pool)
         .await?;
-        let Some((version, snapshot_version, snapshot_schema, state)) = head else {
+        let Some(head) = head else {
             return Ok(None);
         };
-        let snapshot = match (snapshot_version, snapshot_schema, state) {
+        let version = head.version;
+        let snapshot = match (head.snapshot_version, head.snapshot_schema, head.snapshot) {
             (Some(version), Some(schema_version), Some(state)) => Some(Snapshot {
                 version,
                 schema_version,

@@ -1,1 +1,14 @@
+//! What every service of the platform shares: typed settings, telemetry, RFC 9457
+//! problem documents, request extractors that answer with them, the HTTP middleware
+//! stack, operational endpoints, shutdown and AMQP connections.
 
+pub mod amqp;
+pub mod extract;
+pub mod http;
+pub mod ops;
+pub mod problem;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use problem::{ErrorCode, Problem};

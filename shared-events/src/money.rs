@@ -6,7 +6,7 @@ use crate::Currency;
 /// Largest amount a single command may move, in major units (10^12).
 pub const MAX_COMMAND_AMOUNT: Decimal = Decimal::from_parts(0xD4A5_1000, 0xE8, 0, false, 0);
 /// Largest balance an account may hold, in major units (10^15).
-pub const MAX_BALANCE: Decimal = Decimal::from_parts(0xA4C6_8000, 0x038D_7E, 0, false, 0);
+pub const MAX_BALANCE: Decimal = Decimal::from_parts(0xA4C6_8000, 0x0003_8D7E, 0, false, 0);
 
 /// Why an amount was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,5 @@
+//! The account aggregate as plain data and pure functions: no I/O, no clock.
+
+mod account;
+
+pub use account::{Account, AccountCommand, DomainError, decide, evolve};

@@ -1,0 +1,78 @@
+//! The event feeds: one account's stream, and the global feed in position order.
+
+use axum::Json;
+use axum::extract::State;
+use service_kit::Problem;
+use service_kit::extract::{PathId, QueryParams};
+
+use super::AppState;
+use super::dto::{AccountEventsQuery, AccountEventsResponse, FeedQuery, FeedResponse};
+use crate::envelope::to_envelope;
+
+const DEFAULT_FEED_LIMIT: u32 = 500;
+const MAX_FEED_LIMIT: u32 = 1000;
+
+/// The events of one account in version order.
+#[utoipa::path(
+    get, path = "/accounts/{id}/events", tag = "feeds",
+    params(("id" = String, Path, format = Uuid), AccountEventsQuery),
+    responses(
+        (status = 200, body = AccountEventsResponse),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn account_events(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    QueryParams(query): QueryParams<AccountEventsQuery>,
+) -> Result<Json<AccountEventsResponse>, Problem> {
+    let from_version = i64::try_from(query.from_version.unwrap_or(1).max(1))
+        .map_err(|_| Problem::invalid("from_version is too large"))?;
+    let events = state
+        .store
+        .read_stream(id, from_version)
+        .await
+        .map_err(|error| Problem::internal(&error))?
+        .ok_or_else(|| Problem::not_found(format!("account {id} does not exist")))?;
+    Ok(Json(AccountEventsResponse {
+        events: events.iter().map(to_envelope).collect(),
+    }))
+}
+
+/// Every event in global position order; no event committed later ever appears
+/// below a position already returned.
+#[utoipa::path(
+    get, path = "/events", tag = "feeds",
+    params(FeedQuery),
+    responses(
+        (status = 200, body = FeedResponse),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn all_events(
+    State(state): State<AppState>,
+    QueryParams(query): QueryParams<FeedQuery>,
+) -> Result<Json<FeedResponse>, Problem> {
+    let limit = query.limit.unwrap_or(DEFAULT_FEED_LIMIT);
+    if !(1..=MAX_FEED_LIMIT).contains(&limit) {
+        return Err(Problem::invalid(format!(
+            "limit must be between 1 and {MAX_FEED_LIMIT}"
+        )));
+    }
+    let after = query.after.unwrap_or(0);
+    let after_position =
+        i64::try_from(after).map_err(|_| Problem::invalid("after is too large"))?;
+    let events = state
+        .store
+        .read_all(after_position, i64::from(limit))
+        .await
+        .map_err(|error| Problem::internal(&error))?;
+    let next_after = events
+        .last()
+        .map_or(after, |e| u64::try_from(e.position).unwrap_or(after));
+    Ok(Json(FeedResponse {
+        events: events.iter().map(to_envelope).collect(),
+        next_after,
+    }))
+}

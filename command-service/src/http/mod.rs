@@ -1,0 +1,95 @@
+//! REST surface of the command service (see `shared/api-contract.md`).
+
+mod commands;
+mod dto;
+mod feeds;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use event_store::EventStore;
+use service_kit::ops::{Dependency, ReadinessProbe};
+use utoipa::OpenApi;
+
+use crate::application::CommandHandler;
+use crate::relay::BrokerStatus;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub handler: CommandHandler,
+    pub store: EventStore,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Bank command service",
+        description = "Commands on event-sourced bank accounts, and the event feeds."
+    ),
+    paths(
+        commands::create_account,
+        commands::activate,
+        commands::credit,
+        commands::debit,
+        commands::suspend,
+        commands::reactivate,
+        commands::close,
+        feeds::account_events,
+        feeds::all_events,
+    ),
+    components(schemas(service_kit::Problem, shared_events::EventEnvelope))
+)]
+struct ApiDoc;
+
+/// The whole HTTP application: contract routes, operational routes, common layers.
+pub fn router(state: AppState, broker: BrokerStatus) -> Router {
+    let api = Router::new()
+        .route("/accounts", post(commands::create_account))
+        .route("/accounts/{id}/activate", post(commands::activate))
+        .route("/accounts/{id}/credit", post(commands::credit))
+        .route("/accounts/{id}/debit", post(commands::debit))
+        .route("/accounts/{id}/suspend", post(commands::suspend))
+        .route("/accounts/{id}/reactivate", post(commands::reactivate))
+        .route("/accounts/{id}/close", post(commands::close))
+        .route("/accounts/{id}/events", get(feeds::account_events))
+        .route("/events", get(feeds::all_events))
+        .with_state(state.clone());
+    let probe = Arc::new(Readiness {
+        store: state.store,
+        broker,
+    });
+    service_kit::http::with_common_layers(
+        api.merge(service_kit::ops::routes(probe, ApiDoc::openapi())),
+    )
+}
+
+struct Readiness {
+    store: EventStore,
+    broker: BrokerStatus,
+}
+
+impl ReadinessProbe for Readiness {
+    fn check(&self) -> std::pin::Pin<Box<dyn Future<Output = Vec<Dependency>> + Send + '_>> {
+        Box::pin(async move {
+            let database = if self.store.ping().await {
+                "up"
+            } else {
+                "down"
+            };
+            vec![
+                Dependency {
+                    name: "database",
+                    state: database,
+                    required: true,
+                },
+                Dependency {
+                    name: "broker",
+                    state: self.broker.describe(),
+                    required: false,
+                },
+            ]
+        })
+    }
+}

@@ -1,0 +1,223 @@
+//! The outbox relay: publishes committed events to RabbitMQ with publisher confirms,
+//! in position order (so in version order per account), and only then removes them
+//! from the outbox. One relay leads across all replicas; the others stand by.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use event_store::{EventStore, OutboxLeader, RecordedEvent, StoreError};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection};
+use shared_events::EventType;
+use tokio_util::sync::CancellationToken;
+
+use crate::envelope::to_envelope;
+
+/// How often a standby relay tries to take the lead, and the longest wait for a
+/// wake-up before the outbox is looked at anyway.
+const STANDBY_RETRY: Duration = Duration::from_secs(2);
+const IDLE_POLL: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The relay's view of the broker, for `/health/ready`.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerStatus(Arc<AtomicU8>);
+
+impl BrokerStatus {
+    const STANDBY: u8 = 0;
+    const UP: u8 = 1;
+    const DOWN: u8 = 2;
+
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Relaxed);
+    }
+
+    pub fn describe(&self) -> &'static str {
+        match self.0.load(Ordering::Relaxed) {
+            Self::UP => "up",
+            Self::DOWN => "down",
+            _ => "standby",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PublishError {
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker refused (nacked) event at position {0}")]
+    Nacked(i64),
+}
+
+/// Publishes the outbox to the events exchange.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    pub store: EventStore,
+    pub amqp_url: String,
+    pub exchange: String,
+    pub batch_size: i64,
+    pub status: BrokerStatus,
+}
+
+struct Publisher {
+    connection: Connection,
+    channel: Channel,
+}
+
+impl Relay {
+    /// Runs until `shutdown`: waits for the lead, then publishes.
+    pub async fn run(self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match self.store.try_lead_outbox().await {
+                Ok(Some(leader)) => {
+                    tracing::info!("outbox relay is leading");
+                    if let Err(error) = self.lead(leader, &shutdown).await {
+                        tracing::warn!(error = %error, "outbox relay lost its database connection; re-electing");
+                    }
+                    self.status.set(BrokerStatus::STANDBY);
+                }
+                Ok(None) => self.status.set(BrokerStatus::STANDBY),
+                Err(error) => {
+                    tracing::warn!(error = %error, "outbox relay cannot reach the database")
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(STANDBY_RETRY) => {}
+            }
+        }
+    }
+
+    async fn lead(
+        &self,
+        mut leader: OutboxLeader,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let mut listener = self.store.listen_appends().await?;
+        let mut publisher: Option<Publisher> = None;
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            let batch = leader.pending(self.batch_size).await?;
+            metrics::gauge!("outbox_pending_batch").set(batch.len() as f64);
+            if batch.is_empty() {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = listener.recv() => {}
+                    () = tokio::time::sleep(IDLE_POLL) => {}
+                }
+                continue;
+            }
+            let outcome = match publisher.take().filter(Publisher::is_connected) {
+                Some(connected) => Ok(connected),
+                None => self.connect().await,
+            };
+            let outcome = match outcome {
+                Ok(connected) => {
+                    let published = connected.publish(&self.exchange, &batch).await;
+                    publisher = Some(connected);
+                    published
+                }
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(()) => {
+                    let positions: Vec<i64> = batch.iter().map(|e| e.position).collect();
+                    leader.acknowledge(&positions).await?;
+                    metrics::counter!("outbox_published_total").increment(positions.len() as u64);
+                    self.status.set(BrokerStatus::UP);
+                    backoff = Duration::from_millis(100);
+                }
+                Err(error) => {
+                    self.status.set(BrokerStatus::DOWN);
+                    tracing::warn!(error = %error, retry_in = ?backoff, "publishing failed; events stay in the outbox");
+                    if let Some(failed) = publisher.take() {
+                        failed.close().await;
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        if let Some(publisher) = publisher {
+            publisher.close().await;
+        }
+        leader.resign().await
+    }
+
+    async fn connect(&self) -> Result<Publisher, PublishError> {
+        let connection =
+            service_kit::amqp::connect(&self.amqp_url, "command-service relay").await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        service_kit::amqp::declare_events_exchange(&channel, &self.exchange).await?;
+        tracing::info!("outbox relay connected to the broker");
+        Ok(Publisher {
+            connection,
+            channel,
+        })
+    }
+}
+
+impl Publisher {
+    fn is_connected(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+
+    /// Publishes a window of events, then waits for the broker to confirm every one.
+    async fn publish(&self, exchange: &str, events: &[RecordedEvent]) -> Result<(), PublishError> {
+        let mut confirms = Vec::with_capacity(events.len());
+        for event in events {
+            let envelope = to_envelope(event);
+            let body = serde_json::to_vec(&envelope).unwrap_or_default();
+            let routing_key = event
+                .event_type
+                .parse::<EventType>()
+                .map_or("account.unknown", |kind| kind.routing_key());
+            let mut headers = FieldTable::default();
+            if let Some(correlation_id) = &envelope.metadata.correlation_id {
+                headers.insert(
+                    ShortString::from("correlation_id"),
+                    AMQPValue::LongString(LongString::from(correlation_id.as_str())),
+                );
+            }
+            let properties = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_message_id(event.event_id.to_string().into())
+                .with_type(event.event_type.as_str().into())
+                .with_timestamp(u64::try_from(event.occurred_at.timestamp()).unwrap_or_default())
+                .with_headers(headers);
+            let confirm = self
+                .channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await?;
+            confirms.push((event.position, confirm));
+        }
+        for (position, confirm) in confirms {
+            if !confirm.await?.is_ack() {
+                return Err(PublishError::Nacked(position));
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(self) {
+        let _ = self
+            .connection
+            .close(200, "relay reconnecting".into())
+            .await;
+    }
+}

@@ -1,0 +1,47 @@
+//! Typed settings of the command service; each field is set by the environment
+//! variable of the same name in upper case (`DATABASE_URL`, `HTTP_PORT`, ...).
+
+use serde::Deserialize;
+use service_kit::settings::SecretUrl;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Postgres event store; the database is created if missing.
+    pub database_url: SecretUrl,
+    pub database_max_connections: u32,
+    pub amqp_url: SecretUrl,
+    /// Topic exchange the events are published to.
+    pub amqp_exchange: String,
+    pub http_host: String,
+    /// 0 picks a free port.
+    pub http_port: u16,
+    /// `json` for JSON log lines, anything else for human-readable ones.
+    pub log_format: String,
+    /// Events published per broker round (confirms awaited per window).
+    pub relay_batch_size: i64,
+    /// How long responses to idempotent requests are kept.
+    pub idempotency_retention_hours: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: SecretUrl::new("postgres://postgres@127.0.0.1:5432/bank_events"),
+            database_max_connections: 16,
+            amqp_url: SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            amqp_exchange: "bank.events".to_owned(),
+            http_host: "0.0.0.0".to_owned(),
+            http_port: 8081,
+            log_format: "pretty".to_owned(),
+            relay_batch_size: 500,
+            idempotency_retention_hours: 48,
+        }
+    }
+}
+
+impl Settings {
+    pub fn json_logs(&self) -> bool {
+        self.log_format.eq_ignore_ascii_case("json")
+    }
+}

@@ -1,0 +1,116 @@
+//! Builds the application from settings and runs it until shutdown.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use event_store::EventStore;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::application::CommandHandler;
+use crate::http::{AppState, router};
+use crate::relay::{BrokerStatus, Relay};
+use crate::settings::Settings;
+
+/// A built, not yet running, command service.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    relay: Relay,
+    store: EventStore,
+    idempotency_retention: Duration,
+}
+
+impl Application {
+    /// Connects to (and migrates) the event store and binds the HTTP port.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let store = EventStore::connect(
+            settings.database_url.expose(),
+            settings.database_max_connections,
+        )
+        .await
+        .with_context(|| format!("cannot open the event store at {:?}", settings.database_url))?;
+        let broker = BrokerStatus::default();
+        let relay = Relay {
+            store: store.clone(),
+            amqp_url: settings.amqp_url.expose().to_owned(),
+            exchange: settings.amqp_exchange.clone(),
+            batch_size: settings.relay_batch_size.clamp(1, 10_000),
+            status: broker.clone(),
+        };
+        let state = AppState {
+            handler: CommandHandler::new(store.clone()),
+            store: store.clone(),
+        };
+        let address = (settings.http_host.as_str(), settings.http_port);
+        let listener = TcpListener::bind(address).await.with_context(|| {
+            format!(
+                "cannot listen on {}:{}",
+                settings.http_host, settings.http_port
+            )
+        })?;
+        Ok(Self {
+            listener,
+            router: router(state, broker),
+            relay,
+            store,
+            idempotency_retention: Duration::from_secs(
+                settings.idempotency_retention_hours.max(24) * 3600,
+            ),
+        })
+    }
+
+    /// The bound HTTP port (useful when configured as 0).
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// Serves until `shutdown`, then drains requests and stops the relay.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(port = self.port(), "command service listening");
+        let relay = tokio::spawn(self.relay.run(shutdown.clone()));
+        let purge = tokio::spawn(purge_idempotency_keys(
+            self.store.clone(),
+            self.idempotency_retention,
+            shutdown.clone(),
+        ));
+        service_kit::http::serve(self.listener, self.router, shutdown.clone())
+            .await
+            .context("HTTP server failed")?;
+        shutdown.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "outbox relay did not stop in time; unpublished events stay in the outbox"
+            );
+        }
+        purge.abort();
+        tracing::info!("command service stopped");
+        Ok(())
+    }
+}
+
+async fn purge_idempotency_keys(
+    store: EventStore,
+    retention: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match store.purge_responses(retention).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "forgot expired idempotency keys"),
+            Err(error) => tracing::warn!(error = %error, "cannot purge idempotency keys"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}

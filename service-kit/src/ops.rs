@@ -1,0 +1,92 @@
+//! Operational endpoints: `/health/live`, `/health/ready`, `/metrics`,
+//! `/openapi.json` and `/docs` (Swagger UI, assets vendored in the binary).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use utoipa_swagger_ui::SwaggerUi;
+
+/// Reports each dependency as up or down; the service is ready when the
+/// dependencies marked required are up.
+pub trait ReadinessProbe: Send + Sync + 'static {
+    fn check(&self) -> Pin<Box<dyn Future<Output = Vec<Dependency>> + Send + '_>>;
+}
+
+/// One dependency's state in the readiness report.
+#[derive(Debug, Clone)]
+pub struct Dependency {
+    pub name: &'static str,
+    /// `"up"`, `"down"`, or another word for a state that is neither (`"standby"`).
+    pub state: &'static str,
+    /// Whether the service is unready unless this dependency is up.
+    pub required: bool,
+}
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once) and returns its handle.
+pub fn metrics_handle() -> PrometheusHandle {
+    PROMETHEUS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first, in which case
+            // this handle just renders nothing.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Routes for health, metrics and API documentation.
+pub fn routes(probe: Arc<dyn ReadinessProbe>, openapi: utoipa::openapi::OpenApi) -> Router {
+    let metrics = metrics_handle();
+    Router::new()
+        .route(
+            "/health/live",
+            get(|| async { axum::Json(serde_json::json!({"status": "up"})) }),
+        )
+        .route(
+            "/health/ready",
+            get(move || {
+                let probe = Arc::clone(&probe);
+                async move {
+                    let dependencies = probe.check().await;
+                    let ready = dependencies.iter().all(|d| d.state == "up" || !d.required);
+                    let report: BTreeMap<_, _> =
+                        dependencies.iter().map(|d| (d.name, d.state)).collect();
+                    let status = if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (status, axum::Json(report))
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    metrics.run_upkeep();
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        metrics.render(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+}

@@ -1,0 +1,146 @@
+//! RFC 9457 problem documents with the contract's stable error codes.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+/// The contract's stable error codes; clients branch on these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidRequest,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    NotFound,
+    MethodNotAllowed,
+    AccountExists,
+    InvalidState,
+    ConcurrencyConflict,
+    InsufficientFunds,
+    CurrencyMismatch,
+    BalanceLimitExceeded,
+    IdempotencyKeyReused,
+    NotYetProjected,
+    ServiceUnavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::AccountExists => "account_exists",
+            Self::InvalidState => "invalid_state",
+            Self::ConcurrencyConflict => "concurrency_conflict",
+            Self::InsufficientFunds => "insufficient_funds",
+            Self::CurrencyMismatch => "currency_mismatch",
+            Self::BalanceLimitExceeded => "balance_limit_exceeded",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::NotYetProjected => "not_yet_projected",
+            Self::ServiceUnavailable => "service_unavailable",
+            Self::Internal => "internal_error",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::AccountExists | Self::InvalidState | Self::ConcurrencyConflict => {
+                StatusCode::CONFLICT
+            }
+            Self::InsufficientFunds
+            | Self::CurrencyMismatch
+            | Self::BalanceLimitExceeded
+            | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotYetProjected => StatusCode::GATEWAY_TIMEOUT,
+            Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "The request is invalid",
+            Self::UnsupportedMediaType => "The body must be application/json",
+            Self::PayloadTooLarge => "The body is larger than 64 KiB",
+            Self::NotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::AccountExists => "The account already exists",
+            Self::InvalidState => "The account's status forbids this command",
+            Self::ConcurrencyConflict => "Too many concurrent writes to this account",
+            Self::InsufficientFunds => "Insufficient funds",
+            Self::CurrencyMismatch => "Currency does not match the account's",
+            Self::BalanceLimitExceeded => "The balance would exceed its limit",
+            Self::IdempotencyKeyReused => "Idempotency key reused with a different request",
+            Self::NotYetProjected => "Not yet projected",
+            Self::ServiceUnavailable => "Service unavailable",
+            Self::Internal => "Internal error",
+        }
+    }
+}
+
+/// An RFC 9457 problem document, served as `application/problem+json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    #[schema(example = "urn:problem-type:bank:insufficient_funds")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable machine-readable code: clients branch on it, never on text.
+    #[schema(example = "insufficient_funds")]
+    pub code: String,
+}
+
+impl Problem {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self {
+            problem_type: format!("urn:problem-type:bank:{}", code.as_str()),
+            title: code.title().to_owned(),
+            status: code.status().as_u16(),
+            detail: detail.into(),
+            code: code.as_str().to_owned(),
+        }
+    }
+
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, detail)
+    }
+
+    /// A 500 whose cause is logged here, once, and never sent to the client.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "request failed");
+        Self::new(
+            ErrorCode::Internal,
+            "the service failed; the error was logged",
+        )
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        let mut response = (status, axum::Json(self)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
