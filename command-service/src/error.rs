@@ -17,6 +17,8 @@ pub enum CommandError {
     CorruptStream(uuid::Uuid, String),
     #[error(transparent)]
     Store(#[from] event_store::StoreError),
+    #[error("the event store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl CommandError {
@@ -41,9 +43,14 @@ impl CommandError {
             },
             Self::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             Self::Conflict => ErrorCode::ConcurrencyConflict,
+            Self::Unavailable(_) => ErrorCode::ServiceUnavailable,
             Self::CorruptStream(..) | Self::Store(_) => return Problem::internal(self),
         };
-        Problem::new(code, self.to_string())
+        let detail = match self {
+            Self::Unavailable(_) => "the event store is unavailable; retry later".to_owned(),
+            _ => self.to_string(),
+        };
+        Problem::new(code, detail)
     }
 }
 

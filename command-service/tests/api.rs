@@ -508,6 +508,25 @@ async fn a_repeated_idempotent_request_returns_the_first_response_and_changes_no
         "a refusal is the first response too"
     );
 
+    let other = app.active_account("100.00", "MAD").await;
+    let shared = [("idempotency-key", "shared-by-two-accounts")];
+    let racing = futures::future::join_all([
+        app.post_with(&path, json!({"amount": "1.00"}), &shared),
+        app.post_with(
+            &format!("/accounts/{other}/debit"),
+            json!({"amount": "1.00"}),
+            &shared,
+        ),
+    ])
+    .await;
+    let mut statuses: Vec<u16> = racing.iter().map(|(status, _)| *status).collect();
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 422],
+        "one key, two requests: one wins, the other is refused"
+    );
+
     let create = json!({"initial_balance": "1", "currency": "EUR"});
     let created = [("idempotency-key", "open-1")];
     let first = app.post_with("/accounts", create.clone(), &created).await;

@@ -14,4 +14,5 @@ pub use error::StoreError;
 pub use outbox::OutboxLeader;
 pub use store::{
     Append, EventStore, LoadedStream, NewEvent, RecordedEvent, Snapshot, StoredResponse,
+    StreamAppend,
 };

@@ -1,3 +1,4 @@
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -74,10 +75,40 @@ pub struct Append<'a> {
 
 #[derive(sqlx::FromRow)]
 struct StreamHead {
+    stream_id: Uuid,
     version: i64,
     snapshot_version: Option<i64>,
     snapshot_schema: Option<i32>,
     snapshot: Option<Value>,
+}
+
+impl StreamHead {
+    fn into_loaded(self) -> LoadedStream {
+        let snapshot = match (self.snapshot_version, self.snapshot_schema, self.snapshot) {
+            (Some(version), Some(schema_version), Some(state)) => Some(Snapshot {
+                version,
+                schema_version,
+                state,
+            }),
+            _ => None,
+        };
+        LoadedStream {
+            version: self.version,
+            snapshot,
+            events: Vec::new(),
+        }
+    }
+}
+
+/// One stream's part of a batch append: its events, the snapshot after them, and
+/// the responses to remember under idempotency keys.
+#[derive(Debug, Clone)]
+pub struct StreamAppend {
+    pub stream_id: Uuid,
+    pub expected_version: i64,
+    pub events: Vec<NewEvent>,
+    pub snapshot: Value,
+    pub responses: Vec<StoredResponse>,
 }
 
 /// Handle on the Postgres event store. Cheap to clone.
@@ -174,10 +205,112 @@ impl EventStore {
         Ok(positions)
     }
 
+    /// Appends to many streams in one transaction. A stream whose version moved is
+    /// skipped, not an error: the accepted streams are returned. A taken idempotency
+    /// key fails the whole batch with [`StoreError::IdempotencyKeyTaken`].
+    pub async fn append_batch(
+        &self,
+        appends: &[StreamAppend],
+        snapshot_schema: i32,
+    ) -> Result<HashSet<Uuid>, StoreError> {
+        // Same lock order in every batch: no deadlock between concurrent batches.
+        let mut ordered: Vec<&StreamAppend> =
+            appends.iter().filter(|a| !a.events.is_empty()).collect();
+        ordered.sort_by_key(|a| a.stream_id);
+        let events = || {
+            ordered
+                .iter()
+                .flat_map(|a| a.events.iter().map(move |e| (a, e)))
+        };
+        let responses = || {
+            ordered
+                .iter()
+                .flat_map(|a| a.responses.iter().map(move |r| (a, r)))
+        };
+        let version_of = |a: &StreamAppend, index: usize| {
+            a.expected_version + 1 + i64::try_from(index).unwrap_or(i64::MAX)
+        };
+        let accepted: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+        )
+        .bind(ordered.iter().map(|a| a.stream_id).collect::<Vec<_>>())
+        .bind(ordered.iter().map(|a| a.expected_version).collect::<Vec<_>>())
+        .bind(ordered.iter().map(|a| version_of(a, a.events.len() - 1)).collect::<Vec<_>>())
+        .bind(ordered.iter().map(|a| &a.snapshot).collect::<Vec<_>>())
+        .bind(snapshot_schema)
+        .bind(events().map(|(a, _)| a.stream_id).collect::<Vec<_>>())
+        .bind(
+            ordered
+                .iter()
+                .flat_map(|a| (0..a.events.len()).map(move |index| version_of(a, index)))
+                .collect::<Vec<_>>(),
+        )
+        .bind(events().map(|(_, e)| e.event_id).collect::<Vec<_>>())
+        .bind(events().map(|(_, e)| e.event_type.as_str()).collect::<Vec<_>>())
+        .bind(events().map(|(_, e)| e.schema_version).collect::<Vec<_>>())
+        .bind(events().map(|(_, e)| &e.data).collect::<Vec<_>>())
+        .bind(events().map(|(_, e)| &e.metadata).collect::<Vec<_>>())
+        .bind(events().map(|(_, e)| e.occurred_at).collect::<Vec<_>>())
+        .bind(responses().map(|(a, _)| a.stream_id).collect::<Vec<_>>())
+        .bind(responses().map(|(_, r)| r.key.as_str()).collect::<Vec<_>>())
+        .bind(responses().map(|(_, r)| r.fingerprint.as_slice()).collect::<Vec<_>>())
+        .bind(responses().map(|(_, r)| i16::try_from(r.status).unwrap_or(i16::MAX)).collect::<Vec<_>>())
+        .bind(responses().map(|(_, r)| &r.body).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|error| StoreError::from_append(error, Uuid::nil(), 0, Some("(batch)")))?;
+        Ok(accepted.into_iter().collect())
+    }
+
+    /// [`EventStore::load`] for many streams at once; unknown streams are absent from the map.
+    pub async fn load_many(
+        &self,
+        stream_ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, LoadedStream>, StoreError> {
+        let heads: Vec<StreamHead> = sqlx::query_as(
+            "SELECT stream_id, version, snapshot_version, snapshot_schema, snapshot FROM streams WHERE stream_id = ANY($1)",
+        )
+        .bind(stream_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut streams: HashMap<Uuid, LoadedStream> = heads
+            .into_iter()
+            .map(|head| (head.stream_id, head.into_loaded()))
+            .collect();
+        let behind: Vec<(Uuid, i64)> = streams
+            .iter()
+            .filter(|(_, s)| s.snapshot.as_ref().map_or(0, |snapshot| snapshot.version) < s.version)
+            .map(|(id, s)| {
+                (
+                    *id,
+                    s.snapshot.as_ref().map_or(0, |snapshot| snapshot.version),
+                )
+            })
+            .collect();
+        if !behind.is_empty() {
+            let tails: Vec<RecordedEvent> = sqlx::query_as(
+                "SELECT e.position, e.stream_id, e.version, e.event_id, e.event_type, e.schema_version, e.data, e.metadata, e.occurred_at
+                   FROM events e JOIN unnest($1::uuid[], $2::bigint[]) AS f (stream_id, after)
+                     ON e.stream_id = f.stream_id AND e.version > f.after
+                  ORDER BY e.stream_id, e.version",
+            )
+            .bind(behind.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+            .bind(behind.iter().map(|(_, after)| *after).collect::<Vec<_>>())
+            .fetch_all(&self.pool)
+            .await?;
+            for event in tails {
+                if let Some(stream) = streams.get_mut(&event.stream_id) {
+                    stream.events.push(event);
+                }
+            }
+        }
+        Ok(streams)
+    }
+
     /// The latest snapshot of a stream and the events after it; `None` for an unknown stream.
     pub async fn load(&self, stream_id: Uuid) -> Result<Option<LoadedStream>, StoreError> {
         let head: Option<StreamHead> = sqlx::query_as(
-            "SELECT version, snapshot_version, snapshot_schema, snapshot FROM streams WHERE stream_id = $1",
+            "SELECT stream_id, version, snapshot_version, snapshot_schema, snapshot FROM streams WHERE stream_id = $1",
         )
         .bind(stream_id)
         .fetch_optional(&self.pool)
@@ -185,26 +318,12 @@ impl EventStore {
         let Some(head) = head else {
             return Ok(None);
         };
-        let version = head.version;
-        let snapshot = match (head.snapshot_version, head.snapshot_schema, head.snapshot) {
-            (Some(version), Some(schema_version), Some(state)) => Some(Snapshot {
-                version,
-                schema_version,
-                state,
-            }),
-            _ => None,
-        };
-        let after = snapshot.as_ref().map_or(0, |s| s.version);
-        let events = if after < version {
-            self.stream_events(stream_id, after + 1).await?
-        } else {
-            Vec::new()
-        };
-        Ok(Some(LoadedStream {
-            version,
-            snapshot,
-            events,
-        }))
+        let mut loaded = head.into_loaded();
+        let after = loaded.snapshot.as_ref().map_or(0, |s| s.version);
+        if after < loaded.version {
+            loaded.events = self.stream_events(stream_id, after + 1).await?;
+        }
+        Ok(Some(loaded))
     }
 
     /// The events of a stream from `from_version` on, in version order; `None` for an

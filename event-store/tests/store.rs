@@ -1,9 +1,9 @@
 //! The event store against the real Postgres of this machine, one fresh database per test.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use chrono::{SubsecRound, Utc};
-use event_store::{Append, EventStore, NewEvent, StoreError, StoredResponse};
+use event_store::{Append, EventStore, NewEvent, StoreError, StoredResponse, StreamAppend};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -272,4 +272,92 @@ async fn an_idempotency_key_is_taken_once_and_its_response_kept() {
         1,
         "the losing append wrote nothing"
     );
+}
+
+fn stream_append(stream_id: Uuid, expected_version: i64, kinds: &[&str]) -> StreamAppend {
+    StreamAppend {
+        stream_id,
+        expected_version,
+        events: kinds.iter().map(|kind| event(kind)).collect(),
+        snapshot: json!({"at": expected_version + kinds.len() as i64}),
+        responses: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_batch_commits_every_stream_whose_version_held_and_skips_the_others() {
+    let store = fresh_store().await;
+    let (moved, fresh, existing) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    store.append(append(moved, 0, &[event("A")])).await.unwrap();
+    store
+        .append(append(existing, 0, &[event("A")]))
+        .await
+        .unwrap();
+
+    let accepted = store
+        .append_batch(
+            &[
+                stream_append(moved, 0, &["B"]),
+                stream_append(fresh, 0, &["A", "B"]),
+                stream_append(existing, 1, &["B", "C"]),
+            ],
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(accepted, HashSet::from([fresh, existing]));
+
+    let loaded = store
+        .load_many(&[moved, fresh, existing, Uuid::now_v7()])
+        .await
+        .unwrap();
+    assert_eq!(loaded.len(), 3);
+    assert_eq!(loaded[&moved].version, 1);
+    assert_eq!(loaded[&fresh].version, 2);
+    assert_eq!(loaded[&existing].version, 3);
+    assert_eq!(
+        loaded[&existing].snapshot.as_ref().unwrap().state,
+        json!({"at": 3})
+    );
+    assert!(
+        loaded[&existing].events.is_empty(),
+        "the snapshot is current"
+    );
+    assert!(
+        !loaded[&moved].events.is_empty(),
+        "no snapshot: every event is loaded"
+    );
+    let versions: Vec<i64> = store
+        .read_all(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(versions, [1, 1, 1, 2, 2, 3]);
+    assert_eq!(store.outbox_backlog().await.unwrap(), 6);
+}
+
+#[tokio::test]
+async fn a_batch_with_a_taken_idempotency_key_writes_nothing() {
+    let store = fresh_store().await;
+    let response = |key: &str| StoredResponse {
+        key: key.into(),
+        fingerprint: vec![7],
+        status: 200,
+        body: json!({}),
+    };
+    store.store_response(&response("taken")).await.unwrap();
+    let mut first = stream_append(Uuid::now_v7(), 0, &["A"]);
+    first.responses.push(response("free"));
+    let mut second = stream_append(Uuid::now_v7(), 0, &["A"]);
+    second.responses.push(response("taken"));
+
+    let error = store.append_batch(&[first, second], 1).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::IdempotencyKeyTaken(_)),
+        "{error:?}"
+    );
+    assert!(store.read_all(0, 10).await.unwrap().is_empty());
+    assert!(store.stored_response("free").await.unwrap().is_none());
 }

@@ -33,7 +33,7 @@ async fn run(
         Ok(context) => context,
         Err(problem) => return problem.into_response(),
     };
-    match state.handler.execute(id, &command, &context).await {
+    match state.handler.execute(id, command, context).await {
         Ok(reply) => reply_response(reply),
         Err(error) => error.into_response(),
     }

@@ -65,6 +65,7 @@ pub async fn spawn_app_on(database_url: &str, exchange: &str, amqp_url: &str) ->
         amqp_exchange: exchange.clone(),
         http_host: "127.0.0.1".into(),
         http_port: 0,
+        database_max_connections: 4,
         ..Settings::default()
     };
     let app = Application::build(settings).await.unwrap_or_else(|error| {
