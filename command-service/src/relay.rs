@@ -165,6 +165,17 @@ impl Relay {
     }
 }
 
+/// A W3C `traceparent` for the request that caused the event: its request id (a
+/// UUID) is the trace id, the event id names the span.
+fn traceparent(correlation_id: &str, event_id: uuid::Uuid) -> Option<String> {
+    let trace_id = uuid::Uuid::parse_str(correlation_id)
+        .ok()?
+        .simple()
+        .to_string();
+    let span_id = &event_id.simple().to_string()[16..];
+    Some(format!("00-{trace_id}-{span_id}-01"))
+}
+
 impl Publisher {
     fn is_connected(&self) -> bool {
         self.connection.status().connected() && self.channel.status().connected()
@@ -186,6 +197,12 @@ impl Publisher {
                     ShortString::from("correlation_id"),
                     AMQPValue::LongString(LongString::from(correlation_id.as_str())),
                 );
+                if let Some(traceparent) = traceparent(correlation_id, event.event_id) {
+                    headers.insert(
+                        ShortString::from("traceparent"),
+                        AMQPValue::LongString(LongString::from(traceparent)),
+                    );
+                }
             }
             let properties = BasicProperties::default()
                 .with_content_type("application/json".into())

@@ -570,6 +570,15 @@ async fn every_committed_event_reaches_the_exchange_in_order_per_account() {
         assert_eq!(message.message_id.as_deref(), event["event_id"].as_str());
         assert_eq!(message.content_type.as_deref(), Some("application/json"));
         assert_eq!(message.delivery_mode, Some(2));
+        let correlation = event["metadata"]["correlation_id"]
+            .as_str()
+            .unwrap()
+            .replace('-', "");
+        let traceparent = message.traceparent.as_deref().unwrap();
+        assert!(
+            traceparent.starts_with(&format!("00-{correlation}-")),
+            "{traceparent}"
+        );
         let expected_key = format!(
             "account.{}",
             kind.trim_start_matches("Account").to_lowercase()

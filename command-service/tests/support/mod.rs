@@ -231,6 +231,7 @@ pub struct Received {
     pub kind: Option<String>,
     pub content_type: Option<String>,
     pub delivery_mode: Option<u8>,
+    pub traceparent: Option<String>,
 }
 
 impl BoundQueue {
@@ -252,6 +253,14 @@ impl BoundQueue {
                 kind: properties.kind().as_ref().map(|v| v.to_string()),
                 content_type: properties.content_type().as_ref().map(|v| v.to_string()),
                 delivery_mode: *properties.delivery_mode(),
+                traceparent: properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|headers| headers.inner().get("traceparent").cloned())
+                    .and_then(|value| match value {
+                        lapin::types::AMQPValue::LongString(text) => Some(text.to_string()),
+                        _ => None,
+                    }),
             });
             delivery.ack(BasicAckOptions::default()).await.unwrap();
         }
