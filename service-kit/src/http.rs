@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, StatusCode};
+use axum::http::HeaderName;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
@@ -13,7 +13,6 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::extract::MAX_BODY_BYTES;
@@ -40,10 +39,7 @@ pub fn with_common_layers(routes: Router) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             Problem::internal(&"handler panicked").into_response()
         }))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_secs(30),
-        ))
+        .layer(middleware::from_fn(time_limit))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request| {
@@ -69,6 +65,20 @@ pub fn request_id(headers: &axum::http::HeaderMap) -> Option<String> {
         .get(REQUEST_ID)
         .and_then(|value| value.to_str().ok())
         .map(|value| value.chars().take(128).collect())
+}
+
+/// Longest a request may take before it is answered with a 503 problem document.
+const REQUEST_TIME_LIMIT: Duration = Duration::from_secs(30);
+
+async fn time_limit(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIME_LIMIT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::new(
+            ErrorCode::ServiceUnavailable,
+            "the request took too long; retry later",
+        )
+        .into_response(),
+    }
 }
 
 async fn record_metrics(request: Request, next: Next) -> Response {
