@@ -1,0 +1,408 @@
+//! The broker path: consumes `account.*` events from the projection's durable queue,
+//! projects them and acknowledges each message only once its effect is committed.
+//!
+//! Messages that can never be applied are rejected without requeue, so that the
+//! queue dead-letters them to `{exchange}.dlx` (kept in `{exchange}.dlq`). Failures
+//! of the read model or of the command service are retried: the messages go back to
+//! the queue after a growing pause. A lost connection is re-established with backoff.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+use shared_events::EventEnvelope;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::projection::{ACCOUNT_CONCURRENCY, Candidate, Origin, Projector, Verdict};
+use crate::settings::Settings;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest name RabbitMQ accepts for an exchange or a queue.
+const MAX_NAME_BYTES: usize = 255;
+
+/// The consumer's view of the broker, for `/health/ready`.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerStatus(Arc<AtomicU8>);
+
+impl BrokerStatus {
+    const CONNECTING: u8 = 0;
+    const UP: u8 = 1;
+    const DOWN: u8 = 2;
+
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Relaxed);
+        metrics::gauge!("amqp_consumer_connected").set(if state == Self::UP { 1.0 } else { 0.0 });
+    }
+
+    /// `up`, `down` or `connecting`.
+    pub fn describe(&self) -> &'static str {
+        match self.0.load(Ordering::Relaxed) {
+            Self::CONNECTING => "connecting",
+            Self::UP => "up",
+            _ => "down",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConsumeError {
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker cancelled the consumer")]
+    Cancelled,
+}
+
+/// Names of the broker objects the consumer declares.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub exchange: String,
+    pub queue: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+}
+
+impl Topology {
+    /// The names configured in `settings`; refused when the broker could not take them.
+    pub fn from_settings(settings: &Settings) -> Result<Self, String> {
+        let topology = Self {
+            exchange: settings.amqp_exchange.clone(),
+            queue: settings.amqp_queue.clone(),
+            dead_letter_exchange: settings.dead_letter_exchange(),
+            dead_letter_queue: settings.dead_letter_queue(),
+        };
+        for name in [
+            &topology.exchange,
+            &topology.queue,
+            &topology.dead_letter_exchange,
+            &topology.dead_letter_queue,
+        ] {
+            if name.is_empty() || name.len() > MAX_NAME_BYTES {
+                return Err(format!(
+                    "broker object names must be 1 to {MAX_NAME_BYTES} bytes (got {name:?})"
+                ));
+            }
+        }
+        Ok(topology)
+    }
+
+    /// Declares the exchange, the projection queue (dead-lettering to the DLX) and
+    /// the dead-letter exchange and queue, all durable.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let durable_exchange = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let durable_queue = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        service_kit::amqp::declare_events_exchange(channel, &self.exchange).await?;
+        channel
+            .exchange_declare(
+                self.dead_letter_exchange.as_str().into(),
+                ExchangeKind::Fanout,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_declare(
+                self.dead_letter_queue.as_str().into(),
+                durable_queue,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                self.dead_letter_queue.as_str().into(),
+                self.dead_letter_exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            ShortString::from("x-dead-letter-exchange"),
+            AMQPValue::LongString(LongString::from(self.dead_letter_exchange.as_str())),
+        );
+        channel
+            .queue_declare(self.queue.as_str().into(), durable_queue, arguments)
+            .await?;
+        channel
+            .queue_bind(
+                self.queue.as_str().into(),
+                self.exchange.as_str().into(),
+                "account.*".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+}
+
+/// Consumes the projection queue until shutdown.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    projector: Projector,
+    amqp_url: String,
+    topology: Topology,
+    prefetch: u16,
+    status: BrokerStatus,
+}
+
+/// A received message that decodes, waiting for its verdict.
+struct Received {
+    delivery: Delivery,
+    candidate: Candidate,
+    span: tracing::Span,
+}
+
+impl Consumer {
+    /// A consumer of `topology.queue` that projects with `projector` and reports its
+    /// connection state in `status`.
+    pub fn new(
+        projector: Projector,
+        amqp_url: &str,
+        topology: Topology,
+        prefetch: u16,
+        status: BrokerStatus,
+    ) -> Self {
+        Self {
+            projector,
+            amqp_url: amqp_url.to_owned(),
+            topology,
+            prefetch: prefetch.max(1),
+            status,
+        }
+    }
+
+    /// Consumes until `shutdown`, reconnecting with backoff whenever the broker goes away.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = MIN_BACKOFF;
+        while !shutdown.is_cancelled() {
+            match self.consume(&shutdown, &mut backoff).await {
+                Ok(()) => break,
+                Err(error) => {
+                    self.status.set(BrokerStatus::DOWN);
+                    tracing::warn!(error = %error, retry_in = ?backoff, "projection consumer lost the broker");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        tracing::info!("projection consumer stopped");
+    }
+
+    async fn consume(
+        &self,
+        shutdown: &CancellationToken,
+        backoff: &mut Duration,
+    ) -> Result<(), ConsumeError> {
+        let connection =
+            service_kit::amqp::connect(&self.amqp_url, "query-service projection").await?;
+        let channel = connection.create_channel().await?;
+        self.topology.declare(&channel).await?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                self.topology.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.status.set(BrokerStatus::UP);
+        *backoff = MIN_BACKOFF;
+        tracing::info!(queue = %self.topology.queue, "projection consumer connected");
+        let mut retry = MIN_BACKOFF;
+        let outcome = loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                next = consumer.next() => next,
+            };
+            let mut batch = match next {
+                Some(Ok(delivery)) => vec![delivery],
+                Some(Err(error)) => break Err(error.into()),
+                None => break Err(ConsumeError::Cancelled),
+            };
+            while batch.len() < usize::from(self.prefetch) {
+                match consumer.next().now_or_never() {
+                    Some(Some(Ok(delivery))) => batch.push(delivery),
+                    _ => break,
+                }
+            }
+            if let Err(error) = self.handle(batch, &mut retry, shutdown).await {
+                break Err(error.into());
+            }
+        };
+        // Unacknowledged prefetched messages go back to the queue with the channel.
+        let _ = channel.close(200, "query service stopping".into()).await;
+        let _ = connection.close(200, "query service stopping".into()).await;
+        outcome
+    }
+
+    /// Projects a batch, each account's messages in one go, then settles every message.
+    async fn handle(
+        &self,
+        batch: Vec<Delivery>,
+        retry: &mut Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<(), lapin::Error> {
+        let mut accounts: BTreeMap<Uuid, Vec<Received>> = BTreeMap::new();
+        for delivery in batch {
+            match parse(&delivery) {
+                Ok((candidate, span)) => accounts
+                    .entry(candidate.envelope.account_id.as_uuid())
+                    .or_default()
+                    .push(Received {
+                        delivery,
+                        candidate,
+                        span,
+                    }),
+                Err((reason, span)) => {
+                    dead_letter(&delivery, "unreadable", &reason)
+                        .instrument(span)
+                        .await?;
+                }
+            }
+        }
+        let projected: Vec<_> = futures::stream::iter(accounts)
+            .map(|(account, received)| async move {
+                let candidates: Vec<Candidate> =
+                    received.iter().map(|r| r.candidate.clone()).collect();
+                let verdicts = self.projector.project(account, &candidates, "broker").await;
+                (received, verdicts)
+            })
+            .buffer_unordered(ACCOUNT_CONCURRENCY)
+            .collect()
+            .await;
+        let mut later = Vec::new();
+        let mut failure = None;
+        for (received, verdicts) in projected {
+            match verdicts {
+                Ok(verdicts) => {
+                    for (message, verdict) in received.into_iter().zip(verdicts) {
+                        let Received { delivery, span, .. } = message;
+                        match verdict {
+                            Verdict::Applied | Verdict::Duplicate => {
+                                if verdict == Verdict::Duplicate {
+                                    span.in_scope(|| tracing::debug!("duplicate skipped"));
+                                }
+                                delivery.ack(BasicAckOptions::default()).await?;
+                            }
+                            Verdict::Poison(reason) => {
+                                dead_letter(&delivery, "unprojectable", &reason)
+                                    .instrument(span)
+                                    .await?;
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    later.extend(received.into_iter().map(|r| r.delivery));
+                    failure = Some(error);
+                }
+            }
+        }
+        let Some(error) = failure else {
+            *retry = MIN_BACKOFF;
+            return Ok(());
+        };
+        metrics::counter!("projection_retries_total").increment(later.len() as u64);
+        tracing::warn!(error = %error, messages = later.len(), retry_in = ?*retry, "projection failed; the messages go back to the queue");
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = tokio::time::sleep(*retry) => {}
+        }
+        *retry = (*retry * 2).min(MAX_BACKOFF);
+        for delivery in later {
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a message into a candidate, within a span carrying its correlation id.
+fn parse(delivery: &Delivery) -> Result<(Candidate, tracing::Span), (String, tracing::Span)> {
+    let header = delivery.properties.headers().as_ref().and_then(|headers| {
+        match headers.inner().get("correlation_id") {
+            Some(AMQPValue::LongString(value)) => {
+                Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+            }
+            Some(AMQPValue::ShortString(value)) => Some(value.to_string()),
+            _ => None,
+        }
+    });
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let envelope = match serde_json::from_slice::<EventEnvelope>(&delivery.data) {
+        Ok(envelope) => envelope,
+        Err(error) => {
+            let span = tracing::info_span!(
+                "message",
+                message_id,
+                correlation_id = header.unwrap_or_default()
+            );
+            return Err((format!("not an event envelope: {error}"), span));
+        }
+    };
+    let correlation_id = header
+        .or_else(|| envelope.metadata.correlation_id.clone())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "message",
+        event_id = %envelope.event_id,
+        account = %envelope.account_id,
+        version = envelope.version,
+        correlation_id,
+    );
+    match Candidate::decode(envelope, Origin::Delivered) {
+        Ok(candidate) => Ok((candidate, span)),
+        Err(reason) => Err((reason, span)),
+    }
+}
+
+/// Rejects a message for good (the queue dead-letters it), logging why once.
+async fn dead_letter(
+    delivery: &Delivery,
+    kind: &'static str,
+    reason: &str,
+) -> Result<(), lapin::Error> {
+    tracing::warn!(
+        routing_key = %delivery.routing_key,
+        %reason,
+        "rejected a message that can never be projected; it goes to the dead-letter queue"
+    );
+    metrics::counter!("projection_dead_lettered_total", "reason" => kind).increment(1);
+    delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .map(|_| ())
+}

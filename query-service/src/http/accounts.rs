@@ -1,0 +1,197 @@
+//! The query endpoints.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use service_kit::Problem;
+use service_kit::extract::{PathId, QueryParams};
+use shared_events::{AccountStatus, Currency};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::AppState;
+use super::cursor;
+use super::dto::{
+    Account, AccountPage, AccountQuery, BalanceSheet, CurrencyTotal, ListQuery, Operation,
+    OperationPage, PageQuery,
+};
+use crate::error::ApiError;
+use crate::store::AccountFilter;
+
+const DEFAULT_WAIT_MS: u64 = 2000;
+const MAX_WAIT_MS: u64 = 10_000;
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 500;
+
+fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if (1..=MAX_LIMIT).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::Invalid(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )))
+    }
+}
+
+/// One account. With `min_version`, waits (at most `wait_ms`) until the projection
+/// holds that version; the projection wakes the wait, nothing polls.
+#[utoipa::path(
+    get, path = "/accounts/{id}", tag = "accounts",
+    params(("id" = String, Path, format = Uuid), AccountQuery),
+    responses(
+        (status = 200, body = Account),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "not_yet_projected", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_account(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    QueryParams(query): QueryParams<AccountQuery>,
+) -> Result<Json<Account>, ApiError> {
+    let Some(min_version) = query.min_version else {
+        let account = state.store.account(id).await?;
+        return account.ok_or(ApiError::NotFound(id))?.try_into().map(Json);
+    };
+    let wanted = i64::try_from(min_version)
+        .map_err(|_| ApiError::Invalid("min_version is too large".to_owned()))?;
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
+    let deadline = Instant::now() + wait;
+    let mut subscription = state.watch.subscribe(id);
+    loop {
+        let account = state.store.account(id).await?;
+        let projected = account.as_ref().map_or(0, |a| a.version);
+        if projected >= wanted
+            && let Some(account) = account
+        {
+            return account.try_into().map(Json);
+        }
+        let gave_up = tokio::select! {
+            () = subscription.changed() => false,
+            () = tokio::time::sleep_until(deadline) => true,
+            () = state.shutdown.cancelled() => true,
+        };
+        if gave_up {
+            let account = state.store.account(id).await?;
+            return match account {
+                Some(account) if account.version >= wanted => account.try_into().map(Json),
+                other => Err(ApiError::NotYetProjected {
+                    id,
+                    min_version,
+                    projected: other.map_or(0, |a| a.version),
+                }),
+            };
+        }
+    }
+}
+
+/// Accounts in id order, optionally of one status and currency.
+#[utoipa::path(
+    get, path = "/accounts", tag = "accounts",
+    params(ListQuery),
+    responses(
+        (status = 200, body = AccountPage),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_accounts(
+    State(state): State<AppState>,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> Result<Json<AccountPage>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let status = query
+        .status
+        .as_deref()
+        .map(|status| status.parse::<AccountStatus>().map(|s| s.as_str()))
+        .transpose()
+        .map_err(ApiError::Invalid)?;
+    let currency = query
+        .currency
+        .as_deref()
+        .map(|code| Currency::parse(code).map(|c| c.code()))
+        .transpose()
+        .map_err(ApiError::Invalid)?;
+    let after = query
+        .after
+        .as_deref()
+        .map(cursor::decode_account)
+        .transpose()?;
+    let filter = AccountFilter { status, currency };
+    let mut records = state.store.accounts(&filter, after, limit + 1).await?;
+    let more = records.len() > limit as usize;
+    records.truncate(limit as usize);
+    let accounts = records
+        .into_iter()
+        .map(Account::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = more
+        .then(|| accounts.last().map(|a| cursor::encode_account(a.id)))
+        .flatten();
+    Ok(Json(AccountPage { accounts, next }))
+}
+
+/// The credits and debits of an account, oldest first.
+#[utoipa::path(
+    get, path = "/accounts/{id}/operations", tag = "accounts",
+    params(("id" = String, Path, format = Uuid), PageQuery),
+    responses(
+        (status = 200, body = OperationPage),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_operations(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    QueryParams(query): QueryParams<PageQuery>,
+) -> Result<Json<OperationPage>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let after = query
+        .after
+        .as_deref()
+        .map(cursor::decode_operation)
+        .transpose()?
+        .unwrap_or(0);
+    ensure_exists(&state, id).await?;
+    let mut records = state.store.operations(id, after, limit + 1).await?;
+    let more = records.len() > limit as usize;
+    records.truncate(limit as usize);
+    let next = more
+        .then(|| {
+            records
+                .last()
+                .map(|op| cursor::encode_operation(op.version))
+        })
+        .flatten();
+    let operations = records
+        .into_iter()
+        .map(Operation::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(OperationPage { operations, next }))
+}
+
+async fn ensure_exists(state: &AppState, id: Uuid) -> Result<(), ApiError> {
+    match state.store.account(id).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::NotFound(id)),
+    }
+}
+
+/// Balance totals per currency over every account that is not closed.
+#[utoipa::path(
+    get, path = "/balance-sheet", tag = "accounts",
+    responses((status = 200, body = BalanceSheet))
+)]
+pub async fn balance_sheet(State(state): State<AppState>) -> Result<Json<BalanceSheet>, ApiError> {
+    let totals = state
+        .store
+        .balance_sheet()
+        .await?
+        .into_iter()
+        .map(CurrencyTotal::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(BalanceSheet { totals }))
+}

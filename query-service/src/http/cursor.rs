@@ -1,0 +1,64 @@
+//! Opaque page cursors: the key of the last item of a page, hex-encoded behind a
+//! one-letter tag, so that a cursor of one listing is refused by another.
+
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// Cursor of the account listing: the last account id.
+pub fn encode_account(id: Uuid) -> String {
+    format!("a{}", id.simple())
+}
+
+pub fn decode_account(cursor: &str) -> Result<Uuid, ApiError> {
+    cursor
+        .strip_prefix('a')
+        .filter(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .and_then(|hex| Uuid::try_parse(hex).ok())
+        .ok_or_else(invalid)
+}
+
+/// Cursor of an operations listing: the last operation's version.
+pub fn encode_operation(version: i64) -> String {
+    format!("o{version:016x}")
+}
+
+pub fn decode_operation(cursor: &str) -> Result<i64, ApiError> {
+    cursor
+        .strip_prefix('o')
+        .filter(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .and_then(|hex| i64::from_str_radix(hex, 16).ok())
+        .filter(|version| *version >= 0)
+        .ok_or_else(invalid)
+}
+
+fn invalid() -> ApiError {
+    ApiError::Invalid("after is not a cursor returned by this listing".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_do_not_mix() {
+        let id = Uuid::now_v7();
+        assert_eq!(decode_account(&encode_account(id)).unwrap(), id);
+        assert_eq!(decode_operation(&encode_operation(42)).unwrap(), 42);
+        assert!(decode_account(&encode_operation(42)).is_err());
+        assert!(decode_operation(&encode_account(id)).is_err());
+        for junk in [
+            "",
+            "a",
+            "o-1",
+            "axyz",
+            "o+00000000000001",
+            &format!("A{}", id.simple()),
+        ] {
+            assert!(
+                decode_account(junk).is_err() && decode_operation(junk).is_err(),
+                "{junk}"
+            );
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! REST surface of the query service (see `shared/api-contract.md`).
+
+mod accounts;
+mod cursor;
+mod dto;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use service_kit::ops::{Dependency, ReadinessProbe};
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+
+use crate::consumer::BrokerStatus;
+use crate::store::ReadStore;
+use crate::watch::ProjectionWatch;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: ReadStore,
+    pub watch: ProjectionWatch,
+    /// Cancelled on shutdown, so that waiting reads answer at once.
+    pub shutdown: CancellationToken,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Bank query service",
+        description = "Read model of the bank accounts, projected from the account events."
+    ),
+    paths(
+        accounts::list_accounts,
+        accounts::get_account,
+        accounts::list_operations,
+        accounts::balance_sheet,
+    ),
+    components(schemas(service_kit::Problem))
+)]
+struct ApiDoc;
+
+/// The whole HTTP application: contract routes, operational routes, common layers.
+pub fn router(state: AppState, broker: BrokerStatus) -> Router {
+    let api = Router::new()
+        .route("/accounts", get(accounts::list_accounts))
+        .route("/accounts/{id}", get(accounts::get_account))
+        .route("/accounts/{id}/operations", get(accounts::list_operations))
+        .route("/balance-sheet", get(accounts::balance_sheet))
+        .with_state(state.clone());
+    let probe = Arc::new(Readiness {
+        store: state.store,
+        broker,
+    });
+    service_kit::http::with_common_layers(
+        api.merge(service_kit::ops::routes(probe, ApiDoc::openapi())),
+    )
+}
+
+struct Readiness {
+    store: ReadStore,
+    broker: BrokerStatus,
+}
+
+impl ReadinessProbe for Readiness {
+    fn check(&self) -> std::pin::Pin<Box<dyn Future<Output = Vec<Dependency>> + Send + '_>> {
+        Box::pin(async move {
+            let database = if self.store.ping().await {
+                "up"
+            } else {
+                "down"
+            };
+            vec![
+                Dependency {
+                    name: "database",
+                    state: database,
+                    required: true,
+                },
+                Dependency {
+                    name: "broker",
+                    state: self.broker.describe(),
+                    required: false,
+                },
+            ]
+        })
+    }
+}

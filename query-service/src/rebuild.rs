@@ -1,0 +1,208 @@
+//! `query-service rebuild`: rebuilds the read model from the command service's global
+//! feed into fresh tables, then swaps them in with one atomic `RENAME TABLE`, so that
+//! readers see either the old model or the complete new one.
+//!
+//! The rebuilt checkpoint is the feed position the rebuild read up to, under a new
+//! generation. Events the live projection writes to the old tables meanwhile are
+//! past that position (the feed never shows a lower position later), so after the
+//! swap the running services' feed followers, which read the checkpoint afresh on
+//! every poll and cannot advance it across a generation change, project them again.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sqlx::mysql::MySqlConnectOptions;
+use sqlx::{ConnectOptions, Connection, MySqlConnection};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::projection::{ProjectionError, Projector};
+use crate::settings::Settings;
+use crate::source::CommandClient;
+use crate::store::{REBUILD, ReadStore};
+use crate::watch::ProjectionWatch;
+
+/// Events asked of the feed per page (the command service's maximum).
+const PAGE_SIZE: u32 = 1000;
+/// Attempts at one page before the rebuild gives up.
+const PAGE_ATTEMPTS: u32 = 8;
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+const PREPARE: [&str; 5] = [
+    "DROP TABLE IF EXISTS accounts_rebuild, operations_rebuild, projection_checkpoint_rebuild",
+    "DROP TABLE IF EXISTS accounts_old, operations_old, projection_checkpoint_old",
+    "CREATE TABLE accounts_rebuild LIKE accounts",
+    "CREATE TABLE operations_rebuild LIKE operations",
+    "CREATE TABLE projection_checkpoint_rebuild LIKE projection_checkpoint",
+];
+const WRITE_CHECKPOINT: &str = "INSERT INTO projection_checkpoint_rebuild (name, generation, position, updated_at) \
+     VALUES ('feed', ?, ?, UTC_TIMESTAMP(6))";
+const SWAP: &str = "RENAME TABLE accounts TO accounts_old, accounts_rebuild TO accounts, \
+     operations TO operations_old, operations_rebuild TO operations, \
+     projection_checkpoint TO projection_checkpoint_old, projection_checkpoint_rebuild TO projection_checkpoint";
+const DROP_OLD: &str =
+    "DROP TABLE IF EXISTS accounts_old, operations_old, projection_checkpoint_old";
+const LOCK: &str = "SELECT GET_LOCK(CONCAT('query-service-rebuild:', DATABASE()), 0)";
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// Events read from the feed.
+    pub events: u64,
+    /// Events projected (the others were impossible and skipped).
+    pub applied: u64,
+    pub skipped: u64,
+    /// Feed position of the rebuilt checkpoint.
+    pub position: u64,
+}
+
+/// Rebuilds the read model and swaps it in. Refuses to run beside another rebuild of
+/// the same database. Interrupted (`shutdown`), it leaves the live model untouched.
+pub async fn run(
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RebuildReport> {
+    let store = ReadStore::open(&settings.database_url, settings.database_max_connections)
+        .await
+        .with_context(|| format!("cannot open the read model at {:?}", settings.database_url))?;
+    let options: MySqlConnectOptions = settings
+        .database_url
+        .expose()
+        .parse()
+        .context("invalid DATABASE_URL")?;
+    let mut lock = options
+        .connect()
+        .await
+        .context("cannot connect to the read model")?;
+    let locked: Option<i64> = sqlx::query_scalar(LOCK).fetch_one(&mut lock).await?;
+    if locked != Some(1) {
+        bail!("another rebuild of this read model is running");
+    }
+    let outcome = rebuild_locked(settings, &store, &mut lock, &shutdown).await;
+    let _ = lock.close().await;
+    store.pool().close().await;
+    outcome
+}
+
+async fn rebuild_locked(
+    settings: &Settings,
+    store: &ReadStore,
+    connection: &mut MySqlConnection,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<RebuildReport> {
+    for statement in PREPARE {
+        sqlx::raw_sql(statement)
+            .execute(&mut *connection)
+            .await
+            .with_context(|| format!("cannot prepare the rebuild tables ({statement})"))?;
+    }
+    let source = CommandClient::new(&settings.command_service_url)?;
+    let projector = Projector::new(store.clone(), &REBUILD, source, ProjectionWatch::default());
+    tracing::info!(command_service = %settings.command_service_url, "rebuilding the read model from the global feed");
+    let started = Instant::now();
+    let mut progress_at = started;
+    let mut report = RebuildReport {
+        events: 0,
+        applied: 0,
+        skipped: 0,
+        position: 0,
+    };
+    loop {
+        if shutdown.is_cancelled() {
+            bail!("rebuild interrupted; the live read model is untouched");
+        }
+        let page = read_page(&projector, report.position, shutdown).await?;
+        if page.events.is_empty() {
+            break;
+        }
+        let events = page.events.len() as u64;
+        let outcome = project_page(&projector, page.events, shutdown).await?;
+        report.events += events;
+        report.applied += outcome.applied;
+        report.skipped += outcome.poisoned;
+        report.position = page.next_after;
+        if progress_at.elapsed() >= PROGRESS_EVERY {
+            progress_at = Instant::now();
+            let rate = report.events as f64 / started.elapsed().as_secs_f64().max(0.001);
+            tracing::info!(
+                events = report.events,
+                position = report.position,
+                events_per_second = rate.round(),
+                "rebuild in progress"
+            );
+        }
+    }
+    sqlx::query(WRITE_CHECKPOINT)
+        .bind(Uuid::new_v4().hyphenated().to_string())
+        .bind(i64::try_from(report.position).unwrap_or(i64::MAX))
+        .execute(&mut *connection)
+        .await
+        .context("cannot write the rebuilt checkpoint")?;
+    sqlx::raw_sql(SWAP)
+        .execute(&mut *connection)
+        .await
+        .context("cannot swap the rebuilt tables in")?;
+    if let Err(error) = sqlx::raw_sql(DROP_OLD).execute(&mut *connection).await {
+        tracing::warn!(error = %error, "cannot drop the replaced tables; the next rebuild drops them");
+    }
+    tracing::info!(
+        events = report.events,
+        applied = report.applied,
+        skipped = report.skipped,
+        position = report.position,
+        seconds = started.elapsed().as_secs_f64(),
+        "rebuild complete; the new read model is live"
+    );
+    Ok(report)
+}
+
+async fn read_page(
+    projector: &Projector,
+    after: u64,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<crate::source::FeedPage> {
+    let mut attempt = 0;
+    loop {
+        match projector.source().feed(after, PAGE_SIZE).await {
+            Ok(page) => return Ok(page),
+            Err(error) => {
+                attempt += 1;
+                if attempt >= PAGE_ATTEMPTS {
+                    return Err(error).context("cannot read the global feed");
+                }
+                tracing::warn!(error = %error, attempt, "cannot read the global feed; retrying");
+                pause(attempt, shutdown).await?;
+            }
+        }
+    }
+}
+
+async fn project_page(
+    projector: &Projector,
+    events: Vec<shared_events::EventEnvelope>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<crate::projection::BatchOutcome> {
+    let mut attempt = 0;
+    loop {
+        match projector.project_batch(events.clone(), "rebuild").await {
+            Ok(outcome) => return Ok(outcome),
+            Err(error) => {
+                attempt += 1;
+                if attempt >= PAGE_ATTEMPTS {
+                    return Err::<_, ProjectionError>(error)
+                        .context("cannot project into the rebuild tables");
+                }
+                tracing::warn!(error = %error, attempt, "cannot project a page; retrying");
+                pause(attempt, shutdown).await?;
+            }
+        }
+    }
+}
+
+async fn pause(attempt: u32, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let delay = Duration::from_millis(200) * 2_u32.pow(attempt.min(5));
+    tokio::select! {
+        () = shutdown.cancelled() => bail!("rebuild interrupted; the live read model is untouched"),
+        () = tokio::time::sleep(delay) => Ok(()),
+    }
+}

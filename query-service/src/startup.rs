@@ -1,0 +1,131 @@
+//! Builds the application from settings and runs it until shutdown.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::{BrokerStatus, Consumer, Topology};
+use crate::follower::FeedFollower;
+use crate::http::{AppState, router};
+use crate::projection::Projector;
+use crate::settings::Settings;
+use crate::source::CommandClient;
+use crate::store::{LIVE, ReadStore};
+use crate::watch::ProjectionWatch;
+
+/// How long the consumer may take to finish its in-flight messages on shutdown.
+const CONSUMER_GRACE: Duration = Duration::from_secs(7);
+
+/// A built, not yet running, query service.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    store: ReadStore,
+    consumer: Consumer,
+    follower: Option<FeedFollower>,
+    stop: CancellationToken,
+}
+
+impl Application {
+    /// Opens (creating and migrating) the read model and binds the HTTP port. The
+    /// broker is not needed yet: the consumer connects, and reconnects, in the background.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let topology = Topology::from_settings(&settings).map_err(|e| anyhow!(e))?;
+        let store = ReadStore::open(&settings.database_url, settings.database_max_connections)
+            .await
+            .with_context(|| {
+                format!("cannot open the read model at {:?}", settings.database_url)
+            })?;
+        let source = CommandClient::new(&settings.command_service_url)
+            .context("cannot build the command service client")?;
+        let watch = ProjectionWatch::default();
+        let projector = Projector::new(store.clone(), &LIVE, source, watch.clone());
+        let broker = BrokerStatus::default();
+        let consumer = Consumer::new(
+            projector.clone(),
+            settings.amqp_url.expose(),
+            topology,
+            settings.amqp_prefetch,
+            broker.clone(),
+        );
+        let follower = settings.feed_follow_enabled.then(|| {
+            FeedFollower::new(
+                projector,
+                settings.feed_batch_size,
+                settings.feed_poll_interval(),
+            )
+        });
+        let stop = CancellationToken::new();
+        let state = AppState {
+            store: store.clone(),
+            watch,
+            shutdown: stop.clone(),
+        };
+        let address = (settings.http_host.as_str(), settings.http_port);
+        let listener = TcpListener::bind(address).await.with_context(|| {
+            format!(
+                "cannot listen on {}:{}",
+                settings.http_host, settings.http_port
+            )
+        })?;
+        Ok(Self {
+            listener,
+            router: router(state, broker),
+            store,
+            consumer,
+            follower,
+            stop,
+        })
+    }
+
+    /// The bound HTTP port (useful when configured as 0).
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// Serves and projects until `shutdown`, then stops consuming, finishes the
+    /// in-flight messages and requests, and returns.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(port = self.port(), "query service listening");
+        let stop = self.stop.clone();
+        let link = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                shutdown.cancelled().await;
+                stop.cancel();
+            }
+        });
+        let consumer = tokio::spawn(self.consumer.run(stop.clone()));
+        let follower = self.follower.map(|f| tokio::spawn(f.run(stop.clone())));
+        let served = service_kit::http::serve(self.listener, self.router, stop.clone())
+            .await
+            .context("HTTP server failed");
+        stop.cancel();
+        link.abort();
+        if tokio::time::timeout(CONSUMER_GRACE, consumer)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "projection consumer did not stop in time; its unacknowledged messages return to the queue"
+            );
+        }
+        if let Some(follower) = follower
+            && tokio::time::timeout(Duration::from_secs(1), follower)
+                .await
+                .is_err()
+        {
+            tracing::warn!("feed follower did not stop in time");
+        }
+        self.store.pool().close().await;
+        tracing::info!("query service stopped");
+        served
+    }
+}

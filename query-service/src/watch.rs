@@ -1,0 +1,106 @@
+//! In-process notifications of projected versions, so that a read waiting for
+//! `min_version` is woken by the projection instead of polling the database.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+type Channels = Arc<Mutex<HashMap<Uuid, watch::Sender<i64>>>>;
+
+/// Per-account channels of the latest version known to be projected. A channel
+/// exists only while someone waits on that account.
+#[derive(Debug, Clone, Default)]
+pub struct ProjectionWatch {
+    channels: Channels,
+}
+
+impl ProjectionWatch {
+    /// Starts listening for versions of `account` projected from now on.
+    pub fn subscribe(&self, account: Uuid) -> Subscription {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        let receiver = channels
+            .entry(account)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe();
+        Subscription {
+            account,
+            receiver,
+            channels: Arc::clone(&self.channels),
+        }
+    }
+
+    /// Tells the waiters of `account` that the projection holds `version` (or more).
+    pub fn publish(&self, account: Uuid, version: i64) {
+        let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = channels.get(&account) {
+            sender.send_if_modified(|known| {
+                let wake = version >= *known;
+                *known = (*known).max(version);
+                wake
+            });
+        }
+    }
+}
+
+/// A waiter's end of an account's channel.
+#[derive(Debug)]
+pub struct Subscription {
+    account: Uuid,
+    receiver: watch::Receiver<i64>,
+    channels: Channels,
+}
+
+impl Subscription {
+    /// Waits until a version of the account is published after the last call.
+    pub async fn changed(&mut self) {
+        if self.receiver.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        // This subscription's receiver still counts until the end of `drop`.
+        if channels
+            .get(&self.account)
+            .is_some_and(|sender| sender.receiver_count() <= 1)
+        {
+            channels.remove(&self.account);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_waiter_is_woken_by_a_publication_and_the_channel_goes_away_after() {
+        let watch = ProjectionWatch::default();
+        let account = Uuid::new_v4();
+        let mut subscription = watch.subscribe(account);
+        let publisher = watch.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            publisher.publish(account, 3);
+        });
+        tokio::time::timeout(Duration::from_secs(2), subscription.changed())
+            .await
+            .unwrap();
+        drop(subscription);
+        assert!(watch.channels.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn publishing_without_waiters_keeps_nothing() {
+        let watch = ProjectionWatch::default();
+        watch.publish(Uuid::new_v4(), 1);
+        assert!(watch.channels.lock().unwrap().is_empty());
+    }
+}

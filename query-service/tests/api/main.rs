@@ -1,0 +1,11 @@
+//! The query service end to end, against the real MySQL/MariaDB, RabbitMQ, and a real
+//! command service on Postgres; every test on its own databases, exchange and queue.
+
+mod broker;
+mod helpers;
+mod lag;
+mod outages;
+mod proxy;
+mod reads;
+mod rebuild;
+mod shutdown;

@@ -1,0 +1,148 @@
+//! `query-service rebuild`: the same read model from the global feed, swapped in at once.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::Executor;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{Options, TestApp, spawn_app, spawn_app_with};
+
+async fn some_history(app: &TestApp) -> Vec<(String, u64)> {
+    let mut accounts = Vec::new();
+    for (currency, balance) in [("MAD", "100.00"), ("JPY", "500"), ("KWD", "1.250")] {
+        let id = app.active_account(balance, currency).await;
+        app.command(&id, "credit", json!({"amount": "1"})).await;
+        let version = app.command(&id, "debit", json!({"amount": "1"})).await;
+        accounts.push((id, version));
+    }
+    let suspended = app.active_account("7.00", "EUR").await;
+    let version = app
+        .command(&suspended, "suspend", json!({"reason": null}))
+        .await;
+    accounts.push((suspended, version));
+    let closed = app.active_account("0", "EUR").await;
+    let version = app.command(&closed, "close", json!({})).await;
+    accounts.push((closed, version));
+    let created = app.create("3.00", "USD").await;
+    accounts.push((created, 1));
+    for (id, version) in &accounts {
+        app.account_at(id, *version).await;
+    }
+    accounts
+}
+
+#[tokio::test]
+async fn rebuild_reproduces_the_live_read_model_exactly() {
+    let app = spawn_app().await;
+    let accounts = some_history(&app).await;
+    let live = app.snapshot().await;
+    assert_eq!(live["accounts"].as_array().unwrap().len(), accounts.len());
+
+    // Damage the live model: the rebuild must not depend on it.
+    let mut mysql = app.mysql().await;
+    mysql.execute("DELETE FROM operations").await.unwrap();
+    mysql
+        .execute("UPDATE accounts SET balance = 0, status = 'CLOSED'")
+        .await
+        .unwrap();
+    assert_ne!(app.snapshot().await, live);
+
+    let report = query_service::rebuild::run(&app.settings, CancellationToken::new())
+        .await
+        .unwrap();
+    let feed_length = app.command_get("/events?limit=1000").await["events"]
+        .as_array()
+        .unwrap()
+        .len() as u64;
+    assert_eq!((report.events, report.applied), (feed_length, feed_length));
+    assert_eq!(report.position, feed_length);
+    assert_eq!(app.snapshot().await, live);
+
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() \
+         AND (table_name LIKE '%\\_old' OR table_name LIKE '%\\_rebuild')",
+    )
+    .fetch_all(&mut mysql)
+    .await
+    .unwrap();
+    assert!(tables.is_empty(), "leftover tables: {tables:?}");
+
+    // The live projection goes on over the swapped tables.
+    let (id, version) = &accounts[0];
+    let next = app.command(id, "credit", json!({"amount": "2.50"})).await;
+    assert_eq!(next, version + 1);
+    assert_eq!(app.account_at(id, next).await["balance"], "102.50");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn events_committed_during_a_rebuild_reach_the_new_model() {
+    let app = spawn_app_with(Options {
+        feed_poll_ms: 100,
+        ..Options::default()
+    })
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(app.active_account("0", "MAD").await);
+    }
+    let writer = {
+        let ids = ids.clone();
+        let command = app.command.clone();
+        let client = app.client.clone();
+        tokio::spawn(async move {
+            let mut last = vec![2_u64; ids.len()];
+            for round in 0..15 {
+                for (index, id) in ids.iter().enumerate() {
+                    let reply: serde_json::Value = client
+                        .post(format!("{command}/accounts/{id}/credit"))
+                        .json(&json!({"amount": "1.00"}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    last[index] = reply["version"].as_u64().unwrap();
+                }
+                if round % 5 == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            last
+        })
+    };
+    query_service::rebuild::run(&app.settings, CancellationToken::new())
+        .await
+        .unwrap();
+    let last = writer.await.unwrap();
+    for (id, version) in ids.iter().zip(last) {
+        let account = app.account_at(id, version).await;
+        assert_eq!(account["version"], 17);
+        assert_eq!(account["balance"], "15.00");
+        let operations = app
+            .query_get(&format!("/accounts/{id}/operations?limit=500"))
+            .await;
+        assert_eq!(operations.body["operations"].as_array().unwrap().len(), 15);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_rebuild_at_the_same_time_is_refused() {
+    let app = spawn_app().await;
+    let mut lock = app.mysql().await;
+    let locked: Option<i64> =
+        sqlx::query_scalar("SELECT GET_LOCK(CONCAT('query-service-rebuild:', DATABASE()), 0)")
+            .fetch_one(&mut lock)
+            .await
+            .unwrap();
+    assert_eq!(locked, Some(1));
+    let error = query_service::rebuild::run(&app.settings, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("another rebuild"), "{error}");
+    drop(lock);
+    app.stop().await;
+}
