@@ -49,6 +49,8 @@ enum PublishError {
     Broker(#[from] lapin::Error),
     #[error("the broker refused (nacked) event at position {0}")]
     Nacked(i64),
+    #[error("event at position {0} cannot be encoded: {1}")]
+    Encode(i64, serde_json::Error),
 }
 
 /// Publishes the outbox to the events exchange.
@@ -186,7 +188,8 @@ impl Publisher {
         let mut confirms = Vec::with_capacity(events.len());
         for event in events {
             let envelope = to_envelope(event);
-            let body = serde_json::to_vec(&envelope).unwrap_or_default();
+            let body = serde_json::to_vec(&envelope)
+                .map_err(|error| PublishError::Encode(event.position, error))?;
             let routing_key = event
                 .event_type
                 .parse::<EventType>()
