@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Builds the release binaries and runs the benchmark: `bench/run.sh` writes docs/benchmarks.md
+# (about 10 minutes on 2 cores), `bench/run.sh --quick` is the one-minute smoke run CI executes
+# (its report goes to target/bench/benchmarks-quick.md). Other options: `bench/run.sh --help`.
+# Needs the local PostgreSQL (with pgbench), MariaDB/MySQL and RabbitMQ, and python3 with venv
+# for the peer, which it installs from PyPI into target/bench/venv.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+packages=(-p command-service -p bench)
+if [[ -f query-service/Cargo.toml ]]; then
+    packages+=(-p query-service)
+fi
+cargo build --release "${packages[@]}"
+
+target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+export BENCH_INVOCATION="bench/run.sh${*:+ $*}"
+exec "$target_dir/release/bench" --bin-dir "$target_dir/release" "$@"

@@ -1,0 +1,194 @@
+//! RabbitMQ: B2 (raw publishing with windowed confirms), queue inspection and cleanup.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+
+/// A connection of the benchmark's own.
+#[derive(Debug)]
+pub struct Broker {
+    connection: Connection,
+}
+
+/// A representative message body: an `AccountCredited` event as the relay sends it.
+pub fn sample_event() -> Vec<u8> {
+    br#"{"event_id":"019a7d2e-4c1b-7f3a-9d2e-6b5a4c3d2e1f","account_id":"00000000-0000-4000-8000-000000000001","version":3,"position":1042,"type":"AccountCredited","schema_version":1,"occurred_at":"2026-11-22T10:00:00.123456Z","data":{"amount":"1.00","currency":"MAD","balance":"1001.00"},"metadata":{"correlation_id":"0b0e4d7e-4a4e-4b8f-9a57-2f1d3c5b6a79","causation_id":"019a7d2e-4c1b-7f3a-9d2e-6b5a4c3d2e20","idempotency_key":null}}"#.to_vec()
+}
+
+impl Broker {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let properties = ConnectionProperties::default().with_connection_name("bench".into());
+        let connection = Connection::connect(url, properties)
+            .await
+            .context("cannot connect to RabbitMQ")?;
+        Ok(Self { connection })
+    }
+
+    /// Declares a durable topic exchange and a durable queue bound to `account.#`.
+    pub async fn declare_sink(&self, exchange: &str, queue: &str) -> anyhow::Result<()> {
+        let channel = self.connection.create_channel().await?;
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                "account.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = channel.close(200, "done".into()).await;
+        Ok(())
+    }
+
+    /// Messages ready in a queue and its consumers; `None` when it does not exist.
+    pub async fn queue_state(&self, queue: &str) -> anyhow::Result<Option<(u32, u32)>> {
+        let channel = self.connection.create_channel().await?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(state) => {
+                let _ = channel.close(200, "done".into()).await;
+                Ok(Some((state.message_count(), state.consumer_count())))
+            }
+            // A missing queue closes the channel (404).
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Waits until `queue` exists and has a consumer.
+    pub async fn wait_for_consumer(&self, queue: &str, timeout: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            if let Some((_, consumers)) = self.queue_state(queue).await?
+                && consumers > 0
+            {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "queue {queue} got no consumer within {} s",
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn purge(&self, queue: &str) -> anyhow::Result<u32> {
+        let channel = self.connection.create_channel().await?;
+        let purged = channel
+            .queue_purge(queue.into(), QueuePurgeOptions::default())
+            .await?;
+        let _ = channel.close(200, "done".into()).await;
+        Ok(purged)
+    }
+
+    /// Deletes queues and exchanges (missing ones are fine).
+    pub async fn delete(&self, queues: &[String], exchanges: &[String]) {
+        for queue in queues {
+            if let Ok(channel) = self.connection.create_channel().await {
+                let _ = channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+                let _ = channel.close(200, "done".into()).await;
+            }
+        }
+        for exchange in exchanges {
+            if let Ok(channel) = self.connection.create_channel().await {
+                let _ = channel
+                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+                let _ = channel.close(200, "done".into()).await;
+            }
+        }
+    }
+
+    /// B2: publishes persistent event-sized messages to `exchange` (a durable queue
+    /// bound) in windows of `window`, waiting for every confirm of a window before the
+    /// next, for `duration`. Returns confirmed messages per second.
+    pub async fn raw_publish(
+        &self,
+        exchange: &str,
+        window: usize,
+        duration: Duration,
+    ) -> anyhow::Result<f64> {
+        let channel = self.connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let body = sample_event();
+        let started = Instant::now();
+        let mut confirmed = 0usize;
+        let mut sequence = 0u64;
+        while started.elapsed() < duration {
+            let mut confirms = Vec::with_capacity(window);
+            for _ in 0..window {
+                sequence += 1;
+                let properties = BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2)
+                    .with_message_id(format!("bench-{sequence}").into())
+                    .with_type("AccountCredited".into());
+                confirms.push(
+                    channel
+                        .basic_publish(
+                            exchange.into(),
+                            "account.credited".into(),
+                            BasicPublishOptions::default(),
+                            &body,
+                            properties,
+                        )
+                        .await?,
+                );
+            }
+            for confirm in confirms {
+                if !confirm.await?.is_ack() {
+                    bail!("the broker nacked a message");
+                }
+                confirmed += 1;
+            }
+        }
+        let elapsed = started.elapsed();
+        let _ = channel.close(200, "done".into()).await;
+        Ok(confirmed as f64 / elapsed.as_secs_f64())
+    }
+
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "bench done".into()).await;
+    }
+}
