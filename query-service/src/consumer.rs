@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::projection::{ACCOUNT_CONCURRENCY, Candidate, Origin, Projector, Verdict};
+use crate::projection::{Candidate, Origin, Projector, Verdict};
 use crate::settings::Settings;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -284,29 +284,27 @@ impl Consumer {
                 }
             }
         }
-        let projected: Vec<_> = futures::stream::iter(accounts)
-            .map(|(account, received)| async move {
-                let candidates: Vec<Candidate> =
-                    received.iter().map(|r| r.candidate.clone()).collect();
-                let verdicts = self.projector.project(account, &candidates, "broker").await;
-                (received, verdicts)
+        let groups: Vec<(Uuid, Vec<Candidate>)> = accounts
+            .iter()
+            .map(|(account, received)| {
+                let candidates = received.iter().map(|r| r.candidate.clone()).collect();
+                (*account, candidates)
             })
-            .buffer_unordered(ACCOUNT_CONCURRENCY)
-            .collect()
-            .await;
+            .collect();
+        let results = self.projector.project_accounts(&groups, "broker").await;
+        let mut settled = Vec::new();
         let mut later = Vec::new();
         let mut failure = None;
-        for (received, verdicts) in projected {
+        for (received, verdicts) in accounts.into_values().zip(results) {
             match verdicts {
                 Ok(verdicts) => {
                     for (message, verdict) in received.into_iter().zip(verdicts) {
                         let Received { delivery, span, .. } = message;
                         match verdict {
-                            Verdict::Applied | Verdict::Duplicate => {
-                                if verdict == Verdict::Duplicate {
-                                    span.in_scope(|| tracing::debug!("duplicate skipped"));
-                                }
-                                delivery.ack(BasicAckOptions::default()).await?;
+                            Verdict::Applied => settled.push(delivery),
+                            Verdict::Duplicate => {
+                                span.in_scope(|| tracing::debug!("duplicate skipped"));
+                                settled.push(delivery);
                             }
                             Verdict::Poison(reason) => {
                                 dead_letter(&delivery, "unprojectable", &reason)
@@ -322,6 +320,7 @@ impl Consumer {
                 }
             }
         }
+        acknowledge(settled, later.is_empty()).await?;
         let Some(error) = failure else {
             *retry = MIN_BACKOFF;
             return Ok(());
@@ -343,6 +342,21 @@ impl Consumer {
         }
         Ok(())
     }
+}
+
+/// Acknowledges messages whose effect is committed. When no other message of the
+/// channel is left unsettled (`alone`: the batch's other messages are already
+/// rejected and earlier batches are settled), one `multiple` ack covers them all.
+async fn acknowledge(mut settled: Vec<Delivery>, alone: bool) -> Result<(), lapin::Error> {
+    settled.sort_by_key(|delivery| delivery.delivery_tag);
+    if alone && let Some(last) = settled.last() {
+        last.ack(BasicAckOptions { multiple: true }).await?;
+        return Ok(());
+    }
+    for delivery in settled {
+        delivery.ack(BasicAckOptions::default()).await?;
+    }
+    Ok(())
 }
 
 /// Reads a message into a candidate, within a span carrying its correlation id.

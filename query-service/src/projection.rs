@@ -18,7 +18,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::source::{CommandClient, SourceError};
-use crate::store::{Applied, Head, Mutation, Opening, OperationRow, ReadStore, Tables};
+use crate::store::{AccountRow, Applied, Head, Mutation, Opening, OperationRow, ReadStore, Tables};
 use crate::watch::ProjectionWatch;
 
 /// Rounds of read-decide-write before an account is given up as too contended.
@@ -169,16 +169,13 @@ impl Projector {
                 }
             }
         }
-        let results: Vec<_> = futures::stream::iter(accounts)
-            .map(|(account, candidates)| async move {
-                let verdicts = self.project(account.as_uuid(), &candidates, path).await;
-                (candidates, verdicts)
-            })
-            .buffer_unordered(ACCOUNT_CONCURRENCY)
-            .collect()
-            .await;
+        let accounts: Vec<(Uuid, Vec<Candidate>)> = accounts
+            .into_iter()
+            .map(|(account, candidates)| (account.as_uuid(), candidates))
+            .collect();
+        let results = self.project_accounts(&accounts, path).await;
         let mut failure = None;
-        for (candidates, verdicts) in results {
+        for ((_, candidates), verdicts) in accounts.iter().zip(results) {
             match verdicts {
                 Ok(verdicts) => {
                     for (candidate, verdict) in candidates.iter().zip(verdicts) {
@@ -208,6 +205,136 @@ impl Projector {
         }
     }
 
+    /// Projects the candidates of many accounts (each account once in `accounts`);
+    /// returns each account's verdicts (one per candidate, in order) or why it must be
+    /// retried, in the order of `accounts`.
+    ///
+    /// Every account whose candidates are a plain continuation of its projection goes
+    /// into one transaction: its row locked and read, its events folded in memory, all
+    /// rows and operations written with multi-row statements, one commit. The others (a
+    /// gap to fill, an event that cannot apply) and, should that transaction fail, all
+    /// of them, go through the per-account path ([`Projector::project`]).
+    pub async fn project_accounts(
+        &self,
+        accounts: &[(Uuid, Vec<Candidate>)],
+        path: &'static str,
+    ) -> Vec<Result<Vec<Verdict>, ProjectionError>> {
+        let mut results: Vec<Option<Result<Vec<Verdict>, ProjectionError>>> =
+            accounts.iter().map(|_| None).collect();
+        if let Some(highest) = accounts
+            .iter()
+            .flat_map(|(_, candidates)| candidates.iter().map(|c| c.envelope.position))
+            .max()
+        {
+            self.highest_position.fetch_max(highest, Ordering::Relaxed);
+        }
+        match self.project_together(accounts, path).await {
+            Ok(done) => {
+                for (index, verdicts) in done {
+                    count_verdicts(&verdicts, path);
+                    results[index] = Some(Ok(verdicts));
+                }
+            }
+            Err(error) => {
+                metrics::counter!("projection_batch_fallbacks_total", "path" => path).increment(1);
+                tracing::debug!(error = %error, accounts = accounts.len(), path, "batched apply failed; projecting account by account");
+            }
+        }
+        let rest: Vec<_> = futures::stream::iter(
+            results
+                .iter()
+                .enumerate()
+                .filter(|(_, result)| result.is_none())
+                .map(|(index, _)| index)
+                .collect::<Vec<_>>(),
+        )
+        .map(|index| async move {
+            let (account, candidates) = &accounts[index];
+            (index, self.project(*account, candidates, path).await)
+        })
+        .buffer_unordered(ACCOUNT_CONCURRENCY)
+        .collect()
+        .await;
+        for (index, result) in rest {
+            results[index] = Some(result);
+        }
+        // Every account was settled above; one that somehow was not is retried, never
+        // left without verdicts (its messages would stay unacknowledged).
+        results
+            .into_iter()
+            .zip(accounts)
+            .map(|(result, (account, _))| {
+                result.unwrap_or(Err(ProjectionError::Contention(*account)))
+            })
+            .collect()
+    }
+
+    /// The one-transaction part of [`Projector::project_accounts`]: the verdicts of the
+    /// accounts it settled, by index. Nothing is committed when it fails.
+    async fn project_together(
+        &self,
+        accounts: &[(Uuid, Vec<Candidate>)],
+        path: &'static str,
+    ) -> Result<Vec<(usize, Vec<Verdict>)>, sqlx::Error> {
+        if accounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = accounts.iter().map(|(account, _)| *account).collect();
+        let mut batch = self.store.batch(self.tables).await?;
+        let rows = batch.lock(&ids).await?;
+        let mut settled = Vec::new();
+        let mut runs = Vec::new();
+        let (mut opened, mut moved, mut operations) = (Vec::new(), Vec::new(), Vec::new());
+        for (index, (account, candidates)) in accounts.iter().enumerate() {
+            let row = rows.get(account);
+            let head = row.map(AccountRow::head);
+            let projected = head.as_ref().map_or(0, |h| h.version);
+            let mut decided = Decisions::new(candidates);
+            decided.settle_up_to(projected);
+            let pending = decided.pending();
+            let Some(&highest) = pending.last() else {
+                settled.push((index, decided.finish(), projected));
+                continue;
+            };
+            let run = next_run(candidates, &pending, projected);
+            if run
+                .last()
+                .is_none_or(|last| last.version() < candidates[highest].version())
+            {
+                continue; // a gap: the per-account path fills it
+            }
+            let (Some(mutation), None) = plan(*account, head.as_ref(), &run) else {
+                continue; // an event that cannot apply: the per-account path condemns it
+            };
+            let Some(after) = AccountRow::after(row, &mutation) else {
+                continue;
+            };
+            operations.extend(mutation.operations.iter().map(|op| (*account, op.clone())));
+            if row.is_some() {
+                moved.push(after);
+            } else {
+                opened.push(after);
+            }
+            runs.push((index, decided, run, mutation.to_version));
+        }
+        if !runs.is_empty() {
+            batch.write(&opened, &moved, &operations).await?;
+        }
+        batch.commit().await?;
+        let mut done = Vec::with_capacity(settled.len() + runs.len());
+        for (index, verdicts, projected) in settled {
+            self.watch.publish(accounts[index].0, projected);
+            done.push((index, verdicts));
+        }
+        for (index, mut decided, run, version) in runs {
+            self.committed(&run, &mut decided, path);
+            decided.settle_up_to(version);
+            self.watch.publish(accounts[index].0, version);
+            done.push((index, decided.finish()));
+        }
+        Ok(done)
+    }
+
     /// Projects candidates of one account; returns one verdict per candidate, in order.
     pub async fn project(
         &self,
@@ -224,15 +351,7 @@ impl Projector {
             .project_account(account, candidates, path)
             .instrument(span)
             .await?;
-        for verdict in &verdicts {
-            let outcome = match verdict {
-                Verdict::Applied => "applied",
-                Verdict::Duplicate => "duplicate",
-                Verdict::Poison(_) => "poison",
-            };
-            metrics::counter!("projection_events_total", "path" => path, "outcome" => outcome)
-                .increment(1);
-        }
+        count_verdicts(&verdicts, path);
         Ok(verdicts)
     }
 
@@ -257,16 +376,7 @@ impl Projector {
                 return Ok(decided.finish());
             };
             let highest = candidates[highest].version();
-            let mut run: Vec<Candidate> = Vec::new();
-            for &index in &pending {
-                let candidate = &candidates[index];
-                let next = projected + 1 + run_len(&run);
-                if candidate.version() == next {
-                    run.push(candidate.clone());
-                } else if candidate.version() > next {
-                    break;
-                }
-            }
+            let mut run = next_run(candidates, &pending, projected);
             if run.last().is_none_or(|last| last.version() < highest) {
                 run = self.backfill(account, projected, &mut decided).await?;
                 if run.is_empty() {
@@ -387,6 +497,33 @@ impl Projector {
         });
         decided.condemn_from(end + 1, &reason);
         Ok(run)
+    }
+}
+
+/// The consecutive pending candidates right after `projected` (one per version).
+fn next_run(candidates: &[Candidate], pending: &[usize], projected: i64) -> Vec<Candidate> {
+    let mut run: Vec<Candidate> = Vec::new();
+    for &index in pending {
+        let candidate = &candidates[index];
+        let next = projected + 1 + run_len(&run);
+        if candidate.version() == next {
+            run.push(candidate.clone());
+        } else if candidate.version() > next {
+            break;
+        }
+    }
+    run
+}
+
+fn count_verdicts(verdicts: &[Verdict], path: &'static str) {
+    for verdict in verdicts {
+        let outcome = match verdict {
+            Verdict::Applied => "applied",
+            Verdict::Duplicate => "duplicate",
+            Verdict::Poison(_) => "poison",
+        };
+        metrics::counter!("projection_events_total", "path" => path, "outcome" => outcome)
+            .increment(1);
     }
 }
 

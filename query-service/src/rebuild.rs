@@ -107,20 +107,23 @@ async fn rebuild_locked(
         skipped: 0,
         position: 0,
     };
-    loop {
+    // Each page is projected (one transaction) while the next one is read.
+    let mut page = read_page(&projector, 0, shutdown).await?;
+    while !page.events.is_empty() {
         if shutdown.is_cancelled() {
             bail!("rebuild interrupted; the live read model is untouched");
         }
-        let page = read_page(&projector, report.position, shutdown).await?;
-        if page.events.is_empty() {
-            break;
-        }
         let events = page.events.len() as u64;
-        let outcome = project_page(&projector, page.events, shutdown).await?;
+        let position = page.next_after;
+        let (next, outcome) = tokio::join!(
+            read_page(&projector, position, shutdown),
+            project_page(&projector, page.events, shutdown)
+        );
+        let outcome = outcome?;
         report.events += events;
         report.applied += outcome.applied;
         report.skipped += outcome.poisoned;
-        report.position = page.next_after;
+        report.position = position;
         if progress_at.elapsed() >= PROGRESS_EVERY {
             progress_at = Instant::now();
             let rate = report.events as f64 / started.elapsed().as_secs_f64().max(0.001);
@@ -131,6 +134,7 @@ async fn rebuild_locked(
                 "rebuild in progress"
             );
         }
+        page = next?;
     }
     sqlx::query(WRITE_CHECKPOINT)
         .bind(Uuid::new_v4().hyphenated().to_string())

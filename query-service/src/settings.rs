@@ -44,7 +44,7 @@ impl Default for Settings {
             amqp_url: SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
             amqp_exchange: "bank.events".to_owned(),
             amqp_queue: "query-service.projection".to_owned(),
-            amqp_prefetch: 64,
+            amqp_prefetch: 256,
             http_host: "0.0.0.0".to_owned(),
             http_port: 8082,
             command_service_url: "http://127.0.0.1:8081".to_owned(),

@@ -5,6 +5,7 @@
 //! projection's statements exist once per set of tables ([`LIVE`] and [`REBUILD`]), so
 //! that a rebuild runs the very same writes against fresh tables.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -25,6 +26,8 @@ pub struct Tables {
     insert_account: &'static str,
     update_account: &'static str,
     insert_operations: &'static str,
+    lock_accounts: &'static str,
+    insert_accounts: &'static str,
     read_checkpoint: &'static str,
     advance_checkpoint: &'static str,
 }
@@ -50,6 +53,16 @@ macro_rules! tables {
                 $operations,
                 " (event_id, account_id, version, type, amount, currency, balance_after, occurred_at) "
             ),
+            lock_accounts: concat!(
+                "SELECT id, status, currency, balance, version, created_at, updated_at FROM ",
+                $accounts,
+                " WHERE id IN "
+            ),
+            insert_accounts: concat!(
+                "INSERT INTO ",
+                $accounts,
+                " (id, status, currency, balance, version, created_at, updated_at) "
+            ),
             read_checkpoint: concat!(
                 "SELECT generation, position FROM ",
                 $checkpoint,
@@ -63,6 +76,14 @@ macro_rules! tables {
         }
     };
 }
+
+/// Turns a multi-row insert of accounts into an upsert of rows the batch holds
+/// locked. `VALUES(col)` is the form both MySQL 8 and MariaDB 10.11 accept.
+const UPDATE_LOCKED_ACCOUNTS: &str = " ON DUPLICATE KEY UPDATE status = VALUES(status), \
+     balance = VALUES(balance), version = VALUES(version), updated_at = VALUES(updated_at)";
+
+/// Rows per multi-row statement (well under the 65535 placeholders of a statement).
+const ROWS_PER_STATEMENT: usize = 500;
 
 /// The tables the service reads and the live projection writes.
 pub const LIVE: Tables = tables!("live", "accounts", "operations", "projection_checkpoint");
@@ -133,6 +154,165 @@ pub enum Applied {
     Conflict,
     /// An event id is already recorded for another operation: impossible data.
     DuplicateEventId,
+}
+
+/// An account's whole projected row, as a batch reads, folds and writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRow {
+    pub id: Uuid,
+    pub status: String,
+    pub currency: String,
+    pub balance: Decimal,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl AccountRow {
+    /// Where the projection of this account stands.
+    pub fn head(&self) -> Head {
+        Head {
+            version: self.version,
+            currency: self.currency.clone(),
+        }
+    }
+
+    /// The row after `mutation`, which starts at this row (or opens the account when
+    /// there is none); `None` when a mutation without an opening has no row to start from.
+    pub fn after(current: Option<&Self>, mutation: &Mutation) -> Option<Self> {
+        let (currency, created_at) = match (&mutation.opening, current) {
+            (Some(opening), _) => (opening.currency.to_owned(), opening.created_at),
+            (None, Some(row)) => (row.currency.clone(), row.created_at),
+            (None, None) => return None,
+        };
+        Some(Self {
+            id: mutation.account,
+            status: mutation
+                .status
+                .map(str::to_owned)
+                .or_else(|| current.map(|row| row.status.clone()))
+                .unwrap_or_else(|| "CREATED".to_owned()),
+            currency,
+            balance: mutation
+                .balance
+                .or_else(|| current.map(|row| row.balance))
+                .unwrap_or_default(),
+            version: mutation.to_version,
+            created_at,
+            updated_at: mutation.updated_at,
+        })
+    }
+}
+
+/// One transaction applying the runs of many accounts at once: [`Batch::lock`] the
+/// accounts, fold their events in memory, [`Batch::write`] the results, commit.
+#[derive(Debug)]
+pub struct Batch {
+    tx: sqlx::Transaction<'static, MySql>,
+    tables: &'static Tables,
+}
+
+impl Batch {
+    /// Locks the rows of `accounts` (in id order, the one lock order of every batch)
+    /// and reads them. Accounts without a row are absent from the answer.
+    pub async fn lock(
+        &mut self,
+        accounts: &[Uuid],
+    ) -> Result<HashMap<Uuid, AccountRow>, sqlx::Error> {
+        let mut ids: Vec<String> = accounts
+            .iter()
+            .map(|id| id.hyphenated().to_string())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut rows = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut select = QueryBuilder::<MySql>::new(self.tables.lock_accounts);
+            select.push("(");
+            let mut list = select.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_str());
+            }
+            select.push(") ORDER BY id FOR UPDATE");
+            for row in select.build().fetch_all(&mut *self.tx).await? {
+                let id: String = row.try_get("id")?;
+                let id = Uuid::parse_str(&id).map_err(|error| sqlx::Error::ColumnDecode {
+                    index: "id".to_owned(),
+                    source: Box::new(error),
+                })?;
+                rows.insert(
+                    id,
+                    AccountRow {
+                        id,
+                        status: row.try_get("status")?,
+                        currency: row.try_get("currency")?,
+                        balance: row.try_get("balance")?,
+                        version: row.try_get("version")?,
+                        created_at: row.try_get("created_at")?,
+                        updated_at: row.try_get("updated_at")?,
+                    },
+                );
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Inserts the `opened` accounts (a plain insert: an account someone else opened
+    /// meanwhile fails the batch), overwrites the `moved` ones (rows this batch holds
+    /// locked) and inserts the operations.
+    pub async fn write(
+        &mut self,
+        opened: &[AccountRow],
+        moved: &[AccountRow],
+        operations: &[(Uuid, OperationRow)],
+    ) -> Result<(), sqlx::Error> {
+        for (rows, suffix) in [(opened, ""), (moved, UPDATE_LOCKED_ACCOUNTS)] {
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let mut insert = QueryBuilder::<MySql>::new(self.tables.insert_accounts);
+                insert.push_values(chunk, |mut row, account| {
+                    row.push_bind(account.id.hyphenated().to_string())
+                        .push_bind(account.status.clone())
+                        .push_bind(account.currency.clone())
+                        .push_bind(account.balance)
+                        .push_bind(account.version)
+                        .push_bind(account.created_at)
+                        .push_bind(account.updated_at);
+                });
+                insert.push(suffix);
+                insert.build().execute(&mut *self.tx).await?;
+            }
+        }
+        for chunk in operations.chunks(ROWS_PER_STATEMENT) {
+            insert_operations(self.tables, chunk.iter().map(|(id, op)| (*id, op)))
+                .build()
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+/// A multi-row insert of operations, each with its account.
+fn insert_operations<'a>(
+    tables: &Tables,
+    operations: impl IntoIterator<Item = (Uuid, &'a OperationRow)>,
+) -> QueryBuilder<MySql> {
+    let mut insert = QueryBuilder::<MySql>::new(tables.insert_operations);
+    insert.push_values(operations, |mut row, (account, op)| {
+        row.push_bind(op.event_id.hyphenated().to_string())
+            .push_bind(account.hyphenated().to_string())
+            .push_bind(op.version)
+            .push_bind(op.kind)
+            .push_bind(op.amount)
+            .push_bind(op.currency)
+            .push_bind(op.balance_after)
+            .push_bind(op.occurred_at);
+    });
+    insert
 }
 
 /// A credit or debit as stored.
@@ -283,18 +463,12 @@ impl ReadStore {
             Err(error) => return Err(error),
         }
         if !mutation.operations.is_empty() {
-            let mut insert = QueryBuilder::<MySql>::new(tables.insert_operations);
-            insert.push_values(&mutation.operations, |mut row, op| {
-                row.push_bind(op.event_id.hyphenated().to_string())
-                    .push_bind(&id)
-                    .push_bind(op.version)
-                    .push_bind(op.kind)
-                    .push_bind(op.amount)
-                    .push_bind(op.currency)
-                    .push_bind(op.balance_after)
-                    .push_bind(op.occurred_at);
-            });
-            match insert.build().execute(&mut *tx).await {
+            let operations = mutation.operations.iter().map(|op| (mutation.account, op));
+            match insert_operations(tables, operations)
+                .build()
+                .execute(&mut *tx)
+                .await
+            {
                 Ok(_) => {}
                 Err(error) if is_unique_violation(&error) => return Ok(Applied::DuplicateEventId),
                 Err(error) if is_retryable(&error) => return Ok(Applied::Conflict),
@@ -306,6 +480,14 @@ impl ReadStore {
             Err(error) if is_retryable(&error) => Ok(Applied::Conflict),
             Err(error) => Err(error),
         }
+    }
+
+    /// Starts a transaction applying many accounts' runs at once.
+    pub async fn batch(&self, tables: &'static Tables) -> Result<Batch, sqlx::Error> {
+        Ok(Batch {
+            tx: self.pool.begin().await?,
+            tables,
+        })
     }
 
     /// The feed checkpoint: its generation and the position verified so far.
