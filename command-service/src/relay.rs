@@ -20,6 +20,7 @@ use crate::envelope::to_envelope;
 const STANDBY_RETRY: Duration = Duration::from_secs(2);
 const IDLE_POLL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The relay's view of the broker, for `/health/ready`.
 #[derive(Debug, Clone, Default)]
@@ -104,6 +105,7 @@ impl Relay {
             let batch = leader.pending(self.batch_size).await?;
             metrics::gauge!("outbox_pending_batch").set(batch.len() as f64);
             if batch.is_empty() {
+                publisher = self.keep_connected(publisher).await;
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     _ = listener.recv() => {}
@@ -149,6 +151,29 @@ impl Relay {
             publisher.close().await;
         }
         leader.resign().await
+    }
+
+    /// While idle, keeps the broker connection open (or retries it) so that
+    /// readiness reports an outage even when nothing is being published.
+    async fn keep_connected(&self, publisher: Option<Publisher>) -> Option<Publisher> {
+        if let Some(connected) = publisher.filter(Publisher::is_connected) {
+            return Some(connected);
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
+            Ok(Ok(connected)) => {
+                self.status.set(BrokerStatus::UP);
+                Some(connected)
+            }
+            Ok(Err(error)) => {
+                self.status.set(BrokerStatus::DOWN);
+                tracing::debug!(error = %error, "broker unreachable while idle");
+                None
+            }
+            Err(_) => {
+                self.status.set(BrokerStatus::DOWN);
+                None
+            }
+        }
     }
 
     async fn connect(&self) -> Result<Publisher, PublishError> {
