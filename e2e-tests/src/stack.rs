@@ -1,0 +1,530 @@
+//! One test's whole platform: the command service and the query service as processes,
+//! on their own Postgres database, MySQL database, exchange and queue, on free ports.
+//!
+//! Dropped, it kills both services; after a passing test it also drops its databases,
+//! queues, exchanges and logs. After a failing one it keeps them and prints where they
+//! are, with the last lines of each service's log.
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::Connection;
+use uuid::Uuid;
+
+use futures::StreamExt;
+
+use crate::api::Api;
+use crate::binaries::{Binary, ensure_built, profile_dir};
+use crate::broker::Broker;
+use crate::model::{Expected, account_view, operation_view};
+use crate::process::{Env, Service};
+use crate::servers::{AMQP_URL, MYSQL_SERVER, ensure_reachable, free_port, postgres_server};
+
+/// Longest wait asked of `GET /accounts/{id}?min_version=` (the contract's maximum).
+pub const WAIT_MS: u64 = 10_000;
+/// How long a test waits at most for the projection to reach a version.
+pub const CATCH_UP: Duration = Duration::from_secs(30);
+
+/// The names that isolate one stack on the shared servers.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub id: String,
+    pub postgres_db: String,
+    pub mysql_db: String,
+    pub exchange: String,
+    pub queue: String,
+}
+
+impl Names {
+    pub fn fresh() -> Self {
+        let id = Uuid::new_v4().simple().to_string();
+        Self {
+            postgres_db: format!("e2e_test_{id}"),
+            mysql_db: format!("e2e_read_{id}"),
+            exchange: format!("e2e.{id}"),
+            queue: format!("e2e.{id}.projection"),
+            id,
+        }
+    }
+
+    /// Where the query service dead-letters (`{exchange}.dlx`, kept in `{exchange}.dlq`).
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.exchange)
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.exchange)
+    }
+}
+
+/// How a stack is configured beyond its isolation.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    amqp_url: String,
+    query_extra: Env,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        Self {
+            amqp_url: AMQP_URL.to_owned(),
+            query_extra: Env::new(),
+        }
+    }
+}
+
+impl StackConfig {
+    /// Both services reach the broker at `url` (a proxy, for instance).
+    pub fn broker(mut self, url: &str) -> Self {
+        url.clone_into(&mut self.amqp_url);
+        self
+    }
+
+    /// One more variable for the query service.
+    pub fn query_setting(mut self, name: &str, value: &str) -> Self {
+        self.query_extra.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
+    pub async fn start(self) -> Stack {
+        let names = Names::fresh();
+        let rust_log = std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+        let command_env = Env::from([
+            (
+                "DATABASE_URL".into(),
+                format!("{}/{}", postgres_server(), names.postgres_db),
+            ),
+            ("AMQP_URL".into(), self.amqp_url.clone()),
+            ("AMQP_EXCHANGE".into(), names.exchange.clone()),
+            ("HTTP_HOST".into(), "127.0.0.1".into()),
+            ("HTTP_PORT".into(), free_port().to_string()),
+            // The suite runs many stacks beside other crates' tests on one Postgres.
+            ("DATABASE_MAX_CONNECTIONS".into(), "8".into()),
+            ("RUST_LOG".into(), rust_log.clone()),
+        ]);
+        let query_names = names.clone();
+        let query_env = move |command_url: &str| {
+            let mut env = Env::from([
+                (
+                    "DATABASE_URL".into(),
+                    format!("{MYSQL_SERVER}/{}", query_names.mysql_db),
+                ),
+                ("AMQP_URL".into(), self.amqp_url.clone()),
+                ("AMQP_EXCHANGE".into(), query_names.exchange.clone()),
+                ("AMQP_QUEUE".into(), query_names.queue.clone()),
+                ("HTTP_HOST".into(), "127.0.0.1".into()),
+                ("HTTP_PORT".into(), free_port().to_string()),
+                ("COMMAND_SERVICE_URL".into(), command_url.to_owned()),
+                ("RUST_LOG".into(), rust_log),
+            ]);
+            env.extend(self.query_extra);
+            env
+        };
+        Stack::launch(names, command_env, query_env).await
+    }
+}
+
+/// A running platform.
+#[derive(Debug)]
+pub struct Stack {
+    pub names: Names,
+    command: Service,
+    query: Option<Service>,
+    query_env: Env,
+    logs: PathBuf,
+    command_api: Api,
+    query_api: Api,
+}
+
+impl Stack {
+    /// Both services on the shared servers, each test's own names, default settings.
+    pub async fn start() -> Self {
+        StackConfig::default().start().await
+    }
+
+    /// Starts the command service with `command_env`, then the query service with the
+    /// environment `query_env` gives for the command service's URL.
+    pub async fn launch(
+        names: Names,
+        command_env: Env,
+        query_env: impl FnOnce(&str) -> Env,
+    ) -> Self {
+        ensure_reachable();
+        ensure_built();
+        let logs = profile_dir().join("e2e-logs").join(&names.id);
+        std::fs::create_dir_all(&logs)
+            .unwrap_or_else(|error| panic!("cannot create {}: {error}", logs.display()));
+        let command = Service::start(
+            Binary::CommandService,
+            command_env,
+            &logs.join("command-service.log"),
+        )
+        .await;
+        let query = Service::start(
+            Binary::QueryService,
+            query_env(&command.url),
+            &logs.join("query-service.log"),
+        )
+        .await;
+        Self {
+            command_api: Api::new(&command.url),
+            query_api: Api::new(&query.url),
+            query_env: query.env.clone(),
+            names,
+            command,
+            query: Some(query),
+            logs,
+        }
+    }
+
+    pub fn command(&self) -> &Api {
+        &self.command_api
+    }
+
+    pub fn query(&self) -> &Api {
+        assert!(self.query.is_some(), "the query service is not running");
+        &self.query_api
+    }
+
+    pub fn command_service(&self) -> &Service {
+        &self.command
+    }
+
+    /// Where the services' logs go (`command-service.log`, `query-service.log`, ...).
+    pub fn logs_dir(&self) -> &std::path::Path {
+        &self.logs
+    }
+
+    /// SIGKILLs the query service.
+    pub fn kill_query(&mut self) {
+        if let Some(mut query) = self.query.take() {
+            query.kill();
+        }
+    }
+
+    /// Starts the query service again with the same environment (on another port).
+    pub async fn restart_query(&mut self) {
+        self.kill_query();
+        let mut env = self.query_env.clone();
+        env.insert("HTTP_PORT".into(), free_port().to_string());
+        let query = Service::start(
+            Binary::QueryService,
+            env,
+            &self.logs.join("query-service.log"),
+        )
+        .await;
+        self.query_api = Api::new(&query.url);
+        self.query_env = query.env.clone();
+        self.query = Some(query);
+    }
+
+    /// Another query service replica on the same database and queue (its own port),
+    /// with its client; it stops when dropped.
+    pub async fn query_replica(&self) -> (Service, Api) {
+        let mut env = self.query_env.clone();
+        env.insert("HTTP_PORT".into(), free_port().to_string());
+        let replica = Service::start(
+            Binary::QueryService,
+            env,
+            &self.logs.join("query-service-replica.log"),
+        )
+        .await;
+        let api = Api::new(&replica.url);
+        (replica, api)
+    }
+
+    /// Runs `query-service rebuild` with the query service's environment, to its end.
+    pub async fn rebuild(&self) -> ExitStatus {
+        self.run_query_binary(&["rebuild"], self.query_env.clone())
+            .await
+    }
+
+    /// Runs the query service's binary with these arguments and exactly this
+    /// environment, to its end (at most 60 s), its output in `rebuild.log`.
+    pub async fn run_query_binary(&self, args: &[&str], env: Env) -> ExitStatus {
+        let log = self.logs.join("rebuild.log");
+        let mut run = Service::spawn(Binary::QueryService, args, env, &log);
+        let status = run.wait_exit(Duration::from_secs(60)).await;
+        status.unwrap_or_else(|| {
+            panic!(
+                "`query-service {}` did not finish within 60 s\n--- last lines of {} ---\n{}",
+                args.join(" "),
+                log.display(),
+                run.log_tail(30)
+            )
+        })
+    }
+
+    pub fn rebuild_log_tail(&self) -> String {
+        crate::process::tail(&self.logs.join("rebuild.log"), 30)
+    }
+
+    /// Waits until the query service consumes its queue, so that what is published
+    /// from now on reaches it.
+    pub async fn wait_for_consumer(&self, broker: &Broker) {
+        for _ in 0..200 {
+            if broker
+                .depth(&self.names.queue)
+                .await
+                .is_some_and(|depth| depth.consumers > 0)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "the query service never consumed {}\n{}",
+            self.names.queue,
+            self.log_tails()
+        );
+    }
+
+    // ---- the command service, as a client uses it ----
+
+    /// `POST /accounts`; returns the id and version of the acknowledged creation.
+    pub async fn create(&self, initial_balance: &str, currency: &str) -> Ack {
+        let body = json!({"initial_balance": initial_balance, "currency": currency});
+        let reply = self.command_api.post("/accounts", &body).await;
+        Ack::from(reply.expect(201, "create"))
+    }
+
+    /// `POST /accounts/{id}/{verb}`, which must succeed.
+    pub async fn act(&self, id: &str, verb: &str, body: Value) -> Ack {
+        let reply = self
+            .command_api
+            .post(&format!("/accounts/{id}/{verb}"), &body)
+            .await;
+        Ack::from(reply.expect(200, verb))
+    }
+
+    /// A created and activated account.
+    pub async fn active_account(&self, initial_balance: &str, currency: &str) -> Ack {
+        let created = self.create(initial_balance, currency).await;
+        self.act(&created.id, "activate", json!({})).await
+    }
+
+    /// The account's full stream at the command service.
+    pub async fn events(&self, id: &str) -> Vec<Value> {
+        let mut stream = self
+            .command_api
+            .get(&format!("/accounts/{id}/events"))
+            .await
+            .expect(200, "account events");
+        match stream["events"].take() {
+            Value::Array(events) => events,
+            other => panic!("no events array: {other}"),
+        }
+    }
+
+    /// The whole global feed of the command service.
+    pub async fn feed(&self) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self
+                .command_api
+                .get(&format!("/events?after={after}&limit=1000"))
+                .await
+                .expect(200, "feed");
+            let batch = page["events"].as_array().cloned().unwrap_or_default();
+            if batch.is_empty() {
+                return events;
+            }
+            after = page["next_after"].as_u64().expect("next_after");
+            events.extend(batch);
+        }
+    }
+
+    // ---- the query service, as a client uses it ----
+
+    /// `GET /accounts/{id}?min_version=..&wait_ms=10000`, which must answer 200. A
+    /// `504 not_yet_projected` is asked again until [`CATCH_UP`] has passed, so that a
+    /// slow machine does not fail a test that only needs the projection to catch up.
+    pub async fn read(&self, id: &str, min_version: u64) -> Value {
+        let path = format!("/accounts/{id}?min_version={min_version}&wait_ms={WAIT_MS}");
+        let deadline = Instant::now() + CATCH_UP;
+        loop {
+            let reply = self.query().get(&path).await;
+            match reply.status {
+                200 => return reply.body,
+                504 if Instant::now() < deadline => continue,
+                status => panic!(
+                    "GET {path} answered {status}: {}\n{}",
+                    reply.body,
+                    self.log_tails()
+                ),
+            }
+        }
+    }
+
+    /// Every operation of an account, following `next` with pages of `limit`.
+    pub async fn operations(&self, id: &str, limit: u32) -> Vec<Value> {
+        self.pages(
+            &format!("/accounts/{id}/operations?limit={limit}"),
+            "operations",
+        )
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// Every page of a listing (`path` has a query string), following `next` to null.
+    pub async fn pages(&self, path: &str, items: &str) -> Vec<Vec<Value>> {
+        let mut pages = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let url = match &cursor {
+                Some(after) => format!("{path}&after={after}"),
+                None => path.to_owned(),
+            };
+            let mut page = self.query().get(&url).await.expect(200, &url);
+            let batch = match page[items].take() {
+                Value::Array(batch) => batch,
+                other => panic!("GET {url}: no {items} array: {other}"),
+            };
+            pages.push(batch);
+            match page["next"].take() {
+                Value::Null => return pages,
+                Value::String(next) => cursor = Some(next),
+                other => panic!("GET {url}: next is neither a cursor nor null: {other}"),
+            }
+            assert!(pages.len() < 10_000, "GET {path}: paging never ends");
+        }
+    }
+
+    /// Reads every account back once it reached its latest version at the command
+    /// service, and checks that it shows exactly what its events say, operations too.
+    pub async fn assert_read_model_exact(&self, ids: &[String]) -> Vec<Expected> {
+        let checks = ids.iter().map(|id| async move {
+            let expected = Expected::from_events(&self.events(id).await);
+            let account = self.read(id, expected.version()).await;
+            assert_eq!(
+                account_view(&account),
+                expected.account,
+                "account {id} in the read model"
+            );
+            let operations: Vec<Value> = self
+                .operations(id, 50)
+                .await
+                .iter()
+                .map(operation_view)
+                .collect();
+            assert_eq!(
+                operations, expected.operations,
+                "operations of account {id} in the read model"
+            );
+            expected
+        });
+        futures::stream::iter(checks).buffered(8).collect().await
+    }
+
+    /// The last lines of each service's log.
+    pub fn log_tails(&self) -> String {
+        let mut text = format!(
+            "--- last lines of {} ---\n{}",
+            self.command.log.display(),
+            self.command.log_tail(25)
+        );
+        let query_log = self.logs.join("query-service.log");
+        text.push_str(&format!(
+            "\n--- last lines of {} ---\n{}",
+            query_log.display(),
+            crate::process::tail(&query_log, 25)
+        ));
+        text
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.kill_query();
+        self.command.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "kept for inspection: Postgres database {}, MySQL database {}, exchange {}, queue {}, logs in {}\n{}",
+                self.names.postgres_db,
+                self.names.mysql_db,
+                self.names.exchange,
+                self.names.queue,
+                self.logs.display(),
+                self.log_tails()
+            );
+            return;
+        }
+        let names = self.names.clone();
+        // Drop may run inside the test's runtime: clean up on a thread of its own.
+        let _ = std::thread::spawn(move || remove(&names)).join();
+        let _ = std::fs::remove_dir_all(&self.logs);
+    }
+}
+
+/// Drops a stack's databases, queues and exchanges (best effort, bounded in time).
+pub fn remove(names: &Names) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    runtime.block_on(async {
+        let cleanup = async {
+            if let Ok(mut postgres) =
+                sqlx::PgConnection::connect(&format!("{}/postgres", postgres_server())).await
+            {
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    names.postgres_db
+                )))
+                .execute(&mut postgres)
+                .await;
+                let _ = postgres.close().await;
+            }
+            if let Ok(mut mysql) = sqlx::MySqlConnection::connect(MYSQL_SERVER).await {
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS `{}`",
+                    names.mysql_db
+                )))
+                .execute(&mut mysql)
+                .await;
+                let _ = mysql.close().await;
+            }
+            if let Some(broker) = Broker::try_connect().await {
+                broker
+                    .delete(
+                        &[&names.queue, &names.dead_letter_queue()],
+                        &[&names.exchange, &names.dead_letter_exchange()],
+                    )
+                    .await;
+                broker.close().await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(15), cleanup).await;
+    });
+}
+
+/// A command's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub id: String,
+    pub version: u64,
+    /// Present for credits and debits.
+    pub balance: Option<String>,
+}
+
+impl From<Value> for Ack {
+    fn from(body: Value) -> Self {
+        Self {
+            id: body["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no id in {body}"))
+                .to_owned(),
+            version: body["version"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no version in {body}")),
+            balance: body["balance"].as_str().map(str::to_owned),
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! The configuration operators deploy with, run here. No Docker engine runs on these
+//! machines, so this test reads `docker-compose.yml` as Compose would (anchors, merge
+//! keys, `${VAR:-default}` with the defaults), takes the `environment` of the
+//! command-service, query-service and rebuild services exactly as written, changes
+//! only what the local servers require, starts both binaries with it, and runs a smoke
+//! scenario. It fails when the file stops passing a variable the services need.
+//!
+//! What is changed, and why (`localize` applies exactly this, and prints it):
+//! - the compose host names `postgres`, `mysql`, `rabbitmq`, `command-service` become
+//!   127.0.0.1: each service runs here as a process, not in a compose network;
+//! - Postgres: user `bank` becomes `postgres` (the local server knows only `root` and
+//!   `postgres`, trust auth); the password stays (trust auth never asks for it);
+//! - MariaDB: user `bank` with password `bank` becomes `root` without a password (the
+//!   local server's only account);
+//! - RabbitMQ: user `bank`/`bank` becomes `guest`/`guest` (the local broker's only user,
+//!   allowed from loopback);
+//! - the database names become this test's own (`e2e_test_<id>`, `e2e_read_<id>`): the
+//!   local servers are shared with the developers' own `bank_events`/`bank_read` and with
+//!   tests running in parallel;
+//! - `HTTP_PORT` 8081/8082 become free ports, and `COMMAND_SERVICE_URL` follows the
+//!   command service's: those ports may be taken here, where no container has its own
+//!   network namespace.
+//!
+//! Added, because the compose file leaves them to their defaults and several stacks
+//! share one broker here: `AMQP_EXCHANGE` and `AMQP_QUEUE` (this test's own names), and
+//! `HTTP_HOST=127.0.0.1` (listen on loopback only). The test checks that the file does
+//! not set them, so that nothing it writes is overridden.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use e2e_tests::compose::ComposeFile;
+use e2e_tests::process::Env;
+use e2e_tests::servers::postgres_server;
+use e2e_tests::stack::Names;
+use e2e_tests::{Api, Stack};
+use reqwest::Url;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+/// What each service cannot do without, per the contract and `docs/operations.md`.
+const REQUIRED: [(&str, &[&str]); 3] = [
+    (
+        "command-service",
+        &["DATABASE_URL", "AMQP_URL", "HTTP_PORT"],
+    ),
+    (
+        "query-service",
+        &[
+            "DATABASE_URL",
+            "AMQP_URL",
+            "HTTP_PORT",
+            "COMMAND_SERVICE_URL",
+        ],
+    ),
+    ("rebuild", &["DATABASE_URL", "COMMAND_SERVICE_URL"]),
+];
+/// Set by this test for isolation; the compose file must leave them to the defaults.
+const ADDED: [&str; 3] = ["HTTP_HOST", "AMQP_EXCHANGE", "AMQP_QUEUE"];
+
+const LOOPBACK: &str = "127.0.0.1";
+
+/// Interpolation sees no variable: what is checked is the file's own defaults, not
+/// whatever this machine's environment holds.
+fn no_variables(_: &str) -> Option<String> {
+    None
+}
+
+fn compose_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml")
+}
+
+fn compose_file() -> ComposeFile {
+    let path = compose_path();
+    ComposeFile::load(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+/// A service's environment as the compose file writes it, checked for what it needs.
+fn environment(compose: &ComposeFile, service: &str) -> Env {
+    let env = compose
+        .environment(service, &no_variables)
+        .unwrap_or_else(|error| panic!("docker-compose.yml, service {service}: {error}"));
+    let (_, required) = REQUIRED
+        .iter()
+        .find(|(name, _)| *name == service)
+        .expect("a service this test knows");
+    let missing: Vec<&&str> = required
+        .iter()
+        .filter(|name| !env.contains_key(**name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docker-compose.yml no longer passes {missing:?} to {service}, which needs them"
+    );
+    for name in ADDED {
+        assert!(
+            !env.contains_key(name),
+            "docker-compose.yml now sets {name} for {service}; this test would override it: revisit the test"
+        );
+    }
+    env
+}
+
+/// Where this test runs what compose would run in containers.
+struct Here<'a> {
+    names: &'a Names,
+    /// `HTTP_PORT` of the service being configured, here.
+    port: u16,
+    /// The command service's URL here, once it runs.
+    command_url: Option<&'a str>,
+    /// The command service's `HTTP_PORT` in the compose file.
+    compose_command_port: &'a str,
+}
+
+/// The environment of a compose service with exactly the substitutions listed at the
+/// top of this file, plus the isolation variables; returns it with a note per change.
+fn localize(service: &str, env: &Env, here: &Here<'_>) -> (Env, Vec<String>) {
+    let mut local = Env::new();
+    let mut notes = Vec::new();
+    for (name, value) in env {
+        let changed = if name == "HTTP_PORT" {
+            here.port.to_string()
+        } else {
+            match Url::parse(value) {
+                Ok(url) if url.host_str().is_some_and(is_compose_host) => {
+                    localize_url(service, name, url, here)
+                }
+                _ => value.clone(),
+            }
+        };
+        if &changed != value {
+            notes.push(format!("{service}: {name}={value} -> {changed}"));
+        }
+        local.insert(name.clone(), changed);
+    }
+    let added = [
+        ("HTTP_HOST", LOOPBACK.to_owned()),
+        ("AMQP_EXCHANGE", here.names.exchange.clone()),
+        ("AMQP_QUEUE", here.names.queue.clone()),
+    ];
+    for (name, value) in added {
+        notes.push(format!("{service}: + {name}={value}"));
+        local.insert(name.to_owned(), value);
+    }
+    (local, notes)
+}
+
+fn is_compose_host(host: &str) -> bool {
+    [
+        "postgres",
+        "mysql",
+        "rabbitmq",
+        "command-service",
+        "query-service",
+    ]
+    .contains(&host)
+}
+
+fn localize_url(service: &str, name: &str, mut url: Url, here: &Here<'_>) -> String {
+    let host = url.host_str().unwrap_or_default().to_owned();
+    let set = |url: &mut Url, user: &str, password: Option<&str>, port: u16| {
+        url.set_host(Some(LOOPBACK)).unwrap();
+        url.set_port(Some(port)).unwrap();
+        url.set_username(user).unwrap();
+        url.set_password(password).unwrap();
+    };
+    match (url.scheme(), host.as_str()) {
+        ("postgres" | "postgresql", "postgres") => {
+            // The local server (or TEST_POSTGRES_URL's): its user, and its password if it
+            // has one, else the compose file's, which trust auth ignores.
+            let server = Url::parse(&postgres_server()).expect("the Postgres server's URL");
+            let password = server.password().or(url.password()).map(str::to_owned);
+            set(
+                &mut url,
+                server.username(),
+                password.as_deref(),
+                server.port().unwrap_or(5432),
+            );
+            url.set_host(server.host_str()).unwrap();
+            url.set_path(&format!("/{}", here.names.postgres_db));
+        }
+        ("mysql", "mysql") => {
+            set(&mut url, "root", None, 3306);
+            url.set_path(&format!("/{}", here.names.mysql_db));
+        }
+        ("amqp", "rabbitmq") => set(&mut url, "guest", Some("guest"), 5672),
+        ("http", "command-service") => {
+            assert_eq!(
+                url.port().map(|port| port.to_string()).as_deref(),
+                Some(here.compose_command_port),
+                "{service}: {name} must point at the command service's HTTP_PORT"
+            );
+            let command_url = here
+                .command_url
+                .unwrap_or_else(|| panic!("{service}: {name} points at the command service"));
+            let path = url.path().trim_start_matches('/').to_owned();
+            return format!("{command_url}/{path}")
+                .trim_end_matches('/')
+                .to_owned();
+        }
+        _ => panic!(
+            "{service}: {name}={url} points at {host}, which this test does not know how to run here"
+        ),
+    }
+    url.to_string()
+}
+
+/// The container port of each `ports` entry of a service.
+fn published_container_ports(compose: &ComposeFile, service: &str) -> Vec<String> {
+    compose
+        .ports(service, &no_variables)
+        .unwrap_or_else(|error| panic!("docker-compose.yml, service {service}: {error}"))
+        .iter()
+        .map(|port| port.rsplit(':').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+async fn wait_ready_with_broker_up(api: &Api) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = api.get("/health/ready").await;
+        assert_eq!(ready.status, 200, "{}: {}", api.base, ready.body);
+        assert_eq!(ready.body["database"], "up", "{}", api.base);
+        if ready.body["broker"] == "up" {
+            return ready.body;
+        }
+        assert!(Instant::now() < deadline, "{}: {}", api.base, ready.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether every line of a log is a JSON object (`LOG_FORMAT=json` was honoured).
+fn json_lines(log: &Path) -> bool {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    !lines.is_empty()
+        && lines
+            .iter()
+            .all(|line| serde_json::from_str::<Value>(line).is_ok_and(|v| v.is_object()))
+}
+
+#[tokio::test]
+async fn the_compose_configuration_runs_a_smoke_scenario_on_the_local_servers() {
+    let compose = compose_file();
+    let command_compose = environment(&compose, "command-service");
+    let query_compose = environment(&compose, "query-service");
+    let rebuild_compose = environment(&compose, "rebuild");
+    for (service, env) in [
+        ("command-service", &command_compose),
+        ("query-service", &query_compose),
+    ] {
+        assert!(
+            published_container_ports(&compose, service).contains(&env["HTTP_PORT"]),
+            "{service} listens on HTTP_PORT {} but compose publishes {:?}",
+            env["HTTP_PORT"],
+            compose.ports(service, &no_variables)
+        );
+    }
+    assert_eq!(compose.command("rebuild").unwrap(), ["rebuild"]);
+
+    let names = Names::fresh();
+    let compose_command_port = command_compose["HTTP_PORT"].clone();
+    let command_here = Here {
+        names: &names,
+        port: e2e_tests::servers::free_port(),
+        command_url: None,
+        compose_command_port: &compose_command_port,
+    };
+    let (command_env, mut notes) = localize("command-service", &command_compose, &command_here);
+    let mut query_notes = Vec::new();
+    let stack = Stack::launch(names.clone(), command_env, |command_url| {
+        let here = Here {
+            names: &names,
+            port: e2e_tests::servers::free_port(),
+            command_url: Some(command_url),
+            compose_command_port: &compose_command_port,
+        };
+        let (env, changes) = localize("query-service", &query_compose, &here);
+        query_notes = changes;
+        env
+    })
+    .await;
+    notes.append(&mut query_notes);
+    eprintln!("substitutions:\n  {}", notes.join("\n  "));
+
+    // Smoke: a client's first steps, read back through the query service.
+    let created = stack.create("100.00", "MAD").await;
+    stack.act(&created.id, "activate", json!({})).await;
+    let credited = stack
+        .act(&created.id, "credit", json!({"amount": "50.00"}))
+        .await;
+    let account = stack.read(&created.id, credited.version).await;
+    assert_eq!(
+        (&account["status"], &account["balance"], &account["version"]),
+        (&json!("ACTIVE"), &json!("150.00"), &json!(3))
+    );
+    for api in [stack.command(), stack.query()] {
+        assert_eq!(api.get("/health/live").await.status, 200, "{}", api.base);
+        wait_ready_with_broker_up(api).await;
+    }
+
+    // What the compose file passes is what the services used.
+    let mut postgres = sqlx::PgConnection::connect(&format!("{}/postgres", postgres_server()))
+        .await
+        .unwrap();
+    let databases: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(&names.postgres_db)
+        .fetch_one(&mut postgres)
+        .await
+        .unwrap();
+    assert_eq!(databases, 1, "the command service used DATABASE_URL");
+    let mut mysql = sqlx::MySqlConnection::connect(e2e_tests::servers::MYSQL_SERVER)
+        .await
+        .unwrap();
+    let schemas: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.schemata WHERE schema_name = ?",
+    )
+    .bind(&names.mysql_db)
+    .fetch_one(&mut mysql)
+    .await
+    .unwrap();
+    assert_eq!(schemas, 1, "the query service used DATABASE_URL");
+    let _ = postgres.close().await;
+    let _ = mysql.close().await;
+    for (service, env) in [
+        ("command-service", &command_compose),
+        ("query-service", &query_compose),
+    ] {
+        if env.get("LOG_FORMAT").map(String::as_str) == Some("json") {
+            let log = stack.logs_dir().join(format!("{service}.log"));
+            assert!(json_lines(&log), "{service} honoured LOG_FORMAT=json");
+        }
+    }
+
+    // The compose `rebuild` tool, with its own environment, rebuilds the same model.
+    let here = Here {
+        names: &names,
+        port: e2e_tests::servers::free_port(),
+        command_url: Some(&stack.command_service().url),
+        compose_command_port: &compose_command_port,
+    };
+    let (rebuild_env, _) = localize("rebuild", &rebuild_compose, &here);
+    let status = stack.run_query_binary(&["rebuild"], rebuild_env).await;
+    assert!(
+        status.success(),
+        "rebuild: {status}\n{}",
+        stack.rebuild_log_tail()
+    );
+    assert_eq!(stack.read(&created.id, credited.version).await, account);
+}
+
+/// The compose file with every line that sets `variable` removed.
+fn compose_without(variable: &str) -> ComposeFile {
+    let text = std::fs::read_to_string(compose_path()).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            !line
+                .trim_start()
+                .trim_start_matches("- ")
+                .trim_start_matches('"')
+                .starts_with(variable)
+        })
+        .collect();
+    assert!(
+        kept.len() < text.lines().count(),
+        "{variable} is not set in the file"
+    );
+    ComposeFile::parse(&kept.join("\n")).unwrap()
+}
+
+#[test]
+#[should_panic(expected = "no longer passes [\"COMMAND_SERVICE_URL\"] to query-service")]
+fn a_compose_file_without_the_command_service_url_for_the_query_service_is_refused() {
+    environment(&compose_without("COMMAND_SERVICE_URL"), "query-service");
+}
+
+#[test]
+#[should_panic(expected = "no longer passes [\"DATABASE_URL\"] to command-service")]
+fn a_compose_file_without_the_event_store_url_is_refused() {
+    environment(&compose_without("DATABASE_URL"), "command-service");
+}
