@@ -47,9 +47,4 @@ impl StoreError {
         }
         Self::Database(error)
     }
-
-    /// True for failures worth retrying after a reload (a concurrent writer won).
-    pub fn is_conflict(&self) -> bool {
-        matches!(self, Self::Conflict { .. })
-    }
 }
