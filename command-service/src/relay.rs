@@ -2,14 +2,13 @@
 //! in position order (so in version order per account), and only then removes them
 //! from the outbox. One relay leads across all replicas; the others stand by.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use event_store::{EventStore, OutboxLeader, RecordedEvent, StoreError};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
+use service_kit::amqp::BrokerStatus;
 use shared_events::EventType;
 use tokio_util::sync::CancellationToken;
 
@@ -21,28 +20,6 @@ const STANDBY_RETRY: Duration = Duration::from_secs(2);
 const IDLE_POLL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// The relay's view of the broker, for `/health/ready`.
-#[derive(Debug, Clone, Default)]
-pub struct BrokerStatus(Arc<AtomicU8>);
-
-impl BrokerStatus {
-    const STANDBY: u8 = 0;
-    const UP: u8 = 1;
-    const DOWN: u8 = 2;
-
-    fn set(&self, state: u8) {
-        self.0.store(state, Ordering::Relaxed);
-    }
-
-    pub fn describe(&self) -> &'static str {
-        match self.0.load(Ordering::Relaxed) {
-            Self::UP => "up",
-            Self::DOWN => "down",
-            _ => "standby",
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 enum PublishError {
@@ -79,9 +56,9 @@ impl Relay {
                     if let Err(error) = self.lead(leader, &shutdown).await {
                         tracing::warn!(error = %error, "outbox relay lost its database connection; re-electing");
                     }
-                    self.status.set(BrokerStatus::STANDBY);
+                    self.status.set_idle();
                 }
-                Ok(None) => self.status.set(BrokerStatus::STANDBY),
+                Ok(None) => self.status.set_idle(),
                 Err(error) => {
                     tracing::warn!(error = %error, "outbox relay cannot reach the database")
                 }
@@ -130,11 +107,11 @@ impl Relay {
                     let positions: Vec<i64> = batch.iter().map(|e| e.position).collect();
                     leader.acknowledge(&positions).await?;
                     metrics::counter!("outbox_published_total").increment(positions.len() as u64);
-                    self.status.set(BrokerStatus::UP);
+                    self.status.set_up();
                     backoff = Duration::from_millis(100);
                 }
                 Err(error) => {
-                    self.status.set(BrokerStatus::DOWN);
+                    self.status.set_down();
                     tracing::warn!(error = %error, retry_in = ?backoff, "publishing failed; events stay in the outbox");
                     if let Some(failed) = publisher.take() {
                         failed.close().await;
@@ -161,16 +138,16 @@ impl Relay {
         }
         match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
             Ok(Ok(connected)) => {
-                self.status.set(BrokerStatus::UP);
+                self.status.set_up();
                 Some(connected)
             }
             Ok(Err(error)) => {
-                self.status.set(BrokerStatus::DOWN);
+                self.status.set_down();
                 tracing::debug!(error = %error, "broker unreachable while idle");
                 None
             }
             Err(_) => {
-                self.status.set(BrokerStatus::DOWN);
+                self.status.set_down();
                 None
             }
         }

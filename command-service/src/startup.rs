@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::application::CommandHandler;
 use crate::http::{AppState, router};
-use crate::relay::{BrokerStatus, Relay};
+use crate::relay::Relay;
 use crate::settings::Settings;
+use service_kit::amqp::BrokerStatus;
 
 /// A built, not yet running, command service.
 #[derive(Debug)]
@@ -32,7 +33,7 @@ impl Application {
         )
         .await
         .with_context(|| format!("cannot open the event store at {:?}", settings.database_url))?;
-        let broker = BrokerStatus::default();
+        let broker = BrokerStatus::new("standby");
         let relay = Relay {
             store: store.clone(),
             amqp_url: settings.amqp_url.expose().to_owned(),

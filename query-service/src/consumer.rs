@@ -7,8 +7,6 @@
 //! the queue after a growing pause. A lost connection is re-established with backoff.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -19,6 +17,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
+use service_kit::amqp::BrokerStatus;
 use shared_events::EventEnvelope;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -31,30 +30,6 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest name RabbitMQ accepts for an exchange or a queue.
 const MAX_NAME_BYTES: usize = 255;
-
-/// The consumer's view of the broker, for `/health/ready`.
-#[derive(Debug, Clone, Default)]
-pub struct BrokerStatus(Arc<AtomicU8>);
-
-impl BrokerStatus {
-    const CONNECTING: u8 = 0;
-    const UP: u8 = 1;
-    const DOWN: u8 = 2;
-
-    fn set(&self, state: u8) {
-        self.0.store(state, Ordering::Relaxed);
-        metrics::gauge!("amqp_consumer_connected").set(if state == Self::UP { 1.0 } else { 0.0 });
-    }
-
-    /// `up`, `down` or `connecting`.
-    pub fn describe(&self) -> &'static str {
-        match self.0.load(Ordering::Relaxed) {
-            Self::CONNECTING => "connecting",
-            Self::UP => "up",
-            _ => "down",
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 enum ConsumeError {
@@ -196,7 +171,8 @@ impl Consumer {
             match self.consume(&shutdown, &mut backoff).await {
                 Ok(()) => break,
                 Err(error) => {
-                    self.status.set(BrokerStatus::DOWN);
+                    self.status.set_down();
+                    metrics::gauge!("amqp_consumer_connected").set(0.0);
                     tracing::warn!(error = %error, retry_in = ?backoff, "projection consumer lost the broker");
                     tokio::select! {
                         () = shutdown.cancelled() => break,
@@ -229,7 +205,8 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
-        self.status.set(BrokerStatus::UP);
+        self.status.set_up();
+        metrics::gauge!("amqp_consumer_connected").set(1.0);
         *backoff = MIN_BACKOFF;
         tracing::info!(queue = %self.topology.queue, "projection consumer connected");
         let mut retry = MIN_BACKOFF;

@@ -7,7 +7,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer::{BrokerStatus, Consumer, Topology};
+use crate::consumer::{Consumer, Topology};
 use crate::follower::FeedFollower;
 use crate::http::{AppState, router};
 use crate::projection::Projector;
@@ -15,6 +15,7 @@ use crate::settings::Settings;
 use crate::source::CommandClient;
 use crate::store::{LIVE, ReadStore};
 use crate::watch::ProjectionWatch;
+use service_kit::amqp::BrokerStatus;
 
 /// How long the consumer may take to finish its in-flight messages on shutdown.
 const CONSUMER_GRACE: Duration = Duration::from_secs(7);
@@ -44,7 +45,7 @@ impl Application {
             .context("cannot build the command service client")?;
         let watch = ProjectionWatch::default();
         let projector = Projector::new(store.clone(), &LIVE, source, watch.clone());
-        let broker = BrokerStatus::default();
+        let broker = BrokerStatus::new("connecting");
         let consumer = Consumer::new(
             projector.clone(),
             settings.amqp_url.expose(),

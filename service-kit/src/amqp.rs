@@ -27,3 +27,50 @@ pub async fn declare_events_exchange(
         )
         .await
 }
+
+/// A service's view of its broker connection, reported by `/health/ready`.
+#[derive(Debug, Clone)]
+pub struct BrokerStatus {
+    state: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    idle: &'static str,
+}
+
+impl BrokerStatus {
+    const IDLE: u8 = 0;
+    const UP: u8 = 1;
+    const DOWN: u8 = 2;
+
+    /// A status that reads `idle` (e.g. `"connecting"`, `"standby"`) until set.
+    pub fn new(idle: &'static str) -> Self {
+        Self {
+            state: std::sync::Arc::default(),
+            idle,
+        }
+    }
+
+    pub fn set_up(&self) {
+        self.store(Self::UP);
+    }
+
+    pub fn set_down(&self) {
+        self.store(Self::DOWN);
+    }
+
+    pub fn set_idle(&self) {
+        self.store(Self::IDLE);
+    }
+
+    fn store(&self, state: u8) {
+        self.state
+            .store(state, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `"up"`, `"down"` or the idle word.
+    pub fn describe(&self) -> &'static str {
+        match self.state.load(std::sync::atomic::Ordering::Relaxed) {
+            Self::UP => "up",
+            Self::DOWN => "down",
+            _ => self.idle,
+        }
+    }
+}

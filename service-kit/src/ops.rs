@@ -29,6 +29,48 @@ pub struct Dependency {
     pub required: bool,
 }
 
+/// The probe of a service with one database (required) and one broker (reported,
+/// never required: commands and reads go on without it).
+pub fn database_and_broker<F, Fut>(
+    ping: F,
+    broker: crate::amqp::BrokerStatus,
+) -> Arc<dyn ReadinessProbe>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    Arc::new(DatabaseAndBroker { ping, broker })
+}
+
+struct DatabaseAndBroker<F> {
+    ping: F,
+    broker: crate::amqp::BrokerStatus,
+}
+
+impl<F, Fut> ReadinessProbe for DatabaseAndBroker<F>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    fn check(&self) -> Pin<Box<dyn Future<Output = Vec<Dependency>> + Send + '_>> {
+        let database = (self.ping)();
+        Box::pin(async move {
+            vec![
+                Dependency {
+                    name: "database",
+                    state: if database.await { "up" } else { "down" },
+                    required: true,
+                },
+                Dependency {
+                    name: "broker",
+                    state: self.broker.describe(),
+                    required: false,
+                },
+            ]
+        })
+    }
+}
+
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder (once) and returns its handle.

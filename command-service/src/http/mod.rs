@@ -4,16 +4,13 @@ mod commands;
 mod dto;
 mod feeds;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::routing::{get, post};
 use event_store::EventStore;
-use service_kit::ops::{Dependency, ReadinessProbe};
 use utoipa::OpenApi;
 
 use crate::application::CommandHandler;
-use crate::relay::BrokerStatus;
+use service_kit::amqp::BrokerStatus;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -56,40 +53,15 @@ pub fn router(state: AppState, broker: BrokerStatus) -> Router {
         .route("/accounts/{id}/events", get(feeds::account_events))
         .route("/events", get(feeds::all_events))
         .with_state(state.clone());
-    let probe = Arc::new(Readiness {
-        store: state.store,
+    let store = state.store;
+    let probe = service_kit::ops::database_and_broker(
+        move || {
+            let store = store.clone();
+            async move { store.ping().await }
+        },
         broker,
-    });
+    );
     service_kit::http::with_common_layers(
         api.merge(service_kit::ops::routes(probe, ApiDoc::openapi())),
     )
-}
-
-struct Readiness {
-    store: EventStore,
-    broker: BrokerStatus,
-}
-
-impl ReadinessProbe for Readiness {
-    fn check(&self) -> std::pin::Pin<Box<dyn Future<Output = Vec<Dependency>> + Send + '_>> {
-        Box::pin(async move {
-            let database = if self.store.ping().await {
-                "up"
-            } else {
-                "down"
-            };
-            vec![
-                Dependency {
-                    name: "database",
-                    state: database,
-                    required: true,
-                },
-                Dependency {
-                    name: "broker",
-                    state: self.broker.describe(),
-                    required: false,
-                },
-            ]
-        })
-    }
 }

@@ -4,17 +4,14 @@ mod accounts;
 mod cursor;
 mod dto;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::routing::get;
-use service_kit::ops::{Dependency, ReadinessProbe};
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
-use crate::consumer::BrokerStatus;
 use crate::store::ReadStore;
 use crate::watch::ProjectionWatch;
+use service_kit::amqp::BrokerStatus;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -49,40 +46,15 @@ pub fn router(state: AppState, broker: BrokerStatus) -> Router {
         .route("/accounts/{id}/operations", get(accounts::list_operations))
         .route("/balance-sheet", get(accounts::balance_sheet))
         .with_state(state.clone());
-    let probe = Arc::new(Readiness {
-        store: state.store,
+    let store = state.store;
+    let probe = service_kit::ops::database_and_broker(
+        move || {
+            let store = store.clone();
+            async move { store.ping().await }
+        },
         broker,
-    });
+    );
     service_kit::http::with_common_layers(
         api.merge(service_kit::ops::routes(probe, ApiDoc::openapi())),
     )
-}
-
-struct Readiness {
-    store: ReadStore,
-    broker: BrokerStatus,
-}
-
-impl ReadinessProbe for Readiness {
-    fn check(&self) -> std::pin::Pin<Box<dyn Future<Output = Vec<Dependency>> + Send + '_>> {
-        Box::pin(async move {
-            let database = if self.store.ping().await {
-                "up"
-            } else {
-                "down"
-            };
-            vec![
-                Dependency {
-                    name: "database",
-                    state: database,
-                    required: true,
-                },
-                Dependency {
-                    name: "broker",
-                    state: self.broker.describe(),
-                    required: false,
-                },
-            ]
-        })
-    }
 }
