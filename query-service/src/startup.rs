@@ -66,13 +66,7 @@ impl Application {
             watch,
             shutdown: stop.clone(),
         };
-        let address = (settings.http_host.as_str(), settings.http_port);
-        let listener = TcpListener::bind(address).await.with_context(|| {
-            format!(
-                "cannot listen on {}:{}",
-                settings.http_host, settings.http_port
-            )
-        })?;
+        let listener = service_kit::http::bind(&settings.http_host, settings.http_port).await?;
         Ok(Self {
             listener,
             router: router(state, broker),

@@ -59,6 +59,24 @@ pub fn with_common_layers(routes: Router) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
+/// A service's whole HTTP application: its own routes, the operational routes
+/// (health with `probe`, metrics, `openapi`, docs) and the common layers.
+pub fn application(
+    routes: Router,
+    probe: std::sync::Arc<dyn crate::ops::ReadinessProbe>,
+    openapi: utoipa::openapi::OpenApi,
+) -> Router {
+    with_common_layers(routes.merge(crate::ops::routes(probe, openapi)))
+}
+
+/// Binds the HTTP listener (port 0 picks a free port).
+pub async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
+    use anyhow::Context;
+    TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("cannot listen on {host}:{port}"))
+}
+
 /// The request id of a request (set by [`with_common_layers`]).
 pub fn request_id(headers: &axum::http::HeaderMap) -> Option<String> {
     headers

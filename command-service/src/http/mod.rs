@@ -61,7 +61,5 @@ pub fn router(state: AppState, broker: BrokerStatus) -> Router {
         },
         broker,
     );
-    service_kit::http::with_common_layers(
-        api.merge(service_kit::ops::routes(probe, ApiDoc::openapi())),
-    )
+    service_kit::http::application(api, probe, ApiDoc::openapi())
 }
