@@ -12,17 +12,17 @@ use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
 /// A connection of the benchmark's own.
 #[derive(Debug)]
-pub struct Broker {
+pub(crate) struct Broker {
     connection: Connection,
 }
 
 /// A representative message body: an `AccountCredited` event as the relay sends it.
-pub fn sample_event() -> Vec<u8> {
+pub(crate) fn sample_event() -> Vec<u8> {
     br#"{"event_id":"019a7d2e-4c1b-7f3a-9d2e-6b5a4c3d2e1f","account_id":"00000000-0000-4000-8000-000000000001","version":3,"position":1042,"type":"AccountCredited","schema_version":1,"occurred_at":"2026-11-22T10:00:00.123456Z","data":{"amount":"1.00","currency":"MAD","balance":"1001.00"},"metadata":{"correlation_id":"0b0e4d7e-4a4e-4b8f-9a57-2f1d3c5b6a79","causation_id":"019a7d2e-4c1b-7f3a-9d2e-6b5a4c3d2e20","idempotency_key":null}}"#.to_vec()
 }
 
 impl Broker {
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(url: &str) -> anyhow::Result<Self> {
         let properties = ConnectionProperties::default().with_connection_name("bench".into());
         let connection = Connection::connect(url, properties)
             .await
@@ -31,7 +31,7 @@ impl Broker {
     }
 
     /// Declares a durable topic exchange and a durable queue bound to `account.#`.
-    pub async fn declare_sink(&self, exchange: &str, queue: &str) -> anyhow::Result<()> {
+    pub(crate) async fn declare_sink(&self, exchange: &str, queue: &str) -> anyhow::Result<()> {
         let channel = self.connection.create_channel().await?;
         channel
             .exchange_declare(
@@ -68,7 +68,7 @@ impl Broker {
     }
 
     /// Messages ready in a queue and its consumers; `None` when it does not exist.
-    pub async fn queue_state(&self, queue: &str) -> anyhow::Result<Option<(u32, u32)>> {
+    pub(crate) async fn queue_state(&self, queue: &str) -> anyhow::Result<Option<(u32, u32)>> {
         let channel = self.connection.create_channel().await?;
         let declared = channel
             .queue_declare(
@@ -91,7 +91,11 @@ impl Broker {
     }
 
     /// Waits until `queue` exists and has a consumer.
-    pub async fn wait_for_consumer(&self, queue: &str, timeout: Duration) -> anyhow::Result<()> {
+    pub(crate) async fn wait_for_consumer(
+        &self,
+        queue: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
             if let Some((_, consumers)) = self.queue_state(queue).await?
@@ -109,7 +113,7 @@ impl Broker {
         }
     }
 
-    pub async fn purge(&self, queue: &str) -> anyhow::Result<u32> {
+    pub(crate) async fn purge(&self, queue: &str) -> anyhow::Result<u32> {
         let channel = self.connection.create_channel().await?;
         let purged = channel
             .queue_purge(queue.into(), QueuePurgeOptions::default())
@@ -119,7 +123,7 @@ impl Broker {
     }
 
     /// Deletes queues and exchanges (missing ones are fine).
-    pub async fn delete(&self, queues: &[String], exchanges: &[String]) {
+    pub(crate) async fn delete(&self, queues: &[String], exchanges: &[String]) {
         for queue in queues {
             if let Ok(channel) = self.connection.create_channel().await {
                 let _ = channel
@@ -141,7 +145,7 @@ impl Broker {
     /// B2: publishes persistent event-sized messages to `exchange` (a durable queue
     /// bound) in windows of `window`, waiting for every confirm of a window before the
     /// next, for `duration`. Returns confirmed messages per second.
-    pub async fn raw_publish(
+    pub(crate) async fn raw_publish(
         &self,
         exchange: &str,
         window: usize,
@@ -188,7 +192,7 @@ impl Broker {
         Ok(confirmed as f64 / elapsed.as_secs_f64())
     }
 
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.connection.close(200, "bench done".into()).await;
     }
 }

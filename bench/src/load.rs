@@ -26,12 +26,12 @@ const CREDIT_BODY: &[u8] = br#"{"amount": "1.00"}"#;
 
 /// One HTTP/1.1 connection.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     sender: SendRequest<Full<Bytes>>,
 }
 
 impl Conn {
-    pub async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+    pub(crate) async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("cannot connect to {addr}"))?;
@@ -45,7 +45,7 @@ impl Conn {
         Ok(Self { sender })
     }
 
-    pub async fn request(
+    pub(crate) async fn request(
         &mut self,
         method: Method,
         path: &str,
@@ -69,13 +69,13 @@ impl Conn {
 
 /// The accounts a load picks from, uniformly at random.
 #[derive(Debug, Clone)]
-pub struct Accounts {
+pub(crate) struct Accounts {
     ids: Arc<Vec<String>>,
     credit_paths: Arc<Vec<String>>,
 }
 
 impl Accounts {
-    pub fn new(ids: Vec<String>) -> anyhow::Result<Self> {
+    pub(crate) fn new(ids: Vec<String>) -> anyhow::Result<Self> {
         if ids.is_empty() {
             bail!("no accounts to load");
         }
@@ -96,7 +96,7 @@ impl Accounts {
 
 /// Credits by `clients` closed-loop clients; requests started within the window after
 /// `warmup` count. Non-200 answers are errors.
-pub async fn closed_loop(
+pub(crate) async fn closed_loop(
     addr: SocketAddr,
     accounts: &Accounts,
     clients: usize,
@@ -176,7 +176,7 @@ pub async fn closed_loop(
 
 /// Where and how often to check that acknowledged commands became visible.
 #[derive(Debug, Clone)]
-pub struct Probe {
+pub(crate) struct Probe {
     pub query_base: String,
     pub client: reqwest::Client,
     /// Probe one command in this many.
@@ -187,7 +187,7 @@ pub struct Probe {
 
 /// What an open-loop run measured.
 #[derive(Debug, Clone, Default)]
-pub struct OpenLoop {
+pub(crate) struct OpenLoop {
     /// Acknowledgement latency from when each request was due.
     pub ack: Sample,
     /// Commands acknowledged per second, from the first arrival to the last answer.
@@ -204,7 +204,7 @@ struct Job {
 
 /// Credits arriving at `rate` per second for `duration`, served by `connections`
 /// connections; requests wait in line when all are busy.
-pub async fn open_loop(
+pub(crate) async fn open_loop(
     addr: SocketAddr,
     accounts: &Accounts,
     rate: f64,

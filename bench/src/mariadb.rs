@@ -29,11 +29,11 @@ CREATE TABLE operations (
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 ";
 
-pub fn database_url(server: &str, name: &str) -> String {
+pub(crate) fn database_url(server: &str, name: &str) -> String {
     format!("{}/{name}", server.trim_end_matches('/'))
 }
 
-pub async fn connect(url: &str) -> anyhow::Result<MySqlPool> {
+pub(crate) async fn connect(url: &str) -> anyhow::Result<MySqlPool> {
     MySqlPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(30))
@@ -42,7 +42,7 @@ pub async fn connect(url: &str) -> anyhow::Result<MySqlPool> {
         .context("cannot connect to MariaDB/MySQL")
 }
 
-pub async fn server_version(server: &str) -> anyhow::Result<String> {
+pub(crate) async fn server_version(server: &str) -> anyhow::Result<String> {
     let pool = connect(server).await?;
     let version: String = sqlx::query_scalar("SELECT VERSION()")
         .fetch_one(&pool)
@@ -51,7 +51,7 @@ pub async fn server_version(server: &str) -> anyhow::Result<String> {
     Ok(version)
 }
 
-pub async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
     if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         bail!("refusing database name {name:?}");
     }
@@ -65,14 +65,14 @@ pub async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
 
 /// The raw baseline's database: the read model's tables, `accounts` accounts in them.
 #[derive(Debug)]
-pub struct RawStore {
+pub(crate) struct RawStore {
     pool: MySqlPool,
     versions: Vec<i64>,
     sequence: u64,
 }
 
 impl RawStore {
-    pub async fn create(server: &str, name: &str, accounts: usize) -> anyhow::Result<Self> {
+    pub(crate) async fn create(server: &str, name: &str, accounts: usize) -> anyhow::Result<Self> {
         let admin = connect(server).await?;
         sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
             .execute(&admin)
@@ -104,7 +104,11 @@ impl RawStore {
 
     /// B3: credits on random accounts, `batch` per transaction (one multi-row insert of
     /// operations, one multi-row upsert of accounts), for `duration`. Events per second.
-    pub async fn raw_apply(&mut self, batch: usize, duration: Duration) -> anyhow::Result<f64> {
+    pub(crate) async fn raw_apply(
+        &mut self,
+        batch: usize,
+        duration: Duration,
+    ) -> anyhow::Result<f64> {
         let mut rng = StdRng::from_os_rng();
         let started = Instant::now();
         let mut applied = 0usize;
@@ -153,14 +157,14 @@ impl RawStore {
         Ok(applied as f64 / started.elapsed().as_secs_f64())
     }
 
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         self.pool.close().await;
     }
 }
 
 /// How far the query service's live read model got: accounts and the sum of their
 /// versions (the number of their events applied).
-pub async fn projected(pool: &MySqlPool) -> anyhow::Result<(i64, i64)> {
+pub(crate) async fn projected(pool: &MySqlPool) -> anyhow::Result<(i64, i64)> {
     let (accounts, events): (i64, Option<rust_decimal::Decimal>) =
         sqlx::query_as("SELECT COUNT(*), SUM(version) FROM accounts")
             .fetch_one(pool)
@@ -171,7 +175,7 @@ pub async fn projected(pool: &MySqlPool) -> anyhow::Result<(i64, i64)> {
 }
 
 /// Accounts and the sum of their balances in the read model, as text.
-pub async fn projected_balance(pool: &MySqlPool) -> anyhow::Result<(i64, String)> {
+pub(crate) async fn projected_balance(pool: &MySqlPool) -> anyhow::Result<(i64, String)> {
     let (accounts, total): (i64, Option<rust_decimal::Decimal>) =
         sqlx::query_as("SELECT COUNT(*), SUM(balance) FROM accounts")
             .fetch_one(pool)

@@ -17,7 +17,7 @@ const REQUIREMENT: &str = "eventsourcing[postgres]";
 
 /// A virtual environment with the library, and the peer script.
 #[derive(Debug, Clone)]
-pub struct Peer {
+pub(crate) struct Peer {
     python: PathBuf,
     script: PathBuf,
     pub version: String,
@@ -33,7 +33,7 @@ struct RunOutput {
 
 impl Peer {
     /// Creates (or reuses) the virtual environment under `dir` and installs the library.
-    pub async fn install(dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) async fn install(dir: &Path) -> anyhow::Result<Self> {
         let venv = dir.join("venv");
         let python = venv.join("bin").join("python");
         if !python.is_file() {
@@ -98,14 +98,14 @@ impl Peer {
     }
 
     /// Creates `accounts` active accounts in the peer's database.
-    pub async fn setup(&self, target: &Target, accounts: u64) -> anyhow::Result<()> {
+    pub(crate) async fn setup(&self, target: &Target, accounts: u64) -> anyhow::Result<()> {
         let mut command = self.command(target);
         command.args(["setup", &target.database, &accounts.to_string()]);
         run_quiet(&mut command).await.context("peer setup failed")
     }
 
     /// `threads` threads each loading an account and appending a credit, in a loop.
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         target: &Target,
         threads: usize,

@@ -15,21 +15,21 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 const APPEND_CHANNEL: &str = "bank_outbox";
 
 /// The id of seeded account `n`: `00000000-0000-4000-8000-<n as 12 hex digits>`.
-pub fn account_id(n: u64) -> String {
+pub(crate) fn account_id(n: u64) -> String {
     format!("00000000-0000-4000-8000-{n:012x}")
 }
 
 /// The same id, as a SQL expression over a bigint column or variable.
-pub fn sql_account_id(n: &str) -> String {
+pub(crate) fn sql_account_id(n: &str) -> String {
     format!("('00000000-0000-4000-8000-' || lpad(to_hex({n}), 12, '0'))::uuid")
 }
 
 /// `server/name` from a server URL without a path and a database name.
-pub fn database_url(server: &str, name: &str) -> String {
+pub(crate) fn database_url(server: &str, name: &str) -> String {
     format!("{}/{name}", server.trim_end_matches('/'))
 }
 
-pub async fn connect(url: &str, max: u32) -> anyhow::Result<PgPool> {
+pub(crate) async fn connect(url: &str, max: u32) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(30))
@@ -38,7 +38,7 @@ pub async fn connect(url: &str, max: u32) -> anyhow::Result<PgPool> {
         .with_context(|| format!("cannot connect to Postgres database {}", redact(url)))
 }
 
-pub async fn server_version(server: &str) -> anyhow::Result<String> {
+pub(crate) async fn server_version(server: &str) -> anyhow::Result<String> {
     let mut conn = PgConnection::connect(&database_url(server, "postgres")).await?;
     let version: String = sqlx::query_scalar("SELECT version()")
         .fetch_one(&mut conn)
@@ -48,7 +48,7 @@ pub async fn server_version(server: &str) -> anyhow::Result<String> {
 }
 
 /// Creates an empty database (for the peer, whose library makes its own tables).
-pub async fn create_database(server: &str, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn create_database(server: &str, name: &str) -> anyhow::Result<()> {
     check_name(name)?;
     let mut conn = PgConnection::connect(&database_url(server, "postgres")).await?;
     sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
@@ -59,7 +59,7 @@ pub async fn create_database(server: &str, name: &str) -> anyhow::Result<()> {
 }
 
 /// Drops a database, closing whatever is still connected to it.
-pub async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
     check_name(name)?;
     let mut conn = PgConnection::connect(&database_url(server, "postgres")).await?;
     sqlx::raw_sql(AssertSqlSafe(format!(
@@ -84,7 +84,7 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 
 /// What a seeding inserted.
 #[derive(Debug, Clone, Copy)]
-pub struct Seeded {
+pub(crate) struct Seeded {
     pub events: u64,
     pub took: Duration,
 }
@@ -92,7 +92,7 @@ pub struct Seeded {
 /// Seeds accounts `first..first+count`, each with `events` events (at least 2), in one
 /// transaction. With `outbox`, every event is also queued for the relay and the relay
 /// is woken at commit.
-pub async fn seed_accounts(
+pub(crate) async fn seed_accounts(
     pool: &PgPool,
     first: u64,
     count: u64,
@@ -172,20 +172,20 @@ pub async fn seed_accounts(
     })
 }
 
-pub async fn analyze(pool: &PgPool) -> anyhow::Result<()> {
+pub(crate) async fn analyze(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::raw_sql("ANALYZE events; ANALYZE streams;")
         .execute(pool)
         .await?;
     Ok(())
 }
 
-pub async fn outbox_backlog(pool: &PgPool) -> anyhow::Result<i64> {
+pub(crate) async fn outbox_backlog(pool: &PgPool) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
         .fetch_one(pool)
         .await?)
 }
 
-pub async fn event_count(pool: &PgPool) -> anyhow::Result<i64> {
+pub(crate) async fn event_count(pool: &PgPool) -> anyhow::Result<i64> {
     Ok(
         sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
             .fetch_one(pool)
@@ -194,7 +194,7 @@ pub async fn event_count(pool: &PgPool) -> anyhow::Result<i64> {
 }
 
 /// Number of streams and the sum of their balances (from the snapshots), as text.
-pub async fn balance_total(pool: &PgPool) -> anyhow::Result<(i64, String)> {
+pub(crate) async fn balance_total(pool: &PgPool) -> anyhow::Result<(i64, String)> {
     let (count, total): (i64, Option<String>) = sqlx::query_as(
         "SELECT count(*), sum((snapshot->'balance'->>'amount')::numeric)::text FROM streams",
     )
@@ -204,7 +204,7 @@ pub async fn balance_total(pool: &PgPool) -> anyhow::Result<(i64, String)> {
 }
 
 /// Waits until the outbox is empty; the time it took from `since`.
-pub async fn wait_outbox_empty(
+pub(crate) async fn wait_outbox_empty(
     pool: &PgPool,
     since: Instant,
     timeout: Duration,
@@ -228,7 +228,7 @@ fn as_i64(value: u64) -> anyhow::Result<i64> {
 }
 
 /// A URL without its password.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.rsplit_once('@') {
             Some((_, host)) => format!("{scheme}://***@{host}"),

@@ -19,7 +19,7 @@ const APPEND_LOCK: i64 = 7_305_954_634_617_839_617;
 /// The pgbench script. The version check is the `UPDATE` of the stream row; it bumps
 /// the version it finds (under the row lock) instead of comparing with the version
 /// read first, because pgbench cannot retry a conflict and would abort the client.
-pub fn script() -> String {
+pub(crate) fn script() -> String {
     let id = sql_account_id("CAST(:n AS bigint)");
     format!(
         "\\set n random(1, :accounts)
@@ -36,7 +36,7 @@ COMMIT;
 
 /// Connection of pgbench to one database.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     pub host: String,
     pub port: u16,
     pub user: String,
@@ -46,7 +46,7 @@ pub struct Target {
 
 impl Target {
     /// From `postgres://user[:password]@host:port` and a database name.
-    pub fn parse(server: &str, database: &str) -> anyhow::Result<Self> {
+    pub(crate) fn parse(server: &str, database: &str) -> anyhow::Result<Self> {
         let rest = server
             .strip_prefix("postgres://")
             .or_else(|| server.strip_prefix("postgresql://"))
@@ -76,7 +76,7 @@ impl Target {
 
 /// Runs the script with `clients` clients for `warmup + measure` (whole seconds) and
 /// returns what the transactions started in the window after `warmup` did.
-pub async fn run(
+pub(crate) async fn run(
     target: &Target,
     script_path: &Path,
     work_dir: &Path,

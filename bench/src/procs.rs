@@ -26,14 +26,14 @@ const SCRUBBED: &[&str] = &[
 ];
 
 /// A free TCP port on the loopback interface (free when asked).
-pub fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
 
 /// A running service process.
 #[derive(Debug)]
-pub struct Service {
+pub(crate) struct Service {
     pub name: String,
     pub port: u16,
     pub log: PathBuf,
@@ -45,7 +45,7 @@ pub struct Service {
 
 impl Service {
     /// Starts `binary` with `env` (plus HTTP_HOST/HTTP_PORT/LOG_FORMAT), logging to `log`.
-    pub fn start(
+    pub(crate) fn start(
         name: &str,
         binary: &Path,
         args: &[&str],
@@ -69,16 +69,16 @@ impl Service {
         })
     }
 
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    pub fn base_url(&self) -> String {
+    pub(crate) fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Waits until `GET /health/ready` answers 200.
-    pub async fn wait_ready(
+    pub(crate) async fn wait_ready(
         &mut self,
         client: &reqwest::Client,
         timeout: Duration,
@@ -111,7 +111,7 @@ impl Service {
     }
 
     /// Peak resident memory so far (VmHWM), in KiB.
-    pub fn peak_kib(&mut self) -> u64 {
+    pub(crate) fn peak_kib(&mut self) -> u64 {
         if let Some(now) = vm_hwm_kib(self.pid) {
             self.peak_kib = self.peak_kib.max(now);
         }
@@ -119,12 +119,12 @@ impl Service {
     }
 
     /// User + system CPU time the process used so far.
-    pub fn cpu_time(&self) -> Option<Duration> {
+    pub(crate) fn cpu_time(&self) -> Option<Duration> {
         cpu_time(self.pid)
     }
 
     /// SIGTERM, then waits up to 15 s (SIGKILL after). Returns the peak RSS in KiB.
-    pub async fn stop(mut self) -> u64 {
+    pub(crate) async fn stop(mut self) -> u64 {
         let peak = self.peak_kib();
         terminate(self.pid).await;
         if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
@@ -139,7 +139,7 @@ impl Service {
 
 /// Runs a one-shot command of a service binary (e.g. `query-service rebuild`) to its
 /// end; returns how long it took and its peak RSS in KiB (sampled every 20 ms).
-pub async fn run_to_end(
+pub(crate) async fn run_to_end(
     binary: &Path,
     args: &[&str],
     env: &[(&str, String)],
@@ -229,7 +229,7 @@ async fn terminate(pid: u32) {
 }
 
 /// VmHWM (peak resident set) of a process, in KiB.
-pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
+pub(crate) fn vm_hwm_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     parse_vm_hwm(&status)
 }
@@ -243,7 +243,7 @@ fn parse_vm_hwm(status: &str) -> Option<u64> {
 }
 
 /// User + system CPU time of a process (from /proc/<pid>/stat, at 100 ticks a second).
-pub fn cpu_time(pid: u32) -> Option<Duration> {
+pub(crate) fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_cpu_ticks(&stat).map(|ticks| Duration::from_millis(ticks * 10))
 }

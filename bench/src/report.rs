@@ -7,7 +7,7 @@ use crate::stats::{Sample, median, median_sample, percentile};
 
 /// The machine and servers the run measured.
 #[derive(Debug, Clone, Default)]
-pub struct Machine {
+pub(crate) struct Machine {
     pub cpu: String,
     pub cores: usize,
     pub memory: String,
@@ -23,7 +23,7 @@ pub struct Machine {
 
 /// B1 and the service at one client count.
 #[derive(Debug, Clone, Default)]
-pub struct Pair {
+pub(crate) struct Pair {
     pub clients: usize,
     pub b1: Vec<Sample>,
     pub service: Vec<Sample>,
@@ -33,20 +33,20 @@ pub struct Pair {
 
 /// A rate measured by draining a known amount of work.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Drain {
+pub(crate) struct Drain {
     pub events: u64,
     pub took: Duration,
 }
 
 impl Drain {
-    pub fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.events as f64 / self.took.as_secs_f64().max(1e-9)
     }
 }
 
 /// One open-loop lag measurement.
 #[derive(Debug, Clone, Default)]
-pub struct Lag {
+pub(crate) struct Lag {
     pub fraction: f64,
     pub offered: f64,
     pub achieved: f64,
@@ -57,7 +57,7 @@ pub struct Lag {
 
 /// Everything one run measured.
 #[derive(Debug, Clone, Default)]
-pub struct Results {
+pub(crate) struct Results {
     pub quick: bool,
     pub command_line: String,
     pub started_at: String,
@@ -165,7 +165,7 @@ impl Results {
     }
 
     /// Highest median service throughput over the client counts.
-    pub fn peak(&self) -> Option<f64> {
+    pub(crate) fn peak(&self) -> Option<f64> {
         self.pairs
             .iter()
             .filter_map(|p| median_sample(&p.service))
@@ -354,7 +354,7 @@ impl Results {
     }
 
     /// The Markdown report.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         self.render_into(&mut out);
         out

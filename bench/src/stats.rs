@@ -4,14 +4,14 @@ use std::time::Duration;
 
 /// How long a measurement warms up, then measures.
 #[derive(Debug, Clone, Copy)]
-pub struct Timing {
+pub(crate) struct Timing {
     pub warmup: Duration,
     pub measure: Duration,
 }
 
 /// One measurement of a closed- or open-loop load: what completed inside the window.
 #[derive(Debug, Clone, Default)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Completed operations per second inside the measurement window.
     pub throughput: f64,
     pub p50_ms: f64,
@@ -24,7 +24,11 @@ pub struct Sample {
 
 impl Sample {
     /// Builds a sample from latencies (µs) completed within `window`.
-    pub fn from_latencies(mut latencies_us: Vec<u64>, window: Duration, errors: usize) -> Self {
+    pub(crate) fn from_latencies(
+        mut latencies_us: Vec<u64>,
+        window: Duration,
+        errors: usize,
+    ) -> Self {
         latencies_us.sort_unstable();
         let seconds = window.as_secs_f64().max(1e-9);
         Self {
@@ -39,7 +43,7 @@ impl Sample {
 }
 
 /// The `q` quantile (0..=1) of sorted values, nearest-rank; 0 when empty.
-pub fn percentile(sorted: &[u64], q: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -49,7 +53,7 @@ pub fn percentile(sorted: &[u64], q: f64) -> f64 {
 }
 
 /// The median of some figures (the mean of the middle two for an even count); NaN when empty.
-pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+pub(crate) fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     let mut values: Vec<f64> = values.into_iter().filter(|v| v.is_finite()).collect();
     if values.is_empty() {
         return f64::NAN;
@@ -64,7 +68,7 @@ pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
 }
 
 /// The median sample of repeats: each figure is the median of that figure.
-pub fn median_sample(samples: &[Sample]) -> Option<Sample> {
+pub(crate) fn median_sample(samples: &[Sample]) -> Option<Sample> {
     if samples.is_empty() {
         return None;
     }
@@ -80,7 +84,7 @@ pub fn median_sample(samples: &[Sample]) -> Option<Sample> {
 }
 
 /// A non-negative float rounded to the nearest integer (saturating).
-pub fn to_u64(value: f64) -> u64 {
+pub(crate) fn to_u64(value: f64) -> u64 {
     if !value.is_finite() || value <= 0.0 {
         return 0;
     }
@@ -93,12 +97,12 @@ pub fn to_u64(value: f64) -> u64 {
 }
 
 /// A non-negative float rounded to the nearest usize (saturating).
-pub fn to_usize(value: f64) -> usize {
+pub(crate) fn to_usize(value: f64) -> usize {
     usize::try_from(to_u64(value)).unwrap_or(usize::MAX)
 }
 
 /// Microseconds of a duration, saturating.
-pub fn micros(duration: Duration) -> u64 {
+pub(crate) fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 

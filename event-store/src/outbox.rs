@@ -7,7 +7,7 @@ use crate::{EventStore, RecordedEvent, StoreError};
 const RELAY_LOCK: i64 = 7_305_954_634_617_839_618;
 
 /// Channel notified by every append.
-pub const APPEND_CHANNEL: &str = "bank_outbox";
+pub(crate) const APPEND_CHANNEL: &str = "bank_outbox";
 
 /// The only active reader of the outbox, across every replica. Leadership is a
 /// session advisory lock on a dedicated connection: it ends when that connection

@@ -106,7 +106,7 @@ fn reply_response(reply: CommandReply) -> Response {
         (status = 422, description = "idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn create_account(
+pub(super) async fn create_account(
     State(state): State<AppState>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<CreateAccountRequest>,
@@ -138,7 +138,7 @@ macro_rules! lifecycle_command {
                 (status = 422, description = "idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
             )
         )]
-        pub async fn $name(
+        pub(crate) async fn $name(
             State(state): State<AppState>,
             PathId(id): PathId,
             headers: HeaderMap,
@@ -185,7 +185,7 @@ lifecycle_command!(
         (status = 422, description = "idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn suspend(
+pub(super) async fn suspend(
     State(state): State<AppState>,
     PathId(id): PathId,
     headers: HeaderMap,
@@ -228,7 +228,7 @@ macro_rules! movement_command {
                 (status = 422, description = "insufficient_funds, currency_mismatch, balance_limit_exceeded or idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
             )
         )]
-        pub async fn $name(
+        pub(crate) async fn $name(
             State(state): State<AppState>,
             PathId(id): PathId,
             headers: HeaderMap,

@@ -11,7 +11,7 @@ use uuid::Uuid;
 /// from its text, never through binary floating point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
-pub struct AmountInput(pub Decimal);
+pub(super) struct AmountInput(pub Decimal);
 
 impl<'de> Deserialize<'de> for AmountInput {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -34,7 +34,7 @@ impl<'de> Deserialize<'de> for AmountInput {
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateAccountRequest {
+pub(super) struct CreateAccountRequest {
     /// Opening balance, `0 <= initial_balance <= 10^12`.
     #[schema(value_type = String, example = "100.00")]
     pub initial_balance: AmountInput,
@@ -46,7 +46,7 @@ pub struct CreateAccountRequest {
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct MovementRequest {
+pub(super) struct MovementRequest {
     /// `0 < amount <= 10^12`, with at most the currency's fraction digits.
     #[schema(value_type = String, example = "50.00")]
     pub amount: AmountInput,
@@ -56,18 +56,18 @@ pub struct MovementRequest {
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SuspendRequest {
+pub(super) struct SuspendRequest {
     /// Why the account is suspended (at most 500 characters).
     pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct EmptyRequest {}
+pub(super) struct EmptyRequest {}
 
 /// Answer to a lifecycle command.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct VersionResponse {
+pub(super) struct VersionResponse {
     #[schema(value_type = String, format = Uuid)]
     pub id: Uuid,
     /// The account's stream version after the command.
@@ -76,7 +76,7 @@ pub struct VersionResponse {
 
 /// Answer to a credit or debit.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct BalanceResponse {
+pub(super) struct BalanceResponse {
     #[schema(value_type = String, format = Uuid)]
     pub id: Uuid,
     pub version: u64,
@@ -86,12 +86,12 @@ pub struct BalanceResponse {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct AccountEventsResponse {
+pub(super) struct AccountEventsResponse {
     pub events: Vec<EventEnvelope>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct FeedResponse {
+pub(super) struct FeedResponse {
     pub events: Vec<EventEnvelope>,
     /// Pass as `after` to read on.
     pub next_after: u64,
@@ -99,14 +99,14 @@ pub struct FeedResponse {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct AccountEventsQuery {
+pub(super) struct AccountEventsQuery {
     /// First version to return (default 1).
     pub from_version: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct FeedQuery {
+pub(super) struct FeedQuery {
     /// Position after which to read (default 0).
     pub after: Option<u64>,
     /// 1..=1000, default 500.

@@ -22,7 +22,7 @@ const MAX_FEED_LIMIT: u32 = 1000;
         (status = 404, body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn account_events(
+pub(super) async fn account_events(
     State(state): State<AppState>,
     PathId(id): PathId,
     QueryParams(query): QueryParams<AccountEventsQuery>,
@@ -50,7 +50,7 @@ pub async fn account_events(
         (status = 400, body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn all_events(
+pub(super) async fn all_events(
     State(state): State<AppState>,
     QueryParams(query): QueryParams<FeedQuery>,
 ) -> Result<Json<FeedResponse>, Problem> {

@@ -3,7 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-pub mod proxy;
+pub(crate) mod proxy;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -17,23 +17,23 @@ use service_kit::settings::SecretUrl;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub(crate) const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-pub fn postgres_server() -> String {
+pub(crate) fn postgres_server() -> String {
     std::env::var("TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
-pub fn fresh_database_url() -> String {
+pub(crate) fn fresh_database_url() -> String {
     format!("{}/cs_test_{}", postgres_server(), Uuid::new_v4().simple())
 }
 
-pub fn fresh_exchange() -> String {
+pub(crate) fn fresh_exchange() -> String {
     format!("test.{}", Uuid::new_v4().simple())
 }
 
 /// A running command service.
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub address: String,
     pub database_url: String,
     pub exchange: String,
@@ -47,17 +47,17 @@ impl Drop for TestApp {
     }
 }
 
-pub async fn spawn_app() -> TestApp {
+pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(AMQP_URL).await
 }
 
-pub async fn spawn_app_with(amqp_url: &str) -> TestApp {
+pub(crate) async fn spawn_app_with(amqp_url: &str) -> TestApp {
     spawn_app_on(&fresh_database_url(), &fresh_exchange(), amqp_url).await
 }
 
 /// A command service on a given database and exchange (several can share them, as
 /// replicas do).
-pub async fn spawn_app_on(database_url: &str, exchange: &str, amqp_url: &str) -> TestApp {
+pub(crate) async fn spawn_app_on(database_url: &str, exchange: &str, amqp_url: &str) -> TestApp {
     let (database_url, exchange) = (database_url.to_owned(), exchange.to_owned());
     let settings = Settings {
         database_url: SecretUrl::new(database_url.clone()),
@@ -88,11 +88,11 @@ pub async fn spawn_app_on(database_url: &str, exchange: &str, amqp_url: &str) ->
 }
 
 impl TestApp {
-    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.post_with(path, body, &[]).await
     }
 
-    pub async fn post_with(
+    pub(crate) async fn post_with(
         &self,
         path: &str,
         body: Value,
@@ -110,7 +110,7 @@ impl TestApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
         let response = self
             .client
             .get(format!("{}{path}", self.address))
@@ -122,7 +122,7 @@ impl TestApp {
     }
 
     /// Posts and checks that the answer is a problem document with this status and code.
-    pub async fn expect_problem(&self, path: &str, body: Value, status: u16, code: &str) {
+    pub(crate) async fn expect_problem(&self, path: &str, body: Value, status: u16, code: &str) {
         let (got, problem) = self.post(path, body).await;
         assert_eq!(
             (got, problem["code"].as_str()),
@@ -138,7 +138,7 @@ impl TestApp {
     }
 
     /// Creates and activates an account; returns its id.
-    pub async fn active_account(&self, balance: &str, currency: &str) -> String {
+    pub(crate) async fn active_account(&self, balance: &str, currency: &str) -> String {
         let (status, created) = self
             .post(
                 "/accounts",
@@ -155,7 +155,7 @@ impl TestApp {
     }
 
     /// Every event of the global feed.
-    pub async fn all_events(&self) -> Vec<Value> {
+    pub(crate) async fn all_events(&self) -> Vec<Value> {
         let mut events = Vec::new();
         let mut after = 0;
         loop {
@@ -172,12 +172,12 @@ impl TestApp {
 }
 
 /// A server-named queue bound to every account event of `exchange`.
-pub struct BoundQueue {
+pub(crate) struct BoundQueue {
     consumer: lapin::Consumer,
     _connection: lapin::Connection,
 }
 
-pub async fn bind_queue(exchange: &str) -> BoundQueue {
+pub(crate) async fn bind_queue(exchange: &str) -> BoundQueue {
     let connection = service_kit::amqp::connect(AMQP_URL, "test").await.unwrap_or_else(|error| {
         panic!("cannot reach RabbitMQ at {AMQP_URL} ({error}). Start it with `rabbitmq-server -detached`.")
     });
@@ -224,7 +224,7 @@ pub async fn bind_queue(exchange: &str) -> BoundQueue {
 
 /// A message as received: its body and the properties the contract fixes.
 #[derive(Debug, Clone)]
-pub struct Received {
+pub(crate) struct Received {
     pub body: Value,
     pub routing_key: String,
     pub message_id: Option<String>,
@@ -236,7 +236,7 @@ pub struct Received {
 
 impl BoundQueue {
     /// Receives until `count` messages arrived or `within` passed.
-    pub async fn receive(&mut self, count: usize, within: Duration) -> Vec<Received> {
+    pub(crate) async fn receive(&mut self, count: usize, within: Duration) -> Vec<Received> {
         let mut received = Vec::new();
         let deadline = tokio::time::Instant::now() + within;
         while received.len() < count {
@@ -269,13 +269,13 @@ impl BoundQueue {
 }
 
 /// The command-service binary, configured only through its environment.
-pub struct Process {
+pub(crate) struct Process {
     pub child: Child,
     pub address: String,
 }
 
 impl Process {
-    pub async fn start(database_url: &str, exchange: &str) -> Self {
+    pub(crate) async fn start(database_url: &str, exchange: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

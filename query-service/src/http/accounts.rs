@@ -47,7 +47,7 @@ fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
         (status = 504, description = "not_yet_projected", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn get_account(
+pub(super) async fn get_account(
     State(state): State<AppState>,
     PathId(id): PathId,
     QueryParams(query): QueryParams<AccountQuery>,
@@ -97,7 +97,7 @@ pub async fn get_account(
         (status = 400, body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list_accounts(
+pub(super) async fn list_accounts(
     State(state): State<AppState>,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<AccountPage>, ApiError> {
@@ -143,7 +143,7 @@ pub async fn list_accounts(
         (status = 404, body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list_operations(
+pub(super) async fn list_operations(
     State(state): State<AppState>,
     PathId(id): PathId,
     QueryParams(query): QueryParams<PageQuery>,
@@ -185,7 +185,9 @@ async fn ensure_exists(state: &AppState, id: Uuid) -> Result<(), ApiError> {
     get, path = "/balance-sheet", tag = "accounts",
     responses((status = 200, body = BalanceSheet))
 )]
-pub async fn balance_sheet(State(state): State<AppState>) -> Result<Json<BalanceSheet>, ApiError> {
+pub(super) async fn balance_sheet(
+    State(state): State<AppState>,
+) -> Result<Json<BalanceSheet>, ApiError> {
     let totals = state
         .store
         .balance_sheet()

@@ -6,11 +6,11 @@ use uuid::Uuid;
 use crate::error::ApiError;
 
 /// Cursor of the account listing: the last account id.
-pub fn encode_account(id: Uuid) -> String {
+pub(super) fn encode_account(id: Uuid) -> String {
     format!("a{}", id.simple())
 }
 
-pub fn decode_account(cursor: &str) -> Result<Uuid, ApiError> {
+pub(super) fn decode_account(cursor: &str) -> Result<Uuid, ApiError> {
     cursor
         .strip_prefix('a')
         .filter(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -19,11 +19,11 @@ pub fn decode_account(cursor: &str) -> Result<Uuid, ApiError> {
 }
 
 /// Cursor of an operations listing: the last operation's version.
-pub fn encode_operation(version: i64) -> String {
+pub(super) fn encode_operation(version: i64) -> String {
     format!("o{version:016x}")
 }
 
-pub fn decode_operation(cursor: &str) -> Result<i64, ApiError> {
+pub(super) fn decode_operation(cursor: &str) -> Result<i64, ApiError> {
     cursor
         .strip_prefix('o')
         .filter(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))

@@ -11,7 +11,7 @@ use crate::store::{AccountRecord, CurrencyTotalRecord, OperationRecord};
 
 /// An account as projected.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Account {
+pub(super) struct Account {
     #[schema(value_type = String, format = Uuid)]
     pub id: Uuid,
     pub status: AccountStatus,
@@ -31,7 +31,7 @@ pub struct Account {
 
 /// A page of accounts in id order.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct AccountPage {
+pub(super) struct AccountPage {
     pub accounts: Vec<Account>,
     /// Pass as `after` for the next page; `null` on the last one.
     pub next: Option<String>,
@@ -40,14 +40,14 @@ pub struct AccountPage {
 /// Kind of an operation.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum OperationType {
+pub(super) enum OperationType {
     Credit,
     Debit,
 }
 
 /// A credit or debit of an account.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Operation {
+pub(super) struct Operation {
     #[schema(value_type = String, format = Uuid)]
     pub event_id: Uuid,
     #[serde(rename = "type")]
@@ -65,7 +65,7 @@ pub struct Operation {
 
 /// A page of operations, oldest first.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct OperationPage {
+pub(super) struct OperationPage {
     pub operations: Vec<Operation>,
     /// Pass as `after` for the next page; `null` on the last one.
     pub next: Option<String>,
@@ -73,7 +73,7 @@ pub struct OperationPage {
 
 /// Total balance of one currency.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct CurrencyTotal {
+pub(super) struct CurrencyTotal {
     pub currency: Currency,
     #[schema(example = "1500.00")]
     pub balance: String,
@@ -83,14 +83,14 @@ pub struct CurrencyTotal {
 
 /// Totals per currency over all accounts that are not closed.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct BalanceSheet {
+pub(super) struct BalanceSheet {
     pub totals: Vec<CurrencyTotal>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct AccountQuery {
+pub(super) struct AccountQuery {
     /// Wait until the projection holds at least this version of the account.
     pub min_version: Option<u64>,
     /// Longest wait for `min_version` in milliseconds (default 2000, at most 10000).
@@ -100,7 +100,7 @@ pub struct AccountQuery {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct ListQuery {
+pub(super) struct ListQuery {
     /// `CREATED`, `ACTIVE`, `SUSPENDED` or `CLOSED`.
     pub status: Option<String>,
     /// ISO 4217 code.
@@ -114,7 +114,7 @@ pub struct ListQuery {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct PageQuery {
+pub(super) struct PageQuery {
     /// 1..=500, default 50.
     pub limit: Option<u32>,
     /// The `next` cursor of the previous page.
@@ -122,7 +122,7 @@ pub struct PageQuery {
 }
 
 /// Renders a timestamp as RFC 3339 UTC with microseconds.
-pub fn timestamp(at: DateTime<Utc>) -> String {
+pub(super) fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 

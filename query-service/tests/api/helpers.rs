@@ -23,19 +23,19 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub(crate) const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-pub fn mysql_server() -> String {
+pub(crate) fn mysql_server() -> String {
     std::env::var("TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
 }
 
-pub fn postgres_server() -> String {
+pub(crate) fn postgres_server() -> String {
     std::env::var("TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
 /// Fails the test with instructions when a server it needs is not running.
-pub async fn require_servers() {
+pub(crate) async fn require_servers() {
     if let Err(error) = sqlx::MySqlConnection::connect(&mysql_server()).await {
         panic!(
             "cannot reach MySQL/MariaDB at {} ({error}). Start it with \
@@ -64,7 +64,7 @@ pub async fn require_servers() {
 
 /// How to wire a test's services.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Whether the command service publishes to the query service's exchange; when
     /// not, the query service only gets what the test publishes (and the feed).
     pub shared_exchange: bool,
@@ -89,7 +89,7 @@ impl Default for Options {
 }
 
 /// A running pair of services.
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub query: String,
     pub command: String,
     pub client: reqwest::Client,
@@ -166,11 +166,11 @@ impl Leftovers {
     }
 }
 
-pub async fn spawn_app() -> TestApp {
+pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(Options::default()).await
 }
 
-pub async fn spawn_app_with(options: Options) -> TestApp {
+pub(crate) async fn spawn_app_with(options: Options) -> TestApp {
     require_servers().await;
     let id = Uuid::new_v4().simple().to_string();
     let exchange = format!("qs_test.{id}");
@@ -242,7 +242,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     app
 }
 
-pub async fn broker() -> Connection {
+pub(crate) async fn broker() -> Connection {
     service_kit::amqp::connect(AMQP_URL, "query-service test")
         .await
         .expect("RabbitMQ unreachable")
@@ -250,7 +250,7 @@ pub async fn broker() -> Connection {
 
 /// A response: status and JSON body.
 #[derive(Debug, Clone)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub content_type: String,
     pub body: Value,
@@ -258,7 +258,7 @@ pub struct Reply {
 
 impl TestApp {
     /// Waits until the query service's consumer is connected (its queue then exists).
-    pub async fn wait_for_broker(&self) {
+    pub(crate) async fn wait_for_broker(&self) {
         for _ in 0..200 {
             let ready = self.query_get("/health/ready").await;
             if ready.body["broker"] == "up" {
@@ -269,7 +269,7 @@ impl TestApp {
         panic!("the query service never connected to the broker");
     }
 
-    pub async fn command_post(&self, path: &str, body: Value) -> Value {
+    pub(crate) async fn command_post(&self, path: &str, body: Value) -> Value {
         let response = self
             .client
             .post(format!("{}{path}", self.command))
@@ -283,7 +283,7 @@ impl TestApp {
         body
     }
 
-    pub async fn command_get(&self, path: &str) -> Value {
+    pub(crate) async fn command_get(&self, path: &str) -> Value {
         let response = self
             .client
             .get(format!("{}{path}", self.command))
@@ -294,7 +294,7 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
-    pub async fn query_get(&self, path: &str) -> Reply {
+    pub(crate) async fn query_get(&self, path: &str) -> Reply {
         let response = self
             .client
             .get(format!("{}{path}", self.query))
@@ -318,7 +318,7 @@ impl TestApp {
     }
 
     /// The account once projected up to `version` (fails the test otherwise).
-    pub async fn account_at(&self, id: &str, version: u64) -> Value {
+    pub(crate) async fn account_at(&self, id: &str, version: u64) -> Value {
         let reply = self
             .query_get(&format!(
                 "/accounts/{id}?min_version={version}&wait_ms=10000"
@@ -333,7 +333,7 @@ impl TestApp {
     }
 
     /// Creates an account through the command service; returns its id.
-    pub async fn create(&self, balance: &str, currency: &str) -> String {
+    pub(crate) async fn create(&self, balance: &str, currency: &str) -> String {
         let created = self
             .command_post(
                 "/accounts",
@@ -344,7 +344,7 @@ impl TestApp {
     }
 
     /// Runs a command on an account; returns the version it reached.
-    pub async fn command(&self, id: &str, command: &str, body: Value) -> u64 {
+    pub(crate) async fn command(&self, id: &str, command: &str, body: Value) -> u64 {
         let reply = self
             .command_post(&format!("/accounts/{id}/{command}"), body)
             .await;
@@ -352,14 +352,14 @@ impl TestApp {
     }
 
     /// Creates and activates an account; returns its id.
-    pub async fn active_account(&self, balance: &str, currency: &str) -> String {
+    pub(crate) async fn active_account(&self, balance: &str, currency: &str) -> String {
         let id = self.create(balance, currency).await;
         self.command(&id, "activate", json!({})).await;
         id
     }
 
     /// The events of one account, from the command service.
-    pub async fn stream(&self, id: &str) -> Vec<Value> {
+    pub(crate) async fn stream(&self, id: &str) -> Vec<Value> {
         self.command_get(&format!("/accounts/{id}/events")).await["events"]
             .as_array()
             .unwrap()
@@ -367,7 +367,7 @@ impl TestApp {
     }
 
     /// Every account of the listing, all pages.
-    pub async fn all_accounts(&self, filter: &str) -> Vec<Value> {
+    pub(crate) async fn all_accounts(&self, filter: &str) -> Vec<Value> {
         let mut accounts = Vec::new();
         let mut after = String::new();
         loop {
@@ -384,7 +384,7 @@ impl TestApp {
     }
 
     /// Everything the REST API shows, for comparisons.
-    pub async fn snapshot(&self) -> Value {
+    pub(crate) async fn snapshot(&self) -> Value {
         let accounts = self.all_accounts("").await;
         let mut details = Vec::new();
         for account in &accounts {
@@ -401,7 +401,7 @@ impl TestApp {
     }
 
     /// A publisher on the query service's exchange, with confirms.
-    pub async fn publisher(&self) -> Publisher {
+    pub(crate) async fn publisher(&self) -> Publisher {
         let connection = broker().await;
         let channel = connection.create_channel().await.unwrap();
         channel
@@ -416,7 +416,7 @@ impl TestApp {
     }
 
     /// Takes every message currently in the dead-letter queue.
-    pub async fn dead_letters(&self) -> Vec<Vec<u8>> {
+    pub(crate) async fn dead_letters(&self) -> Vec<Vec<u8>> {
         let connection = broker().await;
         let channel = connection.create_channel().await.unwrap();
         let mut bodies = Vec::new();
@@ -435,7 +435,7 @@ impl TestApp {
     }
 
     /// Waits (at most 10 s) until `count` messages were dead-lettered, and takes them.
-    pub async fn await_dead_letters(&self, count: usize) -> Vec<Vec<u8>> {
+    pub(crate) async fn await_dead_letters(&self, count: usize) -> Vec<Vec<u8>> {
         let mut dead = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while dead.len() < count && tokio::time::Instant::now() < deadline {
@@ -446,7 +446,7 @@ impl TestApp {
     }
 
     /// A Prometheus sample of the query service, summed over its label sets.
-    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+    pub(crate) async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
         let text = self.query_get("/metrics").await.body;
         let text = text.as_str().unwrap_or_default().to_owned();
         text.lines()
@@ -457,7 +457,7 @@ impl TestApp {
 
     /// Stops both services (the query service must stop cleanly within 10 s) and
     /// drops the test's databases, queues and exchanges.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.query_stop.cancel();
         if let Some(task) = self.query_task.take() {
             let stopped = tokio::time::timeout(Duration::from_secs(10), task)
@@ -472,7 +472,7 @@ impl TestApp {
     }
 
     /// A direct connection to the test's read model.
-    pub async fn mysql(&self) -> sqlx::MySqlConnection {
+    pub(crate) async fn mysql(&self) -> sqlx::MySqlConnection {
         sqlx::MySqlConnection::connect(&self.mysql_url)
             .await
             .unwrap()
@@ -480,7 +480,7 @@ impl TestApp {
 }
 
 /// Publishes straight to the query service's exchange.
-pub struct Publisher {
+pub(crate) struct Publisher {
     exchange: String,
     channel: Channel,
     _connection: Connection,
@@ -488,7 +488,12 @@ pub struct Publisher {
 
 impl Publisher {
     /// Publishes a body with a routing key, waiting for the broker's confirm.
-    pub async fn publish(&self, routing_key: &str, body: &[u8], correlation_id: Option<&str>) {
+    pub(crate) async fn publish(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        correlation_id: Option<&str>,
+    ) {
         let mut headers = FieldTable::default();
         if let Some(id) = correlation_id {
             headers.insert(
@@ -515,7 +520,7 @@ impl Publisher {
     }
 
     /// Publishes an event (a feed or stream item) as the relay would.
-    pub async fn publish_event(&self, event: &Value) {
+    pub(crate) async fn publish_event(&self, event: &Value) {
         let kind = event["type"].as_str().unwrap_or("AccountUnknown");
         let routing_key = format!(
             "account.{}",
@@ -531,7 +536,7 @@ impl Publisher {
 }
 
 /// Retries `check` until it holds or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+pub(crate) async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

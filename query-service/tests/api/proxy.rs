@@ -12,13 +12,13 @@ use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-pub struct TcpProxy {
+pub(crate) struct TcpProxy {
     pub port: u16,
     open: Arc<watch::Sender<bool>>,
 }
 
 impl TcpProxy {
-    pub async fn start(upstream: &'static str) -> Self {
+    pub(crate) async fn start(upstream: &'static str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let open = Arc::new(watch::channel(true).0);
@@ -44,11 +44,11 @@ impl TcpProxy {
     }
 
     /// Drops every connection and refuses new ones.
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.open.send_replace(false);
     }
 
-    pub fn restore(&self) {
+    pub(crate) fn restore(&self) {
         self.open.send_replace(true);
     }
 }
