@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::projection::{Candidate, Origin, Projector, Verdict};
+use crate::projection::Projector;
+use crate::projection::plan::{Candidate, Origin, Verdict};
 use crate::settings::Settings;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -41,16 +42,16 @@ enum ConsumeError {
 
 /// Names of the broker objects the consumer declares.
 #[derive(Debug, Clone)]
-pub struct Topology {
-    pub exchange: String,
-    pub queue: String,
-    pub dead_letter_exchange: String,
-    pub dead_letter_queue: String,
+pub(crate) struct Topology {
+    pub(crate) exchange: String,
+    pub(crate) queue: String,
+    pub(crate) dead_letter_exchange: String,
+    pub(crate) dead_letter_queue: String,
 }
 
 impl Topology {
     /// The names configured in `settings`; refused when the broker could not take them.
-    pub fn from_settings(settings: &Settings) -> Result<Self, String> {
+    pub(crate) fn from_settings(settings: &Settings) -> Result<Self, String> {
         let topology = Self {
             exchange: settings.amqp_exchange.clone(),
             queue: settings.amqp_queue.clone(),
@@ -74,7 +75,7 @@ impl Topology {
 
     /// Declares the exchange, the projection queue (dead-lettering to the DLX) and
     /// the dead-letter exchange and queue, all durable.
-    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    pub(crate) async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
         let durable_exchange = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
@@ -130,7 +131,7 @@ impl Topology {
 
 /// Consumes the projection queue until shutdown.
 #[derive(Debug, Clone)]
-pub struct Consumer {
+pub(crate) struct Consumer {
     projector: Projector,
     amqp_url: String,
     topology: Topology,
@@ -148,7 +149,7 @@ struct Received {
 impl Consumer {
     /// A consumer of `topology.queue` that projects with `projector` and reports its
     /// connection state in `status`.
-    pub fn new(
+    pub(crate) fn new(
         projector: Projector,
         amqp_url: &str,
         topology: Topology,
@@ -165,7 +166,7 @@ impl Consumer {
     }
 
     /// Consumes until `shutdown`, reconnecting with backoff whenever the broker goes away.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut backoff = MIN_BACKOFF;
         while !shutdown.is_cancelled() {
             match self.consume(&shutdown, &mut backoff).await {
@@ -268,7 +269,7 @@ impl Consumer {
                 (*account, candidates)
             })
             .collect();
-        let results = self.projector.project_accounts(&groups, "broker").await;
+        let results = self.projector.project_deliveries(&groups, "broker").await;
         let mut settled = Vec::new();
         let mut later = Vec::new();
         let mut failure = None;

@@ -20,14 +20,14 @@ enum Step {
 
 /// Follows the global feed until shutdown.
 #[derive(Debug, Clone)]
-pub struct FeedFollower {
+pub(crate) struct FeedFollower {
     projector: Projector,
     batch_size: u32,
     interval: Duration,
 }
 
 impl FeedFollower {
-    pub fn new(projector: Projector, batch_size: u32, interval: Duration) -> Self {
+    pub(crate) fn new(projector: Projector, batch_size: u32, interval: Duration) -> Self {
         Self {
             projector,
             batch_size: batch_size.clamp(1, 1000),
@@ -36,7 +36,7 @@ impl FeedFollower {
     }
 
     /// Polls the feed every `interval` once caught up, at once while behind.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut backoff = self.interval;
         while !shutdown.is_cancelled() {
             let pause = match self.step().await {
@@ -72,7 +72,10 @@ impl FeedFollower {
             return Ok(Step::CaughtUp);
         }
         let full = page.events.len() >= self.batch_size as usize;
-        let outcome = self.projector.project_batch(page.events, "feed").await?;
+        let outcome = self
+            .projector
+            .project_feed_page(page.events, "feed")
+            .await?;
         if outcome.applied > 0 {
             tracing::info!(
                 applied = outcome.applied,

@@ -188,7 +188,7 @@ async fn project_page(
 ) -> anyhow::Result<crate::projection::BatchOutcome> {
     let mut attempt = 0;
     loop {
-        match projector.project_batch(events.clone(), "rebuild").await {
+        match projector.project_feed_page(events.clone(), "rebuild").await {
             Ok(outcome) => return Ok(outcome),
             Err(error) => {
                 attempt += 1;
