@@ -18,6 +18,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 use service_kit::amqp::BrokerStatus;
+use service_kit::backoff::Backoff;
 use shared_events::EventEnvelope;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -167,19 +168,18 @@ impl Consumer {
 
     /// Consumes until `shutdown`, reconnecting with backoff whenever the broker goes away.
     pub(crate) async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         while !shutdown.is_cancelled() {
             match self.consume(&shutdown, &mut backoff).await {
                 Ok(()) => break,
                 Err(error) => {
                     self.status.set_down();
                     metrics::gauge!("amqp_consumer_connected").set(0.0);
-                    tracing::warn!(error = %error, retry_in = ?backoff, "projection consumer lost the broker");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
+                    metrics::counter!("amqp_consumer_failures_total").increment(1);
+                    tracing::warn!(error = %error, retry_in = ?backoff.current(), "projection consumer lost the broker");
+                    if !backoff.wait(&shutdown).await {
+                        break;
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
@@ -189,7 +189,7 @@ impl Consumer {
     async fn consume(
         &self,
         shutdown: &CancellationToken,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Result<(), ConsumeError> {
         let connection =
             service_kit::amqp::connect(&self.amqp_url, "query-service projection").await?;
@@ -208,9 +208,9 @@ impl Consumer {
             .await?;
         self.status.set_up();
         metrics::gauge!("amqp_consumer_connected").set(1.0);
-        *backoff = MIN_BACKOFF;
+        backoff.reset();
         tracing::info!(queue = %self.topology.queue, "projection consumer connected");
-        let mut retry = MIN_BACKOFF;
+        let mut retry = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         let outcome = loop {
             let next = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
@@ -241,7 +241,7 @@ impl Consumer {
     async fn handle(
         &self,
         batch: Vec<Delivery>,
-        retry: &mut Duration,
+        retry: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Result<(), lapin::Error> {
         let mut accounts: BTreeMap<Uuid, Vec<Received>> = BTreeMap::new();
@@ -300,16 +300,13 @@ impl Consumer {
         }
         acknowledge(settled, later.is_empty()).await?;
         let Some(error) = failure else {
-            *retry = MIN_BACKOFF;
+            retry.reset();
             return Ok(());
         };
         metrics::counter!("projection_retries_total").increment(later.len() as u64);
-        tracing::warn!(error = %error, messages = later.len(), retry_in = ?*retry, "projection failed; the messages go back to the queue");
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            () = tokio::time::sleep(*retry) => {}
-        }
-        *retry = (*retry * 2).min(MAX_BACKOFF);
+        tracing::warn!(error = %error, messages = later.len(), retry_in = ?retry.current(), "projection failed; the messages go back to the queue");
+        // Shut down or not, the messages go back to the queue.
+        retry.wait(shutdown).await;
         for delivery in later {
             delivery
                 .nack(BasicNackOptions {

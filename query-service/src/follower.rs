@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use service_kit::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
 use crate::projection::{ProjectionError, Projector};
@@ -37,19 +38,17 @@ impl FeedFollower {
 
     /// Polls the feed every `interval` once caught up, at once while behind.
     pub(crate) async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = self.interval;
+        let mut backoff = Backoff::new(self.interval, MAX_BACKOFF);
         while !shutdown.is_cancelled() {
             let pause = match self.step().await {
                 Ok(Step::More) => Duration::ZERO,
                 Ok(Step::CaughtUp) => {
-                    backoff = self.interval;
+                    backoff.reset();
                     self.interval
                 }
                 Err(error) => {
-                    tracing::warn!(error = %error, retry_in = ?backoff, "feed follower failed");
-                    let pause = backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    pause
+                    tracing::warn!(error = %error, retry_in = ?backoff.current(), "feed follower failed");
+                    backoff.next_delay()
                 }
             };
             tokio::select! {
