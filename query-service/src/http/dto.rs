@@ -13,28 +13,28 @@ use crate::store::{AccountRecord, CurrencyTotalRecord, OperationRecord};
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub(super) struct Account {
     #[schema(value_type = String, format = Uuid)]
-    pub id: Uuid,
-    pub status: AccountStatus,
-    pub currency: Currency,
+    pub(crate) id: Uuid,
+    pub(crate) status: AccountStatus,
+    pub(crate) currency: Currency,
     /// Rendered with exactly the currency's fraction digits.
     #[schema(example = "150.00")]
-    pub balance: String,
+    pub(crate) balance: String,
     /// Number of the account's events projected.
-    pub version: u64,
+    pub(crate) version: u64,
     /// `occurred_at` of the account's first event.
     #[schema(example = "2026-11-22T10:00:00.123456Z")]
-    pub created_at: String,
+    pub(crate) created_at: String,
     /// `occurred_at` of the account's latest event.
     #[schema(example = "2026-11-22T10:00:00.123456Z")]
-    pub updated_at: String,
+    pub(crate) updated_at: String,
 }
 
 /// A page of accounts in id order.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct AccountPage {
-    pub accounts: Vec<Account>,
+    pub(crate) accounts: Vec<Account>,
     /// Pass as `after` for the next page; `null` on the last one.
-    pub next: Option<String>,
+    pub(crate) next: Option<String>,
 }
 
 /// Kind of an operation.
@@ -49,42 +49,42 @@ pub(super) enum OperationType {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub(super) struct Operation {
     #[schema(value_type = String, format = Uuid)]
-    pub event_id: Uuid,
+    pub(crate) event_id: Uuid,
     #[serde(rename = "type")]
-    pub kind: OperationType,
+    pub(crate) kind: OperationType,
     #[schema(example = "50.00")]
-    pub amount: String,
-    pub currency: Currency,
+    pub(crate) amount: String,
+    pub(crate) currency: Currency,
     #[schema(example = "150.00")]
-    pub balance_after: String,
+    pub(crate) balance_after: String,
     /// Version of the account the operation brought it to.
-    pub version: u64,
+    pub(crate) version: u64,
     #[schema(example = "2026-11-22T10:00:00.123456Z")]
-    pub occurred_at: String,
+    pub(crate) occurred_at: String,
 }
 
 /// A page of operations, oldest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct OperationPage {
-    pub operations: Vec<Operation>,
+    pub(crate) operations: Vec<Operation>,
     /// Pass as `after` for the next page; `null` on the last one.
-    pub next: Option<String>,
+    pub(crate) next: Option<String>,
 }
 
 /// Total balance of one currency.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct CurrencyTotal {
-    pub currency: Currency,
+    pub(crate) currency: Currency,
     #[schema(example = "1500.00")]
-    pub balance: String,
+    pub(crate) balance: String,
     /// Accounts (not closed) holding this currency.
-    pub accounts: u64,
+    pub(crate) accounts: u64,
 }
 
 /// Totals per currency over all accounts that are not closed.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct BalanceSheet {
-    pub totals: Vec<CurrencyTotal>,
+    pub(crate) totals: Vec<CurrencyTotal>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -92,9 +92,9 @@ pub(super) struct BalanceSheet {
 #[into_params(parameter_in = Query)]
 pub(super) struct AccountQuery {
     /// Wait until the projection holds at least this version of the account.
-    pub min_version: Option<u64>,
+    pub(crate) min_version: Option<u64>,
     /// Longest wait for `min_version` in milliseconds (default 2000, at most 10000).
-    pub wait_ms: Option<u64>,
+    pub(crate) wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -102,13 +102,13 @@ pub(super) struct AccountQuery {
 #[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
     /// `CREATED`, `ACTIVE`, `SUSPENDED` or `CLOSED`.
-    pub status: Option<String>,
+    pub(crate) status: Option<String>,
     /// ISO 4217 code.
-    pub currency: Option<String>,
+    pub(crate) currency: Option<String>,
     /// 1..=500, default 50.
-    pub limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
     /// The `next` cursor of the previous page.
-    pub after: Option<String>,
+    pub(crate) after: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -116,9 +116,9 @@ pub(super) struct ListQuery {
 #[into_params(parameter_in = Query)]
 pub(super) struct PageQuery {
     /// 1..=500, default 50.
-    pub limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
     /// The `next` cursor of the previous page.
-    pub after: Option<String>,
+    pub(crate) after: Option<String>,
 }
 
 /// Renders a timestamp as RFC 3339 UTC with microseconds.
