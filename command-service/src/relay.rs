@@ -33,12 +33,12 @@ enum PublishError {
 
 /// Publishes the outbox to the events exchange.
 #[derive(Debug, Clone)]
-pub struct Relay {
-    pub store: EventStore,
-    pub amqp_url: String,
-    pub exchange: String,
-    pub batch_size: i64,
-    pub status: BrokerStatus,
+pub(crate) struct Relay {
+    pub(crate) store: EventStore,
+    pub(crate) amqp_url: String,
+    pub(crate) exchange: String,
+    pub(crate) batch_size: i64,
+    pub(crate) status: BrokerStatus,
 }
 
 struct Publisher {
@@ -48,7 +48,7 @@ struct Publisher {
 
 impl Relay {
     /// Runs until `shutdown`: waits for the lead, then publishes.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             match self.store.try_lead_outbox().await {
                 Ok(Some(leader)) => {
