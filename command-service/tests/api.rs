@@ -549,6 +549,10 @@ struct RawAnswer {
     body: String,
 }
 
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test helper: a failure fails the test"
+)]
 async fn post_raw(
     app: &support::TestApp,
     path: &str,

@@ -111,6 +111,10 @@ async fn replicas_racing_on_one_account_resolve_to_success_or_insufficient_funds
 }
 
 /// Creates and activates an account on a command-service process; returns its id.
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test helper: a failure fails the test"
+)]
 async fn active_account_on(client: &reqwest::Client, address: &str) -> String {
     let response = client
         .post(format!("{address}/accounts"))
