@@ -3,7 +3,7 @@
 use event_store::RecordedEvent;
 use shared_events::{AccountId, EventEnvelope, EventMetadata};
 
-pub fn to_envelope(recorded: &RecordedEvent) -> EventEnvelope {
+pub(crate) fn to_envelope(recorded: &RecordedEvent) -> EventEnvelope {
     EventEnvelope {
         event_id: recorded.event_id,
         account_id: AccountId::from(recorded.stream_id),

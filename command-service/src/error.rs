@@ -1,12 +1,11 @@
-//! The command service's one error type, mapped once to problem documents.
-
-use axum::response::{IntoResponse, Response};
-use service_kit::{ErrorCode, Problem};
+//! The command service's one error type; `http::reply` maps it, once, to problem
+//! documents.
 
 use crate::domain::DomainError;
 
+/// Why a command was refused or failed.
 #[derive(Debug, thiserror::Error)]
-pub enum CommandError {
+pub(crate) enum CommandError {
     #[error(transparent)]
     Domain(#[from] DomainError),
     #[error("the Idempotency-Key was first used with a different request")]
@@ -24,38 +23,7 @@ pub enum CommandError {
 impl CommandError {
     /// Whether the response to this error is part of the request's outcome and so is
     /// remembered under its idempotency key (transient failures are not).
-    pub fn is_final(&self) -> bool {
+    pub(crate) fn is_final(&self) -> bool {
         matches!(self, Self::Domain(_))
-    }
-
-    pub fn problem(&self) -> Problem {
-        let code = match self {
-            Self::Domain(error) => match error {
-                DomainError::AccountExists => ErrorCode::AccountExists,
-                DomainError::NotFound => ErrorCode::NotFound,
-                DomainError::InvalidState { .. } | DomainError::NonZeroBalance { .. } => {
-                    ErrorCode::InvalidState
-                }
-                DomainError::InsufficientFunds { .. } => ErrorCode::InsufficientFunds,
-                DomainError::CurrencyMismatch { .. } => ErrorCode::CurrencyMismatch,
-                DomainError::BalanceLimitExceeded => ErrorCode::BalanceLimitExceeded,
-                DomainError::InvalidAmount(_) => ErrorCode::InvalidRequest,
-            },
-            Self::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
-            Self::Conflict => ErrorCode::ConcurrencyConflict,
-            Self::Unavailable(_) => ErrorCode::ServiceUnavailable,
-            Self::CorruptStream(..) | Self::Store(_) => return Problem::internal(self),
-        };
-        let detail = match self {
-            Self::Unavailable(_) => "the event store is unavailable; retry later".to_owned(),
-            _ => self.to_string(),
-        };
-        Problem::new(code, detail)
-    }
-}
-
-impl IntoResponse for CommandError {
-    fn into_response(self) -> Response {
-        self.problem().into_response()
     }
 }

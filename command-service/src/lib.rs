@@ -1,14 +1,30 @@
 //! The write side: REST commands on event-sourced accounts, stored in the Postgres
 //! event store and relayed to RabbitMQ through the transactional outbox.
+//!
+//! ```text
+//! HTTP ─▶ http::commands ─▶ application::CommandHandler ─▶ writer task (per account)
+//!            │ (statuses,          │ typed outcome          │ rehydrate ─▶ domain::decide
+//!            │  bodies: reply)     ◀────────────────────────┘ append_batch (events, outbox,
+//!            ▼                                                  snapshot, idempotent reply)
+//!       http::feeds ◀── event store (Postgres) ──outbox──▶ relay ──confirms──▶ RabbitMQ
+//! ```
+//!
+//! - `startup`: builds the [`Application`] from [`Settings`] and runs it until shutdown.
+//! - `http`: routes, request/response types (`dto`, also the OpenAPI document), and
+//!   `reply`, the only place that picks statuses and bodies.
+//! - `application`: the writer tasks (group commit, the one conflict retry loop),
+//!   rehydration from snapshots, idempotency keys; returns typed outcomes.
+//! - `domain`: the account aggregate, pure `decide` and `evolve`.
+//! - `relay`: publishes the outbox with publisher confirms; one leader across replicas.
 
-pub mod application;
-pub mod domain;
-pub mod envelope;
-pub mod error;
-pub mod http;
-pub mod relay;
-pub mod settings;
-pub mod startup;
+mod application;
+mod domain;
+mod envelope;
+mod error;
+mod http;
+mod relay;
+mod settings;
+mod startup;
 
 pub use settings::Settings;
 pub use startup::Application;

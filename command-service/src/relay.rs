@@ -9,6 +9,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use service_kit::amqp::BrokerStatus;
+use service_kit::backoff::Backoff;
 use shared_events::EventType;
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +19,8 @@ use crate::envelope::to_envelope;
 /// wake-up before the outbox is looked at anyway.
 const STANDBY_RETRY: Duration = Duration::from_secs(2);
 const IDLE_POLL: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The pause before publishing again after the broker failed.
+const RECONNECT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +35,12 @@ enum PublishError {
 
 /// Publishes the outbox to the events exchange.
 #[derive(Debug, Clone)]
-pub struct Relay {
-    pub store: EventStore,
-    pub amqp_url: String,
-    pub exchange: String,
-    pub batch_size: i64,
-    pub status: BrokerStatus,
+pub(crate) struct Relay {
+    pub(crate) store: EventStore,
+    pub(crate) amqp_url: String,
+    pub(crate) exchange: String,
+    pub(crate) batch_size: i64,
+    pub(crate) status: BrokerStatus,
 }
 
 struct Publisher {
@@ -48,7 +50,7 @@ struct Publisher {
 
 impl Relay {
     /// Runs until `shutdown`: waits for the lead, then publishes.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             match self.store.try_lead_outbox().await {
                 Ok(Some(leader)) => {
@@ -77,7 +79,7 @@ impl Relay {
     ) -> Result<(), StoreError> {
         let mut listener = self.store.listen_appends().await?;
         let mut publisher: Option<Publisher> = None;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = RECONNECT_BACKOFF;
         while !shutdown.is_cancelled() {
             let batch = leader.pending(self.batch_size).await?;
             metrics::gauge!("outbox_pending_batch").set(batch.len() as f64);
@@ -108,19 +110,17 @@ impl Relay {
                     leader.acknowledge(&positions).await?;
                     metrics::counter!("outbox_published_total").increment(positions.len() as u64);
                     self.status.set_up();
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                 }
                 Err(error) => {
                     self.status.set_down();
-                    tracing::warn!(error = %error, retry_in = ?backoff, "publishing failed; events stay in the outbox");
+                    tracing::warn!(error = %error, retry_within = ?backoff.current(), "publishing failed; events stay in the outbox");
                     if let Some(failed) = publisher.take() {
                         failed.close().await;
                     }
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
+                    if !backoff.wait(shutdown).await {
+                        break;
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }

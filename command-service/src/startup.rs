@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::application::CommandHandler;
-use crate::http::{AppState, router};
+use crate::http::{AppState, encode_reply, router};
 use crate::relay::Relay;
 use crate::settings::Settings;
 use service_kit::amqp::BrokerStatus;
@@ -42,7 +42,7 @@ impl Application {
             status: broker.clone(),
         };
         let state = AppState {
-            handler: CommandHandler::new(store.clone()),
+            handler: CommandHandler::new(store.clone(), encode_reply),
             store: store.clone(),
         };
         let listener = service_kit::http::bind(&settings.http_host, settings.http_port).await?;

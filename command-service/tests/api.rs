@@ -497,8 +497,14 @@ async fn a_repeated_idempotent_request_returns_the_first_response_and_changes_no
         .post_with(&path, json!({"amount": "1000"}), &refused)
         .await;
     assert_eq!(status, 422);
-    app.post(&format!("/accounts/{id}/credit"), json!({"amount": "5000"}))
+    let (status, credited) = app
+        .post(&format!("/accounts/{id}/credit"), json!({"amount": "5000"}))
         .await;
+    assert_eq!(
+        (status, credited["balance"].as_str()),
+        (200, Some("5090.00")),
+        "the credit that would let the refused debit through: {credited}"
+    );
     let again = app
         .post_with(&path, json!({"amount": "1000"}), &refused)
         .await;
@@ -532,6 +538,93 @@ async fn a_repeated_idempotent_request_returns_the_first_response_and_changes_no
     let first = app.post_with("/accounts", create.clone(), &created).await;
     let second = app.post_with("/accounts", create, &created).await;
     assert_eq!((first.0, &first.1), (201, &second.1));
+}
+
+/// A raw answer: status, the headers a replay must repeat, and the body's bytes.
+#[derive(Debug, PartialEq)]
+struct RawAnswer {
+    status: u16,
+    content_type: Option<String>,
+    location: Option<String>,
+    body: String,
+}
+
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test helper: a failure fails the test"
+)]
+async fn post_raw(
+    app: &support::TestApp,
+    path: &str,
+    body: &Value,
+    key: &str,
+) -> (RawAnswer, bool) {
+    let response = app
+        .client
+        .post(format!("{}{path}", app.address))
+        .header("idempotency-key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|value| value.to_str().unwrap().to_owned())
+    };
+    let replayed = header("idempotent-replayed").is_some_and(|value| value == "true");
+    let answer = RawAnswer {
+        status: response.status().as_u16(),
+        content_type: header("content-type"),
+        location: header("location"),
+        body: String::new(),
+    };
+    let body = response.text().await.unwrap();
+    (RawAnswer { body, ..answer }, replayed)
+}
+
+#[tokio::test]
+async fn a_replay_repeats_the_first_answer_byte_for_byte_refusals_included() {
+    let app = spawn_app().await;
+    let id = app.active_account("10.00", "EUR").await;
+    let requests = [
+        (
+            "/accounts".to_owned(),
+            json!({"initial_balance": "1.00", "currency": "EUR"}),
+            201,
+        ),
+        (
+            format!("/accounts/{id}/credit"),
+            json!({"amount": "2.50"}),
+            200,
+        ),
+        (
+            format!("/accounts/{id}/suspend"),
+            json!({"reason": "audit"}),
+            200,
+        ),
+        (
+            format!("/accounts/{id}/debit"),
+            json!({"amount": "1.00"}),
+            409,
+        ),
+        (format!("/accounts/{id}/reactivate"), json!({}), 200),
+        (
+            format!("/accounts/{id}/debit"),
+            json!({"amount": "99.00"}),
+            422,
+        ),
+    ];
+    for (n, (path, body, status)) in requests.iter().enumerate() {
+        let key = format!("raw-{n}");
+        let (first, first_replayed) = post_raw(&app, path, body, &key).await;
+        assert_eq!(first.status, *status, "{path}: {first:?}");
+        assert!(!first_replayed, "{path}: the first answer is no replay");
+        let (again, replayed) = post_raw(&app, path, body, &key).await;
+        assert!(replayed, "{path}: a repeat is marked as a replay");
+        assert_eq!(again, first, "{path}");
+    }
 }
 
 #[tokio::test]

@@ -5,9 +5,12 @@ mod support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sqlx::Connection;
 use support::proxy::TcpProxy;
 use support::{
     AMQP_URL, Process, bind_queue, fresh_database_url, fresh_exchange, spawn_app_on, spawn_app_with,
@@ -107,6 +110,34 @@ async fn replicas_racing_on_one_account_resolve_to_success_or_insufficient_funds
     );
 }
 
+/// Creates and activates an account on a command-service process; returns its id.
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test helper: a failure fails the test"
+)]
+async fn active_account_on(client: &reqwest::Client, address: &str) -> String {
+    let response = client
+        .post(format!("{address}/accounts"))
+        .json(&json!({"initial_balance": "0", "currency": "EUR"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let response = client
+        .post(format!("{address}/accounts/{id}/activate"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    id
+}
+
+const LOAD_CLIENTS: usize = 16;
+const CREDITS_PER_CLIENT: usize = 200;
+const LOAD: usize = LOAD_CLIENTS * CREDITS_PER_CLIENT;
+
 #[tokio::test]
 async fn a_command_service_killed_mid_load_loses_no_acknowledged_command() {
     let database_url = fresh_database_url();
@@ -114,30 +145,18 @@ async fn a_command_service_killed_mid_load_loses_no_acknowledged_command() {
     let mut queue = bind_queue(&exchange).await;
     let mut first = Process::start(&database_url, &exchange).await;
     let client = reqwest::Client::new();
-    let created: Value = client
-        .post(format!("{}/accounts", first.address))
-        .json(&json!({"initial_balance": "0", "currency": "EUR"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap().to_owned();
-    client
-        .post(format!("{}/accounts/{id}/activate", first.address))
-        .send()
-        .await
-        .unwrap();
+    let id = active_account_on(&client, &first.address).await;
 
     let credit_url = format!("{}/accounts/{id}/credit", first.address);
-    let load: Vec<_> = (0..16)
+    let acknowledged_count = Arc::new(AtomicUsize::new(0));
+    let load: Vec<_> = (0..LOAD_CLIENTS)
         .map(|_| {
             let client = client.clone();
             let url = credit_url.clone();
+            let acknowledged_count = Arc::clone(&acknowledged_count);
             tokio::spawn(async move {
                 let mut acknowledged = Vec::new();
-                for _ in 0..200 {
+                for _ in 0..CREDITS_PER_CLIENT {
                     match client
                         .post(&url)
                         .json(&json!({"amount": "1.00"}))
@@ -145,30 +164,42 @@ async fn a_command_service_killed_mid_load_loses_no_acknowledged_command() {
                         .await
                     {
                         Ok(response) if response.status() == 200 => {
-                            let body: Value = response.json().await.unwrap_or(Value::Null);
-                            if body.is_object() {
-                                acknowledged.push(body);
-                            }
+                            let Ok(body) = response.json::<Value>().await else {
+                                return (acknowledged, true);
+                            };
+                            acknowledged.push(body);
+                            acknowledged_count.fetch_add(1, Ordering::SeqCst);
                         }
                         Ok(response) => {
                             assert!(response.status().is_server_error(), "{}", response.status())
                         }
-                        Err(_) => break,
+                        Err(_) => return (acknowledged, true),
                     }
                 }
-                acknowledged
+                (acknowledged, false)
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    while acknowledged_count.load(Ordering::SeqCst) < LOAD / 3
+        && !load.iter().all(tokio::task::JoinHandle::is_finished)
+    {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     first.child.kill().unwrap();
     first.child.wait().unwrap();
-    let acknowledged: Vec<Value> = futures::future::join_all(load)
-        .await
-        .into_iter()
-        .flat_map(Result::unwrap)
-        .collect();
-    assert!(!acknowledged.is_empty(), "the load ran before the kill");
+    let at_kill = acknowledged_count.load(Ordering::SeqCst);
+    let mut acknowledged: Vec<Value> = Vec::new();
+    let mut dropped = 0;
+    for client in futures::future::join_all(load).await {
+        let (acks, connection_dropped) = client.unwrap();
+        acknowledged.extend(acks);
+        dropped += usize::from(connection_dropped);
+    }
+    assert!(
+        at_kill < LOAD,
+        "the kill came while credits were still being sent ({at_kill} of {LOAD})"
+    );
+    assert!(dropped > 0, "no client saw its connection drop");
 
     let second = Process::start(&database_url, &exchange).await;
     let stream: Value = client
@@ -214,24 +245,105 @@ async fn a_command_service_killed_mid_load_loses_no_acknowledged_command() {
     }
 }
 
+/// Requests in flight when SIGTERM comes: their commits are held back by a lock on
+/// the account's stream row, which the test releases only after the signal.
+const IN_FLIGHT: usize = 24;
+
 #[tokio::test]
-async fn sigterm_drains_and_exits_cleanly_within_ten_seconds() {
-    let process = Process::start(&fresh_database_url(), &fresh_exchange()).await;
+async fn sigterm_answers_every_request_in_flight_and_exits_cleanly_within_ten_seconds() {
+    let database_url = fresh_database_url();
+    let mut process = Process::start(&database_url, &fresh_exchange()).await;
+    let client = reqwest::Client::new();
+    let id = active_account_on(&client, &process.address).await;
+
+    let mut holder = sqlx::PgConnection::connect(&database_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT 1 FROM streams WHERE stream_id = $1::uuid FOR UPDATE")
+        .bind(&id)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let credit_url = format!("{}/accounts/{id}/credit", process.address);
+    let burst: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            let request = client.post(&credit_url).json(&json!({"amount": "1.00"}));
+            tokio::spawn(async move {
+                let response = request.send().await?;
+                let status = response.status().as_u16();
+                Ok::<_, reqwest::Error>((status, response.json::<Value>().await?))
+            })
+        })
+        .collect();
+    let mut observer = sqlx::PgConnection::connect(&database_url).await.unwrap();
+    for attempt in 0.. {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(attempt < 200, "the burst never reached the event store");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The first commit waits on the lock; give the server time to read the rest.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
     let pid = process.child.id().to_string();
-    let mut process = process;
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success());
-    let started = std::time::Instant::now();
+    let signalled = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        process.child.try_wait().unwrap().is_none(),
+        "the process exited with requests in flight"
+    );
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+
+    let mut acknowledged = Vec::new();
+    for request in futures::future::join_all(burst).await {
+        let (status, body) = request
+            .unwrap()
+            .expect("a request in flight at SIGTERM got no answer");
+        assert_eq!(status, 200, "{body}");
+        acknowledged.push(body);
+    }
     loop {
         if let Some(exit) = process.child.try_wait().unwrap() {
             assert!(exit.success(), "exit status {exit}");
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            signalled.elapsed() < Duration::from_secs(10),
             "still running 10 s after SIGTERM"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let store = event_store::EventStore::connect(&database_url, 1)
+        .await
+        .unwrap();
+    let stored = store
+        .read_stream(id.parse().unwrap(), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.len(),
+        2 + IN_FLIGHT,
+        "one event per acknowledged credit"
+    );
+    for ack in &acknowledged {
+        let version = i64::try_from(ack["version"].as_u64().unwrap()).unwrap();
+        let event = stored.iter().find(|e| e.version == version).unwrap();
+        assert_eq!(event.event_type, "AccountCredited");
+        assert_eq!(
+            event.data["balance"], ack["balance"],
+            "acknowledged credit lost"
+        );
     }
 }
 

@@ -13,10 +13,24 @@ pub enum StoreError {
     IdempotencyKeyTaken(String),
     #[error("an append needs at least one event")]
     EmptyAppend,
-    #[error("event store database error")]
-    Database(#[from] sqlx::Error),
-    #[error("event store migration failed")]
-    Migration(#[from] sqlx::migrate::MigrateError),
+    /// The cause is in the message, so a log line shows why (and is not also given
+    /// as the `source`, which would print it twice in a chain).
+    #[error("event store database error: {0}")]
+    Database(sqlx::Error),
+    #[error("event store migration failed: {0}")]
+    Migration(sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Database(error)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        Self::Migration(error)
+    }
 }
 
 const VERSION_CLASH: &str = "BK409";
@@ -46,5 +60,21 @@ impl StoreError {
             }
         }
         Self::Database(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_error_names_its_cause() {
+        let cause = sqlx::Error::PoolTimedOut;
+        let message = StoreError::from(sqlx::Error::PoolTimedOut).to_string();
+        assert!(message.contains(&cause.to_string()), "{message}");
+        assert!(
+            message.starts_with("event store database error: "),
+            "{message}"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The command endpoints: parse, run through the [`CommandHandler`], answer.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use service_kit::Problem;
@@ -9,12 +9,12 @@ use service_kit::extract::{JsonBody, OptionalJsonBody, PathId};
 use sha2::{Digest, Sha256};
 use shared_events::AccountId;
 
-use super::AppState;
 use super::dto::{
     BalanceResponse, CreateAccountRequest, EmptyRequest, MovementRequest, SuspendRequest,
     VersionResponse,
 };
-use crate::application::{CommandContext, CommandReply, IdempotencyKey};
+use super::{AppState, reply};
+use crate::application::{CommandContext, IdempotencyKey};
 use crate::domain::AccountCommand;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -33,10 +33,7 @@ async fn run(
         Ok(context) => context,
         Err(problem) => return problem.into_response(),
     };
-    match state.handler.execute(id, command, context).await {
-        Ok(reply) => reply_response(reply),
-        Err(error) => error.into_response(),
-    }
+    reply::respond(state.handler.execute(id, command, context).await)
 }
 
 fn context(
@@ -67,29 +64,6 @@ fn context(
         correlation_id: service_kit::http::request_id(headers),
         idempotency,
     })
-}
-
-fn reply_response(reply: CommandReply) -> Response {
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let location = (status == StatusCode::CREATED)
-        .then(|| reply.body.get("id").and_then(|id| id.as_str()))
-        .flatten()
-        .and_then(|id| HeaderValue::from_str(&format!("/accounts/{id}")).ok());
-    let mut response = (status, axum::Json(reply.body)).into_response();
-    let headers = response.headers_mut();
-    if let Some(location) = location {
-        headers.insert(header::LOCATION, location);
-    }
-    if status.is_client_error() || status.is_server_error() {
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-    }
-    if reply.replayed {
-        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    response
 }
 
 /// Opens an account with an initial balance in one currency.

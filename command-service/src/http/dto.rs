@@ -11,7 +11,7 @@ use uuid::Uuid;
 /// from its text, never through binary floating point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
-pub(super) struct AmountInput(pub Decimal);
+pub(super) struct AmountInput(pub(super) Decimal);
 
 impl<'de> Deserialize<'de> for AmountInput {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -37,11 +37,11 @@ impl<'de> Deserialize<'de> for AmountInput {
 pub(super) struct CreateAccountRequest {
     /// Opening balance, `0 <= initial_balance <= 10^12`.
     #[schema(value_type = String, example = "100.00")]
-    pub initial_balance: AmountInput,
-    pub currency: Currency,
+    pub(super) initial_balance: AmountInput,
+    pub(super) currency: Currency,
     /// Id to give the account; generated (UUID v7) when absent.
     #[schema(value_type = Option<String>, format = Uuid)]
-    pub id: Option<Uuid>,
+    pub(super) id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
@@ -49,66 +49,70 @@ pub(super) struct CreateAccountRequest {
 pub(super) struct MovementRequest {
     /// `0 < amount <= 10^12`, with at most the currency's fraction digits.
     #[schema(value_type = String, example = "50.00")]
-    pub amount: AmountInput,
+    pub(super) amount: AmountInput,
     /// Must be the account's currency when given.
-    pub currency: Option<Currency>,
+    pub(super) currency: Option<Currency>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SuspendRequest {
     /// Why the account is suspended (at most 500 characters).
-    pub reason: Option<String>,
+    pub(super) reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EmptyRequest {}
 
-/// Answer to a lifecycle command.
-#[derive(Debug, Serialize, ToSchema)]
+/// Answer to opening an account or to a lifecycle command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub(super) struct VersionResponse {
     #[schema(value_type = String, format = Uuid)]
-    pub id: Uuid,
+    pub(super) id: Uuid,
     /// The account's stream version after the command.
-    pub version: u64,
+    pub(super) version: u64,
 }
 
 /// Answer to a credit or debit.
-#[derive(Debug, Serialize, ToSchema)]
+///
+/// The fields are in alphabetical order, the order in which the previous version
+/// answered (from a sorted JSON map): replies it stored under idempotency keys are
+/// replayed through this type, byte for byte as first sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub(super) struct BalanceResponse {
-    #[schema(value_type = String, format = Uuid)]
-    pub id: Uuid,
-    pub version: u64,
     /// Balance after the command.
     #[schema(example = "150.00")]
-    pub balance: String,
+    pub(super) balance: String,
+    #[schema(value_type = String, format = Uuid)]
+    pub(super) id: Uuid,
+    pub(super) version: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct AccountEventsResponse {
-    pub events: Vec<EventEnvelope>,
+    pub(super) events: Vec<EventEnvelope>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct FeedResponse {
-    pub events: Vec<EventEnvelope>,
+    pub(super) events: Vec<EventEnvelope>,
     /// Pass as `after` to read on.
-    pub next_after: u64,
+    pub(super) next_after: u64,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AccountEventsQuery {
     /// First version to return (default 1).
-    pub from_version: Option<u64>,
+    pub(super) from_version: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FeedQuery {
     /// Position after which to read (default 0).
-    pub after: Option<u64>,
+    pub(super) after: Option<u64>,
     /// 1..=1000, default 500.
-    pub limit: Option<u32>,
+    pub(super) limit: Option<u32>,
 }

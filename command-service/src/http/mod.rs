@@ -3,6 +3,7 @@
 mod commands;
 mod dto;
 mod feeds;
+mod reply;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -12,11 +13,13 @@ use utoipa::OpenApi;
 use crate::application::CommandHandler;
 use service_kit::amqp::BrokerStatus;
 
+pub(crate) use reply::encode_reply;
+
 /// What the handlers share.
 #[derive(Debug, Clone)]
-pub struct AppState {
-    pub handler: CommandHandler,
-    pub store: EventStore,
+pub(crate) struct AppState {
+    pub(crate) handler: CommandHandler,
+    pub(crate) store: EventStore,
 }
 
 #[derive(OpenApi)]
@@ -41,7 +44,7 @@ pub struct AppState {
 struct ApiDoc;
 
 /// The whole HTTP application: contract routes, operational routes, common layers.
-pub fn router(state: AppState, broker: BrokerStatus) -> Router {
+pub(crate) fn router(state: AppState, broker: BrokerStatus) -> Router {
     let api = Router::new()
         .route("/accounts", post(commands::create_account))
         .route("/accounts/{id}/activate", post(commands::activate))

@@ -1,0 +1,140 @@
+//! Executes commands: load the account, decide, append; retried on a concurrent
+//! write, remembered under their idempotency keys.
+//!
+//! Commands are funnelled per account into a few writer tasks ([`writer`]). Each
+//! writer takes whatever commands are waiting, loads their accounts in one query
+//! ([`rehydrate`]), decides them in arrival order (several commands on one account see
+//! each other's effects), and appends everything in one transaction: group commit,
+//! with the same guarantees as one command per transaction. A request that repeats an
+//! `Idempotency-Key` gets the first reply back ([`idempotency`]).
+//!
+//! The results are typed: an [`Accepted`] command, a [`CommandError`], or the stored
+//! first reply to a repeated request. Statuses and bodies are the HTTP layer's, which
+//! also supplies the [`ReplyEncoder`] that writes the reply stored under a key.
+
+mod idempotency;
+mod rehydrate;
+mod writer;
+
+use std::sync::Arc;
+
+use event_store::EventStore;
+use shared_events::{AccountId, Money};
+use tokio::sync::{mpsc, oneshot};
+
+pub(crate) use idempotency::{IdempotencyKey, ReplyEncoder, StoredReply};
+
+use crate::domain::AccountCommand;
+use crate::error::CommandError;
+use writer::Job;
+
+/// Writer tasks; an account always goes to the same one.
+const WRITERS: usize = 4;
+/// Most commands decided and committed together.
+const MAX_BATCH: usize = 256;
+
+/// Who asked, and under which idempotency key.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CommandContext {
+    pub(crate) correlation_id: Option<String>,
+    pub(crate) idempotency: Option<IdempotencyKey>,
+}
+
+/// What an accepted command left its account at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Accepted {
+    pub(crate) id: AccountId,
+    /// The stream version after the command.
+    pub(crate) version: u64,
+    /// The balance after a credit or a debit; `None` for the other commands.
+    pub(crate) balance: Option<Money>,
+    /// Whether the command opened the account.
+    pub(crate) opened: bool,
+}
+
+/// The answer to a command that was not refused.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Reply {
+    /// Decided and committed now.
+    Accepted(Accepted),
+    /// The first reply to the same request under the same `Idempotency-Key`, as stored
+    /// then (an acceptance or a refusal).
+    Replayed(StoredReply),
+}
+
+/// What a command comes to: a reply, or why it was refused or failed.
+pub(crate) type Outcome = Result<Reply, CommandError>;
+
+/// Runs commands against the event store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct CommandHandler {
+    store: EventStore,
+    writers: Arc<[mpsc::Sender<Job>]>,
+}
+
+impl CommandHandler {
+    /// Starts the writer tasks; they stop when the last handle is dropped. `encode`
+    /// writes the reply remembered under an idempotency key.
+    pub(crate) fn new(store: EventStore, encode: ReplyEncoder) -> Self {
+        let writers = (0..WRITERS)
+            .map(|_| {
+                let (sender, receiver) = mpsc::channel(MAX_BATCH * 4);
+                tokio::spawn(writer::write_loop(store.clone(), encode, receiver));
+                sender
+            })
+            .collect();
+        Self { store, writers }
+    }
+
+    /// Runs one command on account `id`.
+    pub(crate) async fn execute(
+        &self,
+        id: AccountId,
+        command: AccountCommand,
+        context: CommandContext,
+    ) -> Outcome {
+        let name = command.name();
+        let outcome = self.submit(id, command, context).await;
+        metrics::counter!(
+            "commands_total",
+            "command" => name,
+            "outcome" => match &outcome {
+                Ok(Reply::Replayed(_)) => "replayed",
+                Ok(Reply::Accepted(_)) => "accepted",
+                Err(error) if error.is_final() => "refused",
+                Err(_) => "failed",
+            }
+        )
+        .increment(1);
+        outcome
+    }
+
+    async fn submit(
+        &self,
+        id: AccountId,
+        command: AccountCommand,
+        context: CommandContext,
+    ) -> Outcome {
+        if let Some(idempotency) = &context.idempotency
+            && let Some(stored) = self.store.stored_response(&idempotency.key).await?
+        {
+            return idempotency::replay(stored, idempotency);
+        }
+        let bytes = id.as_uuid().into_bytes();
+        let writer = usize::from(u16::from_be_bytes([bytes[14], bytes[15]])) % WRITERS;
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            id,
+            command,
+            context,
+            reply,
+        };
+        self.writers[writer]
+            .send(job)
+            .await
+            .map_err(|_| CommandError::Unavailable("the service is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| CommandError::Unavailable("the command was dropped".into()))?
+    }
+}

@@ -1,0 +1,267 @@
+//! The writer tasks: batches of commands decided together and committed in one
+//! transaction, with the one retry loop for accounts written concurrently.
+
+use std::time::Duration;
+
+use chrono::{SubsecRound, Utc};
+use event_store::{EventStore, NewEvent, StoreError, StoredResponse, StreamAppend};
+use serde_json::Value;
+use service_kit::backoff::Backoff;
+use shared_events::{AccountEvent, AccountId, EventMetadata, SCHEMA_VERSION};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::idempotency::{self, ReplyEncoder};
+use super::rehydrate::{self, SNAPSHOT_SCHEMA};
+use super::{Accepted, CommandContext, MAX_BATCH, Outcome, Reply};
+use crate::domain::{Account, AccountCommand, decide, evolve};
+use crate::error::CommandError;
+
+/// Rounds a command is tried before it gives up with `concurrency_conflict`.
+const MAX_ATTEMPTS: u32 = 12;
+
+/// The pause before deciding again on accounts that another replica wrote meanwhile:
+/// short, since that writer has just committed, and jittered so that the replicas do
+/// not clash again in step.
+const CONFLICT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(60));
+
+/// A command waiting for its writer, with where to send its outcome.
+#[derive(Debug)]
+pub(super) struct Job {
+    pub(super) id: AccountId,
+    pub(super) command: AccountCommand,
+    pub(super) context: CommandContext,
+    pub(super) reply: oneshot::Sender<Outcome>,
+}
+
+/// Takes every job waiting, up to [`MAX_BATCH`], and commits them together; until
+/// every sender is dropped.
+pub(super) async fn write_loop(
+    store: EventStore,
+    encode: ReplyEncoder,
+    mut receiver: mpsc::Receiver<Job>,
+) {
+    let writer = Writer { store, encode };
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        metrics::histogram!("command_batch_size").record(batch.len() as f64);
+        writer.process(std::mem::take(&mut batch)).await;
+    }
+}
+
+/// A batch failed because an idempotency key was taken by a concurrent request.
+struct TakenKey(Vec<Job>);
+
+/// The commands of one account within a batch, decided in arrival order.
+struct Plan {
+    append: StreamAppend,
+    decided: Vec<(Job, Outcome)>,
+}
+
+struct Writer {
+    store: EventStore,
+    encode: ReplyEncoder,
+}
+
+impl Writer {
+    /// Answers every job of a batch. When a concurrent request took one of their
+    /// idempotency keys, the jobs are committed one by one instead, so that only the
+    /// job whose key was taken gets the stored reply.
+    async fn process(&self, jobs: Vec<Job>) {
+        let Err(TakenKey(jobs)) = self.commit_with_retries(jobs).await else {
+            return;
+        };
+        for job in jobs {
+            if let Err(TakenKey(taken)) = self.commit_with_retries(vec![job]).await {
+                for job in taken {
+                    let outcome = idempotency::replay_taken(&self.store, &job.context).await;
+                    let _ = job.reply.send(outcome);
+                }
+            }
+        }
+    }
+
+    /// Decides and commits `jobs`, deciding again (after a [`CONFLICT_BACKOFF`]
+    /// pause) those whose account was written concurrently, at most [`MAX_ATTEMPTS`]
+    /// times.
+    async fn commit_with_retries(&self, jobs: Vec<Job>) -> Result<(), TakenKey> {
+        let mut backoff = CONFLICT_BACKOFF;
+        let mut pending = jobs;
+        for attempt in 1..=MAX_ATTEMPTS {
+            pending = self.attempt(pending).await?;
+            if pending.is_empty() {
+                return Ok(());
+            }
+            metrics::counter!("command_conflicts_total").increment(pending.len() as u64);
+            if attempt < MAX_ATTEMPTS {
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+        for job in pending {
+            let _ = job.reply.send(Err(CommandError::Conflict));
+        }
+        Ok(())
+    }
+
+    /// One round: load, decide, append. Answers every job it settles and returns the
+    /// jobs of the accounts that were written concurrently.
+    async fn attempt(&self, jobs: Vec<Job>) -> Result<Vec<Job>, TakenKey> {
+        let mut groups: Vec<(AccountId, Vec<Job>)> = Vec::new();
+        for job in jobs {
+            match groups.iter_mut().find(|(id, _)| *id == job.id) {
+                Some((_, group)) => group.push(job),
+                None => groups.push((job.id, vec![job])),
+            }
+        }
+        let ids: Vec<Uuid> = groups.iter().map(|(id, _)| id.as_uuid()).collect();
+        let mut loaded = match self.store.load_many(&ids).await {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                fail_all(groups.into_iter().flat_map(|(_, jobs)| jobs), &error);
+                return Ok(Vec::new());
+            }
+        };
+
+        let mut plans = Vec::new();
+        for (id, group) in groups {
+            let account = match rehydrate::rebuild(id, loaded.remove(&id.as_uuid())) {
+                Ok(account) => account,
+                Err(message) => {
+                    tracing::error!(account_id = %id, error = %message, "cannot rebuild account");
+                    for job in group {
+                        let _ = job.reply.send(Err(CommandError::CorruptStream(
+                            id.as_uuid(),
+                            message.clone(),
+                        )));
+                    }
+                    continue;
+                }
+            };
+            let plan = self.decide_group(id, account, group);
+            if plan.append.events.is_empty() {
+                idempotency::settle_refusals(&self.store, plan.decided, &plan.append.responses)
+                    .await;
+            } else {
+                plans.push(plan);
+            }
+        }
+        if plans.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        let appends: Vec<StreamAppend> = plans.iter().map(|plan| plan.append.clone()).collect();
+        let jobs_of = |plans: Vec<Plan>| {
+            plans
+                .into_iter()
+                .flat_map(|plan| plan.decided.into_iter().map(|(job, _)| job))
+        };
+        match self.store.append_batch(&appends, SNAPSHOT_SCHEMA).await {
+            Ok(accepted) => {
+                let (committed, conflicted): (Vec<Plan>, Vec<Plan>) = plans
+                    .into_iter()
+                    .partition(|plan| accepted.contains(&plan.append.stream_id));
+                for (job, outcome) in committed.into_iter().flat_map(|plan| plan.decided) {
+                    let _ = job.reply.send(outcome);
+                }
+                Ok(jobs_of(conflicted).collect())
+            }
+            Err(StoreError::IdempotencyKeyTaken(_)) => Err(TakenKey(jobs_of(plans).collect())),
+            Err(error) => {
+                fail_all(jobs_of(plans), &error);
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Decides every command of one account in order, each on the state the previous
+    /// ones left.
+    fn decide_group(&self, id: AccountId, mut account: Option<Account>, jobs: Vec<Job>) -> Plan {
+        let expected_version = account.as_ref().map_or(0, |a| a.version);
+        let mut events = Vec::new();
+        let mut records: Vec<StoredResponse> = Vec::new();
+        let mut decided = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let idempotency = job.context.idempotency.as_ref();
+            if let Some(idempotency) = idempotency
+                && let Some(earlier) = records.iter().find(|r| r.key == idempotency.key)
+            {
+                let outcome = idempotency::replay(earlier.clone(), idempotency);
+                decided.push((job, outcome));
+                continue;
+            }
+            let result = match decide(account.as_ref(), &job.command) {
+                Ok(new_events) => {
+                    let after = new_events.iter().fold(account.take(), evolve);
+                    let accepted = after
+                        .as_ref()
+                        .map(|after| accepted(id, &job.command, after));
+                    events.extend(to_new_events(&new_events, &job.context));
+                    account = after;
+                    accepted.ok_or_else(|| {
+                        CommandError::CorruptStream(id.as_uuid(), "no state after events".into())
+                    })
+                }
+                Err(refusal) => Err(CommandError::Domain(refusal)),
+            };
+            if let Some(record) =
+                idempotency.and_then(|key| idempotency::remembered(self.encode, key, &result))
+            {
+                records.push(record);
+            }
+            decided.push((job, result.map(Reply::Accepted)));
+        }
+        Plan {
+            append: StreamAppend {
+                stream_id: id.as_uuid(),
+                expected_version: i64::try_from(expected_version).unwrap_or(i64::MAX),
+                events,
+                snapshot: rehydrate::snapshot(account.as_ref()),
+                responses: records,
+            },
+            decided,
+        }
+    }
+}
+
+fn fail_all(jobs: impl IntoIterator<Item = Job>, error: &StoreError) {
+    tracing::error!(error = %error, "event store unavailable");
+    for job in jobs {
+        let _ = job
+            .reply
+            .send(Err(CommandError::Unavailable(error.to_string())));
+    }
+}
+
+fn accepted(id: AccountId, command: &AccountCommand, after: &Account) -> Accepted {
+    Accepted {
+        id,
+        version: after.version,
+        balance: matches!(
+            command,
+            AccountCommand::Credit { .. } | AccountCommand::Debit { .. }
+        )
+        .then_some(after.balance),
+        opened: matches!(command, AccountCommand::Create { .. }),
+    }
+}
+
+fn to_new_events(events: &[AccountEvent], context: &CommandContext) -> Vec<NewEvent> {
+    let occurred_at = Utc::now().trunc_subsecs(6);
+    let metadata = EventMetadata {
+        correlation_id: context.correlation_id.clone(),
+        causation_id: Some(Uuid::now_v7().to_string()),
+        idempotency_key: context.idempotency.as_ref().map(|i| i.key.clone()),
+    };
+    let metadata = serde_json::to_value(&metadata).unwrap_or(Value::Null);
+    events
+        .iter()
+        .map(|event| NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: event.event_type().as_str().to_owned(),
+            schema_version: SCHEMA_VERSION,
+            data: event.data(),
+            metadata: metadata.clone(),
+            occurred_at,
+        })
+        .collect()
+}
