@@ -3,6 +3,7 @@
 //! stack, operational endpoints, shutdown and AMQP connections.
 
 pub mod amqp;
+pub mod auth;
 pub mod backoff;
 pub mod extract;
 pub mod http;
