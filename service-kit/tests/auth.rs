@@ -1,5 +1,10 @@
 //! Bearer-token rules, checked through a tiny axum app served on a real port.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failure here is the test's failure"
+)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 
