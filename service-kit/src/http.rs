@@ -1,13 +1,20 @@
-//! The HTTP middleware stack every service uses, and serving with graceful shutdown.
+//! The HTTP middleware stack every service uses, and serving with graceful shutdown
+//! within [`ConnectionLimits`] (header timeout, connection and in-flight bounds).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::HeaderName;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
@@ -15,6 +22,7 @@ use tower_http::request_id::{
 };
 use tower_http::trace::TraceLayer;
 
+use crate::backoff::Backoff;
 use crate::extract::MAX_BODY_BYTES;
 use crate::{ErrorCode, Problem};
 
@@ -115,14 +123,153 @@ async fn record_metrics(request: Request, next: Next) -> Response {
     response
 }
 
-/// Serves `app` on `listener` until `shutdown` is cancelled, then drains in-flight
-/// requests.
+/// Limits that keep slow or numerous clients from exhausting a replica. Flatten them
+/// into a service's settings (`#[serde(flatten)] connections: ConnectionLimits`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ConnectionLimits {
+    /// `HTTP_HEADER_TIMEOUT_SECS`: seconds a client has to send a request's headers,
+    /// counted from the connection's start or the end of its previous response, so
+    /// it is also how long an idle keep-alive connection is kept (default 10).
+    pub http_header_timeout_secs: u64,
+    /// `HTTP_MAX_CONNECTIONS`: open connections at most; beyond it new connections
+    /// wait in the listen backlog until one closes (default 10,000).
+    pub http_max_connections: usize,
+    /// `HTTP_MAX_IN_FLIGHT`: requests being handled at most; the excess is answered at
+    /// once with 503 `service_unavailable` and `Retry-After` (default 1,024). Health
+    /// probes and metrics are never refused.
+    pub http_max_in_flight: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            http_header_timeout_secs: 10,
+            http_max_connections: 10_000,
+            http_max_in_flight: 1_024,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.http_header_timeout_secs.max(1))
+    }
+
+    fn max_connections(&self) -> usize {
+        self.http_max_connections.clamp(1, Semaphore::MAX_PERMITS)
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.http_max_in_flight.clamp(1, Semaphore::MAX_PERMITS)
+    }
+}
+
+/// Seconds a client shed for overload is asked to wait.
+const OVERLOAD_RETRY_AFTER_SECS: u64 = 1;
+
+/// Serves `app` on `listener` with the default [`ConnectionLimits`] until `shutdown`
+/// is cancelled, then drains in-flight requests.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    serve_with_limits(listener, app, shutdown, &ConnectionLimits::default()).await
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` is cancelled; then
+/// stops accepting, lets in-flight requests finish, closes idle connections and
+/// returns once every connection is closed.
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    limits: &ConnectionLimits,
+) -> std::io::Result<()> {
+    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight()));
+    let service =
+        TowerToHyperService::new(app.layer(middleware::from_fn_with_state(in_flight, shed_excess)));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout())
+        .keep_alive(true);
+    let connections = Arc::new(Semaphore::new(limits.max_connections()));
+    let graceful = GracefulShutdown::new();
+    let mut accept_backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) if is_per_connection(&error) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot accept connections; pausing");
+                    if !accept_backoff.wait(&shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            },
+        };
+        accept_backoff.reset();
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let connection =
+            graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection closed with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Accept errors that concern one connection only: accept the next at once.
+fn is_per_connection(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Answers 503 at once when `in_flight` has no permit left; health probes and
+/// metrics always pass, so an overloaded replica is not restarted for it.
+async fn shed_excess(
+    State(in_flight): State<Arc<Semaphore>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if path.starts_with("/health/") || path == "/metrics" {
+        return next.run(request).await;
+    }
+    let Ok(_permit) = in_flight.try_acquire() else {
+        metrics::counter!("http_requests_shed_total").increment(1);
+        let mut response = Problem::new(
+            ErrorCode::ServiceUnavailable,
+            "too many requests in progress; retry later",
+        )
+        .into_response();
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(OVERLOAD_RETRY_AFTER_SECS),
+        );
+        return response;
+    };
+    next.run(request).await
 }

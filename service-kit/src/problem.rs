@@ -22,6 +22,9 @@ pub enum ErrorCode {
     NotYetProjected,
     ServiceUnavailable,
     Internal,
+    Unauthorized,
+    Forbidden,
+    OutcomeUnknown,
 }
 
 impl ErrorCode {
@@ -42,6 +45,9 @@ impl ErrorCode {
             Self::NotYetProjected => "not_yet_projected",
             Self::ServiceUnavailable => "service_unavailable",
             Self::Internal => "internal_error",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::OutcomeUnknown => "outcome_unknown",
         }
     }
 
@@ -60,8 +66,10 @@ impl ErrorCode {
             | Self::BalanceLimitExceeded
             | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotYetProjected => StatusCode::GATEWAY_TIMEOUT,
-            Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ServiceUnavailable | Self::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
         }
     }
 
@@ -82,6 +90,9 @@ impl ErrorCode {
             Self::NotYetProjected => "Not yet projected",
             Self::ServiceUnavailable => "Service unavailable",
             Self::Internal => "Internal error",
+            Self::Unauthorized => "Authentication required",
+            Self::Forbidden => "The token lacks the scope this operation needs",
+            Self::OutcomeUnknown => "The outcome of the command is unknown",
         }
     }
 }

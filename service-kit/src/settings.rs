@@ -42,3 +42,64 @@ impl std::fmt::Debug for SecretUrl {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::auth::AuthSettings;
+    use crate::http::ConnectionLimits;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct ServiceSettings {
+        #[serde(flatten)]
+        auth: AuthSettings,
+        #[serde(flatten)]
+        connections: ConnectionLimits,
+    }
+
+    fn from_environment(variables: &[(&str, &str)]) -> ServiceSettings {
+        let environment = variables
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        config::Config::builder()
+            .add_source(
+                config::Environment::default()
+                    .source(Some(environment))
+                    .try_parsing(true),
+            )
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap()
+    }
+
+    #[test]
+    fn auth_and_connection_settings_flatten_into_a_service_s_settings() {
+        let settings = from_environment(&[
+            (
+                "AUTH_JWT_SECRET",
+                "a-secret-of-at-least-32-bytes-0123456789",
+            ),
+            ("AUTH_JWKS_FILE", "/run/secrets/jwks.json"),
+            ("AUTH_ISSUER", "https://issuer.test"),
+            ("HTTP_MAX_CONNECTIONS", "500"),
+            ("HTTP_HEADER_TIMEOUT_SECS", "5"),
+        ]);
+        assert_eq!(
+            settings.auth.secret().map(|secret| secret.expose().len()),
+            Some(40)
+        );
+        assert_eq!(
+            settings
+                .auth
+                .jwks_file()
+                .map(|path| path.display().to_string()),
+            Some("/run/secrets/jwks.json".to_owned())
+        );
+        assert_eq!(settings.auth.issuer(), Some("https://issuer.test"));
+        assert_eq!(settings.auth.audience(), None);
+        assert_eq!(settings.connections.http_max_connections, 500);
+        assert_eq!(settings.connections.http_header_timeout_secs, 5);
+        assert_eq!(settings.connections.http_max_in_flight, 1_024);
+    }
+}
