@@ -1,12 +1,10 @@
 //! The command service over HTTP, against the real Postgres and RabbitMQ.
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use crate::helpers::{bind_queue, spawn_app};
 use serde_json::{Value, json};
-use support::{bind_queue, spawn_app};
 
 #[tokio::test]
 async fn an_account_lives_through_its_whole_lifecycle() {
