@@ -6,7 +6,6 @@ mod broker;
 mod helpers;
 mod lag;
 mod outages;
-mod proxy;
 mod reads;
 mod rebuild;
 mod shutdown;
