@@ -139,3 +139,8 @@ async fn read(response: reqwest::Response) -> Option<Reply> {
         body,
     })
 }
+
+/// [`Reply::assert_problem`], as a function.
+pub fn assert_problem(reply: &Reply, status: u16, code: &str) {
+    reply.assert_problem(status, code);
+}

@@ -114,3 +114,80 @@ async fn forward(listener: TcpListener, upstream: String, gate: Arc<watch::Sende
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::TcpProxy;
+
+    /// An upstream that echoes every connection.
+    async fn echo_server() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut connection, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut reader, mut writer) = connection.split();
+                    let _ = tokio::io::copy(&mut reader, &mut writer).await;
+                });
+            }
+        });
+        address
+    }
+
+    /// Whether a round trip through this connection still works.
+    async fn echoes(connection: &mut TcpStream) -> bool {
+        let mut answer = [0_u8; 4];
+        let round_trip = async {
+            connection.write_all(b"ping").await?;
+            connection.read_exact(&mut answer).await
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), round_trip).await,
+            Ok(Ok(_))
+        ) && &answer == b"ping"
+    }
+
+    /// Lets the proxy's tasks see a change of the gate.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    async fn connect(proxy: &TcpProxy) -> TcpStream {
+        TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn cut_drops_connections_and_refuses_new_ones_until_restored() {
+        let proxy = TcpProxy::start(&echo_server().await).await;
+        let mut open = connect(&proxy).await;
+        assert!(echoes(&mut open).await);
+
+        proxy.cut();
+        settle().await;
+        assert!(!echoes(&mut open).await, "an open connection is dropped");
+        assert!(
+            !echoes(&mut connect(&proxy).await).await,
+            "a new one is refused"
+        );
+
+        proxy.restore();
+        assert!(echoes(&mut connect(&proxy).await).await);
+    }
+
+    #[tokio::test]
+    async fn dropping_connections_keeps_accepting_new_ones() {
+        let proxy = TcpProxy::start(&echo_server().await).await;
+        let mut open = connect(&proxy).await;
+        assert!(echoes(&mut open).await);
+
+        proxy.drop_connections();
+        settle().await;
+        assert!(!echoes(&mut open).await, "an open connection is dropped");
+        assert!(echoes(&mut connect(&proxy).await).await);
+    }
+}
