@@ -310,24 +310,7 @@ impl Stack {
 
     /// The whole global feed of the command service.
     pub async fn feed(&self) -> Vec<Value> {
-        let mut events = Vec::new();
-        let mut after = 0;
-        loop {
-            let page = self
-                .command_api
-                .get(&format!("/events?after={after}&limit=1000"))
-                .await
-                .expect(200, "feed");
-            let batch = page["events"].as_array().cloned().unwrap_or_default();
-            if batch.is_empty() {
-                return events;
-            }
-            let Some(next) = page["next_after"].as_u64() else {
-                panic!("no next_after in {page}");
-            };
-            after = next;
-            events.extend(batch);
-        }
+        self.command_api.feed().await
     }
 
     // ---- the query service, as a client uses it ----

@@ -109,6 +109,27 @@ impl Api {
         self.send(request, path).await
     }
 
+    /// Every event of a command service's global feed (`GET /events`), page by page.
+    pub async fn feed(&self) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self
+                .get(&format!("/events?after={after}&limit=1000"))
+                .await
+                .expect(200, "feed");
+            let batch = page["events"].as_array().cloned().unwrap_or_default();
+            if batch.is_empty() {
+                return events;
+            }
+            let Some(next) = page["next_after"].as_u64() else {
+                panic!("no next_after in {page}");
+            };
+            after = next;
+            events.extend(batch);
+        }
+    }
+
     async fn send(&self, request: reqwest::RequestBuilder, path: &str) -> Reply {
         match request.send().await {
             Ok(response) => read(response).await.unwrap_or_else(|| {

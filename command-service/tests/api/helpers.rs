@@ -121,24 +121,7 @@ impl TestApp {
 
     /// Every event of the global feed.
     pub(crate) async fn all_events(&self) -> Vec<Value> {
-        let mut events = Vec::new();
-        let mut after = 0;
-        loop {
-            let page = self
-                .api
-                .get(&format!("/events?after={after}&limit=1000"))
-                .await
-                .expect(200, "feed");
-            let batch = page["events"].as_array().cloned().unwrap_or_default();
-            if batch.is_empty() {
-                return events;
-            }
-            let Some(next) = page["next_after"].as_u64() else {
-                panic!("no next_after in {page}");
-            };
-            after = next;
-            events.extend(batch);
-        }
+        self.api.feed().await
     }
 }
 
