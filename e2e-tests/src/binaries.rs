@@ -31,11 +31,12 @@ impl Binary {
 pub fn profile_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let exe = std::env::current_exe().expect("path of the running executable");
-        let mut dir = exe
-            .parent()
-            .expect("the executable lives in a directory")
-            .to_path_buf();
+        let exe = std::env::current_exe()
+            .unwrap_or_else(|error| panic!("no path of the running executable: {error}"));
+        let Some(parent) = exe.parent() else {
+            panic!("{} lives in no directory", exe.display());
+        };
+        let mut dir = parent.to_path_buf();
         if dir.file_name().is_some_and(|name| name == "deps") {
             dir.pop();
         }
@@ -69,13 +70,13 @@ fn build() -> Result<(), String> {
         .ok()
         .or_else(|| option_env!("CARGO").map(str::to_owned))
         .unwrap_or_else(|| "cargo".to_owned());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the crate lives in the workspace");
+    let Some(workspace) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() else {
+        panic!("the crate lives in no workspace");
+    };
     let profile_dir = profile_dir();
-    let target_dir = profile_dir
-        .parent()
-        .expect("a profile directory lives in the target directory");
+    let Some(target_dir) = profile_dir.parent() else {
+        panic!("{} lives in no target directory", profile_dir.display());
+    };
     let mut command = Command::new(&cargo);
     // Cargo describes the test's own package to the test process (CARGO_MANIFEST_DIR,
     // CARGO_PKG_*, ...). Passed on, they would look like a changed environment to build

@@ -39,8 +39,9 @@ pub struct Expected {
 impl Expected {
     /// Folds an account's full stream, version 1 first.
     pub fn from_events(events: &[Value]) -> Self {
-        let first = events.first().expect("an account has at least one event");
-        let last = events.last().expect("an account has at least one event");
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            panic!("an account has at least one event");
+        };
         for (index, event) in events.iter().enumerate() {
             assert_eq!(
                 event["version"].as_u64(),

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::binaries::Binary;
-use crate::servers::free_port;
+use test_support::servers::free_port;
 
+use crate::binaries::Binary;
 /// Environment variables of a service, exactly those it gets (nothing is inherited).
 pub type Env = BTreeMap<String, String>;
 
@@ -77,7 +77,9 @@ impl Service {
             .append(true)
             .open(log)
             .unwrap_or_else(|error| panic!("cannot open {}: {error}", log.display()));
-        let errors = output.try_clone().expect("a second handle on the log");
+        let errors = output
+            .try_clone()
+            .unwrap_or_else(|error| panic!("no second handle on {}: {error}", log.display()));
         let child = Command::new(binary.path())
             .args(args)
             .env_clear()
@@ -103,7 +105,7 @@ impl Service {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()
-            .expect("an HTTP client");
+            .unwrap_or_else(|error| panic!("an HTTP client: {error}"));
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.exit_status() {

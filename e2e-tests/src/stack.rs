@@ -9,18 +9,14 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-use sqlx::Connection;
-use uuid::Uuid;
-
 use futures::StreamExt;
+use serde_json::{Value, json};
+use test_support::servers::{Server, amqp_url, free_port, mysql_url, postgres_url, require};
+use test_support::{Api, Broker, Leftovers, names};
 
-use crate::api::Api;
 use crate::binaries::{Binary, ensure_built, profile_dir};
-use crate::broker::Broker;
 use crate::model::{Expected, account_view, operation_view};
 use crate::process::{Env, Service};
-use crate::servers::{AMQP_URL, MYSQL_SERVER, ensure_reachable, free_port, postgres_server};
 
 /// Longest wait asked of `GET /accounts/{id}?min_version=` (the contract's maximum).
 pub const WAIT_MS: u64 = 10_000;
@@ -39,7 +35,7 @@ pub struct Names {
 
 impl Names {
     pub fn fresh() -> Self {
-        let id = Uuid::new_v4().simple().to_string();
+        let id = names::fresh_id();
         Self {
             postgres_db: format!("e2e_test_{id}"),
             mysql_db: format!("e2e_read_{id}"),
@@ -69,7 +65,7 @@ pub struct StackConfig {
 impl Default for StackConfig {
     fn default() -> Self {
         Self {
-            amqp_url: AMQP_URL.to_owned(),
+            amqp_url: amqp_url(),
             query_extra: Env::new(),
         }
     }
@@ -92,10 +88,7 @@ impl StackConfig {
         let names = Names::fresh();
         let rust_log = std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".to_owned());
         let command_env = Env::from([
-            (
-                "DATABASE_URL".into(),
-                format!("{}/{}", postgres_server(), names.postgres_db),
-            ),
+            ("DATABASE_URL".into(), postgres_url(&names.postgres_db)),
             ("AMQP_URL".into(), self.amqp_url.clone()),
             ("AMQP_EXCHANGE".into(), names.exchange.clone()),
             ("HTTP_HOST".into(), "127.0.0.1".into()),
@@ -107,10 +100,7 @@ impl StackConfig {
         let query_names = names.clone();
         let query_env = move |command_url: &str| {
             let mut env = Env::from([
-                (
-                    "DATABASE_URL".into(),
-                    format!("{MYSQL_SERVER}/{}", query_names.mysql_db),
-                ),
+                ("DATABASE_URL".into(), mysql_url(&query_names.mysql_db)),
                 ("AMQP_URL".into(), self.amqp_url.clone()),
                 ("AMQP_EXCHANGE".into(), query_names.exchange.clone()),
                 ("AMQP_QUEUE".into(), query_names.queue.clone()),
@@ -151,7 +141,7 @@ impl Stack {
         command_env: Env,
         query_env: impl FnOnce(&str) -> Env,
     ) -> Self {
-        ensure_reachable();
+        require(&Server::ALL);
         ensure_built();
         let logs = profile_dir().join("e2e-logs").join(&names.id);
         std::fs::create_dir_all(&logs)
@@ -320,21 +310,7 @@ impl Stack {
 
     /// The whole global feed of the command service.
     pub async fn feed(&self) -> Vec<Value> {
-        let mut events = Vec::new();
-        let mut after = 0;
-        loop {
-            let page = self
-                .command_api
-                .get(&format!("/events?after={after}&limit=1000"))
-                .await
-                .expect(200, "feed");
-            let batch = page["events"].as_array().cloned().unwrap_or_default();
-            if batch.is_empty() {
-                return events;
-            }
-            after = page["next_after"].as_u64().expect("next_after");
-            events.extend(batch);
-        }
+        self.command_api.feed().await
     }
 
     // ---- the query service, as a client uses it ----
@@ -454,55 +430,20 @@ impl Drop for Stack {
             );
             return;
         }
-        let names = self.names.clone();
-        // Drop may run inside the test's runtime: clean up on a thread of its own.
-        let _ = std::thread::spawn(move || remove(&names)).join();
+        remove(&self.names);
         let _ = std::fs::remove_dir_all(&self.logs);
     }
 }
 
 /// Drops a stack's databases, queues and exchanges (best effort, bounded in time).
 pub fn remove(names: &Names) {
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    runtime.block_on(async {
-        let cleanup = async {
-            if let Ok(mut postgres) =
-                sqlx::PgConnection::connect(&format!("{}/postgres", postgres_server())).await
-            {
-                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                    names.postgres_db
-                )))
-                .execute(&mut postgres)
-                .await;
-                let _ = postgres.close().await;
-            }
-            if let Ok(mut mysql) = sqlx::MySqlConnection::connect(MYSQL_SERVER).await {
-                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS `{}`",
-                    names.mysql_db
-                )))
-                .execute(&mut mysql)
-                .await;
-                let _ = mysql.close().await;
-            }
-            if let Some(broker) = Broker::try_connect().await {
-                broker
-                    .delete(
-                        &[&names.queue, &names.dead_letter_queue()],
-                        &[&names.exchange, &names.dead_letter_exchange()],
-                    )
-                    .await;
-                broker.close().await;
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(15), cleanup).await;
-    });
+    Leftovers {
+        postgres_databases: vec![names.postgres_db.clone()],
+        mysql_databases: vec![names.mysql_db.clone()],
+        queues: vec![names.queue.clone(), names.dead_letter_queue()],
+        exchanges: vec![names.exchange.clone(), names.dead_letter_exchange()],
+    }
+    .remove_blocking();
 }
 
 /// A command's acknowledgement.

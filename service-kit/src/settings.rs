@@ -86,7 +86,11 @@ mod tests {
             ("HTTP_HEADER_TIMEOUT_SECS", "5"),
         ]);
         assert_eq!(
-            settings.auth.secret().map(|secret| secret.expose().len()),
+            settings
+                .auth
+                .secret()
+                .unwrap()
+                .map(|secret| secret.expose().len()),
             Some(40)
         );
         assert_eq!(

@@ -14,17 +14,17 @@
 //!
 //! Prints figures only: no thresholds, these machines are noisy.
 
-#![allow(
+#![expect(
     clippy::print_stdout,
-    clippy::unwrap_used,
     clippy::expect_used,
-    clippy::panic
+    reason = "a probe run by hand: it prints its figures and stops at the first failure"
 )]
 
 use std::time::{Duration, Instant};
 
-use e2e_tests::{Api, Stack};
+use e2e_tests::Stack;
 use serde_json::json;
+use test_support::Api;
 
 #[derive(Debug, Clone, Copy)]
 enum Mode {

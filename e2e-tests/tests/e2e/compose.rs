@@ -29,14 +29,15 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use e2e_tests::Stack;
 use e2e_tests::compose::ComposeFile;
 use e2e_tests::process::Env;
-use e2e_tests::servers::postgres_server;
 use e2e_tests::stack::Names;
-use e2e_tests::{Api, Stack};
 use reqwest::Url;
 use serde_json::{Value, json};
 use sqlx::Connection;
+use test_support::Api;
+use test_support::servers::{free_port, mysql_server, postgres_server};
 
 /// What each service cannot do without, per the contract and `docs/operations.md`.
 const REQUIRED: [(&str, &[&str]); 3] = [
@@ -76,6 +77,10 @@ fn compose_file() -> ComposeFile {
 }
 
 /// A service's environment as the compose file writes it, checked for what it needs.
+#[expect(
+    clippy::expect_used,
+    reason = "a test helper: a failure here is the test's failure"
+)]
 fn environment(compose: &ComposeFile, service: &str) -> Env {
     let env = compose
         .environment(service, &no_variables)
@@ -156,6 +161,11 @@ fn is_compose_host(host: &str) -> bool {
     .contains(&host)
 }
 
+#[expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test helper: a failure here is the test's failure"
+)]
 fn localize_url(service: &str, name: &str, mut url: Url, here: &Here<'_>) -> String {
     let host = url.host_str().unwrap_or_default().to_owned();
     let set = |url: &mut Url, user: &str, password: Option<&str>, port: u16| {
@@ -265,7 +275,7 @@ async fn the_compose_configuration_runs_a_smoke_scenario_on_the_local_servers() 
     let compose_command_port = command_compose["HTTP_PORT"].clone();
     let command_here = Here {
         names: &names,
-        port: e2e_tests::servers::free_port(),
+        port: free_port(),
         command_url: None,
         compose_command_port: &compose_command_port,
     };
@@ -274,7 +284,7 @@ async fn the_compose_configuration_runs_a_smoke_scenario_on_the_local_servers() 
     let stack = Stack::launch(names.clone(), command_env, |command_url| {
         let here = Here {
             names: &names,
-            port: e2e_tests::servers::free_port(),
+            port: free_port(),
             command_url: Some(command_url),
             compose_command_port: &compose_command_port,
         };
@@ -312,7 +322,7 @@ async fn the_compose_configuration_runs_a_smoke_scenario_on_the_local_servers() 
         .await
         .unwrap();
     assert_eq!(databases, 1, "the command service used DATABASE_URL");
-    let mut mysql = sqlx::MySqlConnection::connect(e2e_tests::servers::MYSQL_SERVER)
+    let mut mysql = sqlx::MySqlConnection::connect(&mysql_server())
         .await
         .unwrap();
     let schemas: i64 = sqlx::query_scalar(
@@ -338,7 +348,7 @@ async fn the_compose_configuration_runs_a_smoke_scenario_on_the_local_servers() 
     // The compose `rebuild` tool, with its own environment, rebuilds the same model.
     let here = Here {
         names: &names,
-        port: e2e_tests::servers::free_port(),
+        port: free_port(),
         command_url: Some(&stack.command_service().url),
         compose_command_port: &compose_command_port,
     };
@@ -353,6 +363,10 @@ async fn the_compose_configuration_runs_a_smoke_scenario_on_the_local_servers() 
 }
 
 /// The compose file with every line that sets `variable` removed.
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test helper: a failure here is the test's failure"
+)]
 fn compose_without(variable: &str) -> ComposeFile {
     let text = std::fs::read_to_string(compose_path()).unwrap();
     let kept: Vec<&str> = text

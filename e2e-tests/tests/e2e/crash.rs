@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use e2e_tests::Stack;
 use e2e_tests::model::{Expected, account_view, balance_sheet, served_balance_sheet};
-use e2e_tests::{Api, Stack};
 use serde_json::json;
+use test_support::Api;
 
 const CLIENTS: usize = 8;
 const COMMANDS_PER_CLIENT: usize = 30;
@@ -32,6 +33,10 @@ async fn accounts(stack: &Stack) -> Vec<String> {
 /// 8 clients send credits and debits over `ids`, all of which must be accepted; once a
 /// third of them are acknowledged, `midway` runs. Returns how many were acknowledged by
 /// then.
+#[expect(
+    clippy::expect_used,
+    reason = "a test helper: a failure here is the test's failure"
+)]
 async fn burst(command: &Api, ids: &[String], midway: impl FnOnce()) -> usize {
     let acknowledged = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..CLIENTS)

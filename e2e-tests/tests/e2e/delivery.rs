@@ -3,10 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use e2e_tests::broker::routing_key;
-use e2e_tests::{Broker, StackConfig};
+use e2e_tests::StackConfig;
 use lapin::BasicProperties;
 use serde_json::{Value, json};
+use test_support::Broker;
+use test_support::amqp::routing_key;
 use uuid::Uuid;
 
 /// A message that can never be applied, and why.
@@ -16,6 +17,10 @@ struct Junk {
     body: Vec<u8>,
 }
 
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test helper: a failure here is the test's failure"
+)]
 fn junk(what: &'static str, event: &Value) -> Junk {
     Junk {
         what,

@@ -1,8 +1,6 @@
 //! End-to-end specifications of the platform: both services as processes, each test
 //! on its own databases, exchange, queue and ports (see the harness in `src/`).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 mod compose;
 mod crash;
 mod delivery;

@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use e2e_tests::proxy::TcpProxy;
-use e2e_tests::servers::{AMQP_ADDRESS, amqp_url_via};
-use e2e_tests::{Api, Broker, StackConfig};
+use e2e_tests::StackConfig;
 use serde_json::json;
+use test_support::servers::Server;
+use test_support::{Api, Broker, TcpProxy};
 
 /// Waits until `/health/ready` reports the broker `state`, checking on the way that the
 /// service stays ready (a broker outage alone never makes it unready).
@@ -52,8 +52,8 @@ async fn commands_accepted_during_a_broker_outage_reach_the_read_model_with_the_
 /// that the read model shows them all. `broker_only`: nothing but the broker can carry
 /// events to the read model, so it must not have seen them during the outage.
 async fn outage(config: StackConfig, broker_only: bool) {
-    let proxy = TcpProxy::start(AMQP_ADDRESS).await;
-    let stack = config.broker(&amqp_url_via(proxy.port)).start().await;
+    let proxy = TcpProxy::to(Server::RabbitMq).await;
+    let stack = config.broker(&proxy.url()).start().await;
     let broker = Broker::connect().await;
     stack.wait_for_consumer(&broker).await;
     let first = stack.active_account("10.00", "EUR").await;

@@ -17,6 +17,10 @@ struct Snapshot {
     balance_sheet: Value,
 }
 
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test helper: a failure here is the test's failure"
+)]
 async fn snapshot(stack: &Stack) -> Snapshot {
     let accounts = stack.pages("/accounts?limit=7", "accounts").await;
     let mut operations = Vec::new();

@@ -2,33 +2,18 @@
 
 use std::time::Duration;
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
-use crate::helpers::{Options, TestApp, broker, eventually, spawn_app, spawn_app_with};
+use test_support::Broker;
+
+use crate::helpers::{Options, TestApp, eventually, spawn_app, spawn_app_with};
 
 /// Messages ready in the query service's projection queue (not yet delivered).
-#[expect(
-    clippy::unwrap_used,
-    reason = "test helper: a failure is the test's failure"
-)]
 async fn ready_messages(app: &TestApp) -> u32 {
-    let connection = broker().await;
-    let channel = connection.create_channel().await.unwrap();
-    let queue = channel
-        .queue_declare(
-            app.settings.amqp_queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let _ = connection.close(200, "done".into()).await;
-    queue.message_count()
+    let broker = Broker::connect().await;
+    let depth = broker.depth(app.settings.amqp_queue.as_str()).await;
+    broker.close().await;
+    depth.map_or(0, |depth| depth.messages)
 }
 
 #[tokio::test]

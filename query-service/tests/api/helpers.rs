@@ -1,66 +1,17 @@
 //! Test harness: a real command service (own Postgres database) and the query service
 //! (own MySQL database, own exchange and queue) in-process on free ports, plus direct
-//! access to the broker and the read model.
-
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "test harness: a failure here is the test's failure"
-)]
+//! access to the broker and the read model. How to reach the servers is `test_support`'s.
 
 use std::time::Duration;
 
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-    QueueDeleteOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection};
 use serde_json::{Value, json};
 use service_kit::settings::SecretUrl;
-use sqlx::{Connection as _, Executor};
+use sqlx::Connection as _;
+use test_support::amqp::{correlation_header, json_properties};
+use test_support::servers::{Server, amqp_url, mysql_server, postgres_url, require};
+use test_support::{Api, Broker, Leftovers, Reply, names};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
-
-pub(crate) const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-pub(crate) fn mysql_server() -> String {
-    std::env::var("TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
-}
-
-pub(crate) fn postgres_server() -> String {
-    std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
-}
-
-/// Fails the test with instructions when a server it needs is not running.
-pub(crate) async fn require_servers() {
-    if let Err(error) = sqlx::MySqlConnection::connect(&mysql_server()).await {
-        panic!(
-            "cannot reach MySQL/MariaDB at {} ({error}). Start it with \
-             `start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd` \
-             (as root) or set TEST_MYSQL_URL.",
-            mysql_server()
-        );
-    }
-    if let Err(error) =
-        sqlx::PgConnection::connect(&format!("{}/postgres", postgres_server())).await
-    {
-        panic!(
-            "cannot reach Postgres at {} ({error}). Start it with \
-             `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
-             (as root) or set TEST_POSTGRES_URL.",
-            postgres_server()
-        );
-    }
-    if let Err(error) = service_kit::amqp::connect(AMQP_URL, "query-service test").await {
-        panic!(
-            "cannot reach RabbitMQ at {AMQP_URL} ({error}). Start it with \
-             `rabbitmq-server -detached && rabbitmqctl await_startup` (as root)."
-        );
-    }
-}
 
 /// How to wire a test's services.
 #[derive(Debug, Clone)]
@@ -82,7 +33,7 @@ impl Default for Options {
             shared_exchange: true,
             follow_feed: true,
             feed_poll_ms: 1000,
-            query_amqp_url: AMQP_URL.to_owned(),
+            query_amqp_url: amqp_url(),
             query_mysql_server: mysql_server(),
         }
     }
@@ -96,6 +47,8 @@ pub(crate) struct TestApp {
     /// The query service's settings (for `rebuild`).
     pub settings: query_service::Settings,
     pub mysql_url: String,
+    command_api: Api,
+    query_api: Api,
     command_stop: CancellationToken,
     query_stop: CancellationToken,
     query_task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -108,60 +61,7 @@ impl Drop for TestApp {
         self.query_stop.cancel();
         self.command_stop.cancel();
         if let Some(leftovers) = self.leftovers.take() {
-            let cleanup = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(leftovers.remove());
-            });
-            let _ = cleanup.join();
-        }
-    }
-}
-
-/// What a test creates on the shared servers.
-struct Leftovers {
-    queues: Vec<String>,
-    exchanges: Vec<String>,
-    mysql_database: String,
-    postgres_database: String,
-}
-
-impl Leftovers {
-    async fn remove(self) {
-        if let Ok(connection) = service_kit::amqp::connect(AMQP_URL, "query-service test").await
-            && let Ok(channel) = connection.create_channel().await
-        {
-            for queue in &self.queues {
-                let _ = channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            for exchange in &self.exchanges {
-                let _ = channel
-                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-            }
-            let _ = connection.close(200, "done".into()).await;
-        }
-        if let Ok(mut mysql) = sqlx::MySqlConnection::connect(&mysql_server()).await {
-            let _ = mysql
-                .execute(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS `{}`",
-                    self.mysql_database
-                )))
-                .await;
-        }
-        if let Ok(mut postgres) =
-            sqlx::PgConnection::connect(&format!("{}/postgres", postgres_server())).await
-        {
-            let _ = postgres
-                .execute(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                    self.postgres_database
-                )))
-                .await;
+            leftovers.remove_blocking();
         }
     }
 }
@@ -171,8 +71,8 @@ pub(crate) async fn spawn_app() -> TestApp {
 }
 
 pub(crate) async fn spawn_app_with(options: Options) -> TestApp {
-    require_servers().await;
-    let id = Uuid::new_v4().simple().to_string();
+    require(&Server::ALL);
+    let id = names::fresh_id();
     let exchange = format!("qs_test.{id}");
     let command_exchange = if options.shared_exchange {
         exchange.clone()
@@ -180,8 +80,8 @@ pub(crate) async fn spawn_app_with(options: Options) -> TestApp {
         format!("qs_test_cmd.{id}")
     };
     let command_settings = command_service::Settings {
-        database_url: SecretUrl::new(format!("{}/qs_cmd_{id}", postgres_server())),
-        amqp_url: SecretUrl::new(AMQP_URL),
+        database_url: SecretUrl::new(postgres_url(&format!("qs_cmd_{id}"))),
+        amqp_url: SecretUrl::new(amqp_url()),
         amqp_exchange: command_exchange.clone(),
         http_host: "127.0.0.1".into(),
         http_port: 0,
@@ -190,7 +90,7 @@ pub(crate) async fn spawn_app_with(options: Options) -> TestApp {
     };
     let command_app = command_service::Application::build(command_settings)
         .await
-        .expect("cannot start the command service");
+        .unwrap_or_else(|error| panic!("cannot start the command service: {error:?}"));
     let command = format!("http://127.0.0.1:{}", command_app.port());
     let command_stop = CancellationToken::new();
     tokio::spawn(command_app.run_until_stopped(command_stop.clone()));
@@ -211,7 +111,7 @@ pub(crate) async fn spawn_app_with(options: Options) -> TestApp {
     };
     let query_app = query_service::Application::build(settings.clone())
         .await
-        .expect("cannot start the query service");
+        .unwrap_or_else(|error| panic!("cannot start the query service: {error:?}"));
     let query = format!("http://127.0.0.1:{}", query_app.port());
     let query_stop = CancellationToken::new();
     let query_task = tokio::spawn(query_app.run_until_stopped(query_stop.clone()));
@@ -222,13 +122,16 @@ pub(crate) async fn spawn_app_with(options: Options) -> TestApp {
             settings.dead_letter_exchange(),
             command_exchange.clone(),
         ],
-        mysql_database: format!("qs_test_{id}"),
-        postgres_database: format!("qs_cmd_{id}"),
+        mysql_databases: vec![format!("qs_test_{id}")],
+        postgres_databases: vec![format!("qs_cmd_{id}")],
     };
+    let (command_api, query_api) = (Api::new(&command), Api::new(&query));
     let app = TestApp {
+        client: query_api.http().clone(),
         query,
         command,
-        client: reqwest::Client::new(),
+        command_api,
+        query_api,
         settings,
         mysql_url,
         command_stop,
@@ -236,24 +139,10 @@ pub(crate) async fn spawn_app_with(options: Options) -> TestApp {
         query_task: Some(query_task),
         leftovers: Some(leftovers),
     };
-    if options.query_amqp_url == AMQP_URL {
+    if options.query_amqp_url == amqp_url() {
         app.wait_for_broker().await;
     }
     app
-}
-
-pub(crate) async fn broker() -> Connection {
-    service_kit::amqp::connect(AMQP_URL, "query-service test")
-        .await
-        .expect("RabbitMQ unreachable")
-}
-
-/// A response: status and JSON body.
-#[derive(Debug, Clone)]
-pub(crate) struct Reply {
-    pub status: u16,
-    pub content_type: String,
-    pub body: Value,
 }
 
 impl TestApp {
@@ -269,52 +158,23 @@ impl TestApp {
         panic!("the query service never connected to the broker");
     }
 
+    /// Posts to the command service, which must answer with a success.
     pub(crate) async fn command_post(&self, path: &str, body: Value) -> Value {
-        let response = self
-            .client
-            .post(format!("{}{path}", self.command))
-            .json(&body)
-            .send()
+        self.command_api
+            .post(path, &body)
             .await
-            .expect("command service unreachable");
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        assert!((200..300).contains(&status), "POST {path}: {status} {body}");
-        body
+            .expect_success(&format!("POST {path}"))
     }
 
     pub(crate) async fn command_get(&self, path: &str) -> Value {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.command))
-            .send()
+        self.command_api
+            .get(path)
             .await
-            .expect("command service unreachable");
-        assert_eq!(response.status(), 200, "GET {path}");
-        response.json().await.unwrap()
+            .expect(200, &format!("GET {path}"))
     }
 
     pub(crate) async fn query_get(&self, path: &str) -> Reply {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.query))
-            .send()
-            .await
-            .expect("query service unreachable");
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let text = response.text().await.unwrap_or_default();
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Reply {
-            status,
-            content_type,
-            body,
-        }
+        self.query_api.get(path).await
     }
 
     /// The account once projected up to `version` (fails the test otherwise).
@@ -340,7 +200,10 @@ impl TestApp {
                 json!({"initial_balance": balance, "currency": currency}),
             )
             .await;
-        created["id"].as_str().unwrap().to_owned()
+        let Some(id) = created["id"].as_str() else {
+            panic!("no id in {created}");
+        };
+        id.to_owned()
     }
 
     /// Runs a command on an account; returns the version it reached.
@@ -348,7 +211,10 @@ impl TestApp {
         let reply = self
             .command_post(&format!("/accounts/{id}/{command}"), body)
             .await;
-        reply["version"].as_u64().unwrap()
+        let Some(version) = reply["version"].as_u64() else {
+            panic!("no version in {reply}");
+        };
+        version
     }
 
     /// Creates and activates an account; returns its id.
@@ -360,10 +226,8 @@ impl TestApp {
 
     /// The events of one account, from the command service.
     pub(crate) async fn stream(&self, id: &str) -> Vec<Value> {
-        self.command_get(&format!("/accounts/{id}/events")).await["events"]
-            .as_array()
-            .unwrap()
-            .clone()
+        let stream = self.command_get(&format!("/accounts/{id}/events")).await;
+        stream["events"].as_array().cloned().unwrap_or_default()
     }
 
     /// Every account of the listing, all pages.
@@ -375,7 +239,12 @@ impl TestApp {
                 .query_get(&format!("/accounts?limit=3{filter}{after}"))
                 .await;
             assert_eq!(reply.status, 200, "{:?}", reply.body);
-            accounts.extend(reply.body["accounts"].as_array().unwrap().iter().cloned());
+            accounts.extend(
+                reply.body["accounts"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+            );
             match reply.body["next"].as_str() {
                 Some(next) => after = format!("&after={next}"),
                 None => return accounts,
@@ -388,7 +257,7 @@ impl TestApp {
         let accounts = self.all_accounts("").await;
         let mut details = Vec::new();
         for account in &accounts {
-            let id = account["id"].as_str().unwrap();
+            let id = account["id"].as_str().unwrap_or_default();
             let one = self.query_get(&format!("/accounts/{id}")).await.body;
             let operations = self
                 .query_get(&format!("/accounts/{id}/operations?limit=500"))
@@ -402,35 +271,17 @@ impl TestApp {
 
     /// A publisher on the query service's exchange, with confirms.
     pub(crate) async fn publisher(&self) -> Publisher {
-        let connection = broker().await;
-        let channel = connection.create_channel().await.unwrap();
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
         Publisher {
             exchange: self.settings.amqp_exchange.clone(),
-            channel,
-            _connection: connection,
+            broker: Broker::connect().await,
         }
     }
 
     /// Takes every message currently in the dead-letter queue.
     pub(crate) async fn dead_letters(&self) -> Vec<Vec<u8>> {
-        let connection = broker().await;
-        let channel = connection.create_channel().await.unwrap();
-        let mut bodies = Vec::new();
-        while let Some(message) = channel
-            .basic_get(
-                self.settings.dead_letter_queue().as_str().into(),
-                BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap()
-        {
-            bodies.push(message.delivery.data.clone());
-        }
-        let _ = connection.close(200, "done".into()).await;
+        let broker = Broker::connect().await;
+        let bodies = broker.drain(&self.settings.dead_letter_queue()).await;
+        broker.close().await;
         bodies
     }
 
@@ -460,10 +311,14 @@ impl TestApp {
     pub(crate) async fn stop(mut self) {
         self.query_stop.cancel();
         if let Some(task) = self.query_task.take() {
-            let stopped = tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .expect("the query service did not stop within 10 s");
-            stopped.unwrap().unwrap();
+            let Ok(stopped) = tokio::time::timeout(Duration::from_secs(10), task).await else {
+                panic!("the query service did not stop within 10 s");
+            };
+            match stopped {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => panic!("the query service stopped with {error:?}"),
+                Err(error) => panic!("the query service's task failed: {error}"),
+            }
         }
         self.command_stop.cancel();
         if let Some(leftovers) = self.leftovers.take() {
@@ -475,15 +330,14 @@ impl TestApp {
     pub(crate) async fn mysql(&self) -> sqlx::MySqlConnection {
         sqlx::MySqlConnection::connect(&self.mysql_url)
             .await
-            .unwrap()
+            .unwrap_or_else(|error| panic!("cannot reach {}: {error}", self.mysql_url))
     }
 }
 
 /// Publishes straight to the query service's exchange.
 pub(crate) struct Publisher {
     exchange: String,
-    channel: Channel,
-    _connection: Connection,
+    broker: Broker,
 }
 
 impl Publisher {
@@ -494,44 +348,16 @@ impl Publisher {
         body: &[u8],
         correlation_id: Option<&str>,
     ) {
-        let mut headers = FieldTable::default();
-        if let Some(id) = correlation_id {
-            headers.insert(
-                ShortString::from("correlation_id"),
-                AMQPValue::LongString(LongString::from(id)),
-            );
-        }
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_headers(headers);
-        let confirm = self
-            .channel
-            .basic_publish(
-                self.exchange.as_str().into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await
-            .unwrap();
-        assert!(confirm.await.unwrap().is_ack());
+        let properties = json_properties()
+            .with_headers(correlation_id.map(correlation_header).unwrap_or_default());
+        self.broker
+            .publish(&self.exchange, routing_key, body, properties)
+            .await;
     }
 
     /// Publishes an event (a feed or stream item) as the relay would.
     pub(crate) async fn publish_event(&self, event: &Value) {
-        let kind = event["type"].as_str().unwrap_or("AccountUnknown");
-        let routing_key = format!(
-            "account.{}",
-            kind.trim_start_matches("Account").to_ascii_lowercase()
-        );
-        self.publish(
-            &routing_key,
-            &serde_json::to_vec(event).unwrap(),
-            event["metadata"]["correlation_id"].as_str(),
-        )
-        .await;
+        self.broker.publish_event(&self.exchange, event).await;
     }
 }
 

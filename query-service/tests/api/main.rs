@@ -5,7 +5,6 @@ mod batch;
 mod broker;
 mod helpers;
 mod outages;
-mod proxy;
 mod reads;
 mod rebuild;
 mod shutdown;

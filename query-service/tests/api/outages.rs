@@ -5,15 +5,17 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use test_support::TcpProxy;
+use test_support::servers::Server;
+
 use crate::helpers::{Options, eventually, spawn_app_with};
-use crate::proxy::TcpProxy;
 
 #[tokio::test]
 async fn reads_go_on_while_the_broker_is_away_and_projection_resumes_after() {
-    let proxy = TcpProxy::start("127.0.0.1:5672").await;
+    let proxy = TcpProxy::to(Server::RabbitMq).await;
     let app = spawn_app_with(Options {
         follow_feed: false,
-        query_amqp_url: format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port),
+        query_amqp_url: proxy.url(),
         ..Options::default()
     })
     .await;
@@ -52,10 +54,10 @@ async fn reads_go_on_while_the_broker_is_away_and_projection_resumes_after() {
 
 #[tokio::test]
 async fn a_database_outage_is_retried_and_never_dead_letters() {
-    let proxy = TcpProxy::start("127.0.0.1:3306").await;
+    let proxy = TcpProxy::to(Server::MySql).await;
     let app = spawn_app_with(Options {
         follow_feed: false,
-        query_mysql_server: format!("mysql://root@127.0.0.1:{}", proxy.port),
+        query_mysql_server: proxy.url(),
         ..Options::default()
     })
     .await;

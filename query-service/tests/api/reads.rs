@@ -4,17 +4,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use test_support::http::assert_problem;
 
 use crate::helpers::{eventually, spawn_app};
-
-fn assert_problem(reply: &crate::helpers::Reply, status: u16, code: &str) {
-    assert_eq!(reply.status, status, "{:?}", reply.body);
-    assert_eq!(reply.body["code"], code, "{:?}", reply.body);
-    assert_eq!(reply.body["status"], status);
-    assert!(reply.body["type"].is_string() && reply.body["title"].is_string());
-    assert!(reply.body["detail"].is_string());
-    assert_eq!(reply.content_type, "application/problem+json");
-}
 
 #[tokio::test]
 async fn every_command_is_readable_at_its_version() {

@@ -3,20 +3,17 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{AMQP_URL, mysql_server, require_servers};
+use test_support::Leftovers;
+use test_support::servers::{Server, amqp_url, free_port, mysql_url, require};
 
 #[tokio::test]
 async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
-    require_servers().await;
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    require(&Server::ALL);
+    let id = test_support::names::fresh_id();
+    let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_query-service"))
-        .env("DATABASE_URL", format!("{}/qs_test_{id}", mysql_server()))
-        .env("AMQP_URL", AMQP_URL)
+        .env("DATABASE_URL", mysql_url(&format!("qs_test_{id}")))
+        .env("AMQP_URL", amqp_url())
         .env("AMQP_EXCHANGE", format!("qs_test.{id}"))
         .env("AMQP_QUEUE", format!("qs_test.{id}.projection"))
         .env("HTTP_HOST", "127.0.0.1")
@@ -78,27 +75,15 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
         "a waiting read is answered on shutdown"
     );
 
-    let connection = crate::helpers::broker().await;
-    let channel = connection.create_channel().await.unwrap();
-    for queue in [
-        format!("qs_test.{id}.projection"),
-        format!("qs_test.{id}.dlq"),
-    ] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), Default::default())
-            .await;
+    Leftovers {
+        queues: vec![
+            format!("qs_test.{id}.projection"),
+            format!("qs_test.{id}.dlq"),
+        ],
+        exchanges: vec![format!("qs_test.{id}"), format!("qs_test.{id}.dlx")],
+        mysql_databases: vec![format!("qs_test_{id}")],
+        ..Leftovers::default()
     }
-    for exchange in [format!("qs_test.{id}"), format!("qs_test.{id}.dlx")] {
-        let _ = channel
-            .exchange_delete(exchange.as_str().into(), Default::default())
-            .await;
-    }
-    use sqlx::{Connection, Executor};
-    if let Ok(mut mysql) = sqlx::MySqlConnection::connect(&mysql_server()).await {
-        let _ = mysql
-            .execute(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS `qs_test_{id}`"
-            )))
-            .await;
-    }
+    .remove()
+    .await;
 }

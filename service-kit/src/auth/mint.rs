@@ -24,7 +24,9 @@ pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 /// Why no development token could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
-    #[error("AUTH_JWT_SECRET is not set; development tokens are signed with it")]
+    #[error(
+        "neither AUTH_JWT_SECRET nor AUTH_JWT_SECRET_FILE is set; development tokens are signed with that secret"
+    )]
     NoSecret,
     #[error(transparent)]
     Config(#[from] AuthConfigError),
@@ -49,7 +51,10 @@ struct MintedClaims<'a> {
 /// An HS256 token for `request`, signed with `AUTH_JWT_SECRET`, naming the configured
 /// issuer and audience so the services accept it.
 pub fn mint_token(settings: &AuthSettings, request: &TokenRequest) -> Result<String, MintError> {
-    let secret = settings.secret().ok_or(MintError::NoSecret)?;
+    let secret = settings
+        .secret()
+        .map_err(MintError::from)?
+        .ok_or(MintError::NoSecret)?;
     if secret.expose().len() < MIN_SECRET_BYTES {
         return Err(AuthConfigError::SecretTooShort(secret.expose().len()).into());
     }

@@ -15,6 +15,9 @@ pub const MIN_SECRET_BYTES: usize = 32;
 pub struct AuthSettings {
     /// `AUTH_JWT_SECRET`: the HS256 secret, at least 32 bytes (development and tests).
     pub auth_jwt_secret: Option<JwtSecret>,
+    /// `AUTH_JWT_SECRET_FILE`: the same secret read from a file (a mounted compose or
+    /// Kubernetes secret); surrounding whitespace is ignored.
+    pub auth_jwt_secret_file: Option<PathBuf>,
     /// `AUTH_JWKS_FILE`: a JSON Web Key Set file with RS256/ES256 public keys,
     /// re-read when it changes.
     pub auth_jwks_file: Option<PathBuf>,
@@ -25,11 +28,28 @@ pub struct AuthSettings {
 }
 
 impl AuthSettings {
-    /// The HS256 secret, when one is set.
-    pub fn secret(&self) -> Option<&JwtSecret> {
-        self.auth_jwt_secret
+    /// The HS256 secret, when one is set, from `AUTH_JWT_SECRET` or the file named by
+    /// `AUTH_JWT_SECRET_FILE` (setting both is an error).
+    pub fn secret(&self) -> Result<Option<JwtSecret>, AuthConfigError> {
+        let inline = self
+            .auth_jwt_secret
             .as_ref()
-            .filter(|secret| !secret.0.is_empty())
+            .filter(|secret| !secret.0.is_empty());
+        let file = self
+            .auth_jwt_secret_file
+            .as_ref()
+            .filter(|path| !path.as_os_str().is_empty());
+        match (inline, file) {
+            (Some(_), Some(_)) => Err(AuthConfigError::TwoSecrets),
+            (Some(secret), None) => Ok(Some(secret.clone())),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|text| Some(JwtSecret::new(text.trim())))
+                .map_err(|error| AuthConfigError::SecretFile {
+                    path: path.display().to_string(),
+                    reason: error.to_string(),
+                }),
+            (None, None) => Ok(None),
+        }
     }
 
     /// The JWKS file, when one is set.
@@ -89,6 +109,10 @@ pub enum AuthConfigError {
          (e.g. from `openssl rand -hex 32`)"
     )]
     SecretTooShort(usize),
+    #[error("set AUTH_JWT_SECRET or AUTH_JWT_SECRET_FILE, not both")]
+    TwoSecrets,
+    #[error("AUTH_JWT_SECRET_FILE {path} cannot be read: {reason}")]
+    SecretFile { path: String, reason: String },
     #[error("AUTH_JWKS_FILE {path}: {reason}")]
     KeySet { path: String, reason: String },
 }
@@ -107,14 +131,35 @@ mod tests {
     }
 
     #[test]
+    fn the_secret_may_come_from_a_file_but_not_from_both() {
+        let path = std::env::temp_dir().join(format!("jwt-secret-{}", std::process::id()));
+        std::fs::write(&path, "  file-secret-0123456789abcdef0123456789\n").unwrap();
+        let from_file = AuthSettings {
+            auth_jwt_secret_file: Some(path.clone()),
+            ..AuthSettings::default()
+        };
+        assert_eq!(
+            from_file.secret().unwrap().unwrap().expose(),
+            b"file-secret-0123456789abcdef0123456789"
+        );
+        let both = AuthSettings {
+            auth_jwt_secret: Some(JwtSecret::new("inline-secret-0123456789abcdef0123")),
+            ..from_file
+        };
+        assert!(matches!(both.secret(), Err(AuthConfigError::TwoSecrets)));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
     fn empty_values_count_as_unset() {
         let settings = AuthSettings {
             auth_jwt_secret: Some(JwtSecret::new("")),
+            auth_jwt_secret_file: Some(PathBuf::new()),
             auth_jwks_file: Some(PathBuf::new()),
             auth_issuer: Some(" ".to_owned()),
             auth_audience: Some(String::new()),
         };
-        assert!(settings.secret().is_none());
+        assert!(settings.secret().unwrap().is_none());
         assert!(settings.jwks_file().is_none());
         assert!(settings.issuer().is_none());
         assert!(settings.audience().is_none());

@@ -133,7 +133,7 @@ impl Authenticator {
     /// The authenticator the settings describe; fails, saying what to set, when no
     /// key source is configured, the secret is too short or the JWKS file unusable.
     pub fn new(settings: &AuthSettings) -> Result<Self, AuthConfigError> {
-        let secret = match settings.secret() {
+        let secret = match settings.secret()? {
             Some(secret) if secret.expose().len() < MIN_SECRET_BYTES => {
                 return Err(AuthConfigError::SecretTooShort(secret.expose().len()));
             }

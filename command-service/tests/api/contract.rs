@@ -1,12 +1,10 @@
 //! The command service over HTTP, against the real Postgres and RabbitMQ.
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use crate::helpers::{TestApp, bind_queue, spawn_app};
 use serde_json::{Value, json};
-use support::{bind_queue, spawn_app};
 
 #[tokio::test]
 async fn an_account_lives_through_its_whole_lifecycle() {
@@ -553,12 +551,7 @@ struct RawAnswer {
     clippy::unwrap_used,
     reason = "a test helper: a failure fails the test"
 )]
-async fn post_raw(
-    app: &support::TestApp,
-    path: &str,
-    body: &Value,
-    key: &str,
-) -> (RawAnswer, bool) {
+async fn post_raw(app: &TestApp, path: &str, body: &Value, key: &str) -> (RawAnswer, bool) {
     let response = app
         .client
         .post(format!("{}{path}", app.address))

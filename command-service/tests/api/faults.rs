@@ -1,8 +1,6 @@
 //! Faults injected so that only the test's own stack feels them: a TCP proxy in front
 //! of the broker, and command-service processes of the test's own.
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
 use std::sync::Arc;
@@ -11,15 +9,17 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::Connection;
-use support::proxy::TcpProxy;
-use support::{
-    AMQP_URL, Process, bind_queue, fresh_database_url, fresh_exchange, spawn_app_on, spawn_app_with,
+use test_support::TcpProxy;
+use test_support::servers::{Server, amqp_url};
+
+use crate::helpers::{
+    Process, TestApp, bind_queue, fresh_database_url, fresh_exchange, spawn_app_on, spawn_app_with,
 };
 
 #[tokio::test]
 async fn events_committed_while_the_broker_is_unreachable_are_all_published_once_it_is_back() {
-    let proxy = TcpProxy::start("127.0.0.1:5672").await;
-    let app = spawn_app_with(&format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port)).await;
+    let proxy = TcpProxy::to(Server::RabbitMq).await;
+    let app = spawn_app_with(&proxy.url()).await;
     let mut queue = bind_queue(&app.exchange).await;
     let id = app.active_account("10.00", "EUR").await;
     assert_eq!(queue.receive(2, Duration::from_secs(10)).await.len(), 2);
@@ -68,7 +68,7 @@ async fn events_committed_while_the_broker_is_unreachable_are_all_published_once
 }
 
 /// Waits until readiness reports the broker in `state`; the service stays ready throughout.
-async fn wait_for_broker(app: &support::TestApp, state: &str) {
+async fn wait_for_broker(app: &TestApp, state: &str) {
     for _ in 0..100 {
         let (status, ready) = app.get("/health/ready").await;
         assert_eq!(status, 200, "a broker outage alone keeps the service ready");
@@ -85,8 +85,8 @@ async fn replicas_racing_on_one_account_resolve_to_success_or_insufficient_funds
     let database_url = fresh_database_url();
     let exchange = fresh_exchange();
     let replicas = [
-        spawn_app_on(&database_url, &exchange, AMQP_URL).await,
-        spawn_app_on(&database_url, &exchange, AMQP_URL).await,
+        spawn_app_on(&database_url, &exchange, &amqp_url()).await,
+        spawn_app_on(&database_url, &exchange, &amqp_url()).await,
     ];
     let id = replicas[0].active_account("37.00", "MAD").await;
     let path = format!("/accounts/{id}/debit");
