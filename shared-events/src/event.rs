@@ -8,7 +8,8 @@ use uuid::Uuid;
 
 use crate::{AccountId, Currency, Money, parse_decimal};
 
-/// Schema version written with every event of this release.
+/// Schema version of the events whose data never changed shape (every type but
+/// `AccountCreated`, see [`EventType::schema_version`]).
 pub const SCHEMA_VERSION: i32 = 1;
 
 /// The kinds of account event, named as on the wire (`"AccountCredited"`).
@@ -46,6 +47,15 @@ impl EventType {
         }
     }
 
+    /// Schema version this release writes for the type; older stored versions are
+    /// upcast to it when read (see [`crate::upcast`]).
+    pub fn schema_version(&self) -> i32 {
+        match self {
+            Self::AccountCreated => 2,
+            _ => SCHEMA_VERSION,
+        }
+    }
+
     /// Routing key on the `bank.events` exchange: `account.<kind>`.
     pub fn routing_key(&self) -> &'static str {
         match self {
@@ -80,11 +90,24 @@ impl FromStr for EventType {
 /// A fact about one account. Amounts carry their currency.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountEvent {
-    Created { initial_balance: Money },
+    /// Opened with `initial_balance`, owned by `owner` (the `sub` of a token). Accounts
+    /// opened before owners existed (schema version 1) have none: only admins reach them.
+    Created {
+        initial_balance: Money,
+        owner: Option<String>,
+    },
     Activated,
-    Credited { amount: Money, balance: Money },
-    Debited { amount: Money, balance: Money },
-    Suspended { reason: Option<String> },
+    Credited {
+        amount: Money,
+        balance: Money,
+    },
+    Debited {
+        amount: Money,
+        balance: Money,
+    },
+    Suspended {
+        reason: Option<String>,
+    },
     Reactivated,
     Closed,
 }
@@ -111,6 +134,7 @@ pub enum EventDecodeError {
 struct CreatedData {
     initial_balance: String,
     currency: Currency,
+    owner: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -147,9 +171,13 @@ impl AccountEvent {
     /// The `data` object of the event as the contract shows it.
     pub fn data(&self) -> Value {
         match self {
-            Self::Created { initial_balance } => json!({
+            Self::Created {
+                initial_balance,
+                owner,
+            } => json!({
                 "initial_balance": initial_balance.render(),
                 "currency": initial_balance.currency(),
+                "owner": owner,
             }),
             Self::Credited { amount, balance } | Self::Debited { amount, balance } => json!({
                 "amount": amount.render(),
@@ -161,20 +189,22 @@ impl AccountEvent {
         }
     }
 
-    /// Reads an event back from its type, schema version and data, refusing anything
-    /// that could not have been written (unknown type, negative or mis-scaled amounts).
+    /// Schema version of the data this event is written with.
+    pub fn schema_version(&self) -> i32 {
+        self.event_type().schema_version()
+    }
+
+    /// Reads an event back from its type, schema version and data, upcasting data of an
+    /// older schema version first, and refusing anything that could not have been
+    /// written (unknown type or version, negative or mis-scaled amounts).
     pub fn decode(
         event_type: &str,
         schema_version: i32,
         data: &Value,
     ) -> Result<Self, EventDecodeError> {
         let event_type: EventType = event_type.parse()?;
-        if schema_version != SCHEMA_VERSION {
-            return Err(EventDecodeError::UnsupportedSchema {
-                event_type,
-                schema_version,
-            });
-        }
+        let data = crate::upcast::to_current(event_type, schema_version, data)?;
+        let data = data.as_ref();
         let invalid = |reason: String| EventDecodeError::InvalidData { event_type, reason };
         let money = |text: &str, currency| {
             parse_decimal(text)
@@ -185,8 +215,12 @@ impl AccountEvent {
             Ok(match event_type {
                 EventType::AccountCreated => {
                     let d = CreatedData::deserialize(data).map_err(|e| invalid(e.to_string()))?;
+                    if d.owner.as_deref().is_some_and(str::is_empty) {
+                        return Err(invalid("owner must not be empty".into()));
+                    }
                     Self::Created {
                         initial_balance: money(&d.initial_balance, d.currency)?,
+                        owner: d.owner,
                     }
                 }
                 EventType::AccountCredited | EventType::AccountDebited => {
@@ -231,6 +265,18 @@ pub struct EventMetadata {
     pub causation_id: Option<String>,
     /// The client's `Idempotency-Key`, when it sent one.
     pub idempotency_key: Option<String>,
+    /// Who caused the event (absent on events written before identities existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
+}
+
+/// The authenticated caller behind an event: the token's `sub` and its client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Actor {
+    /// The token's subject.
+    pub sub: String,
+    /// The token's `azp` or `client_id`, when it had one.
+    pub client_id: Option<String>,
 }
 
 /// An event as the event store keeps it and as the feeds and the broker carry it.
@@ -291,6 +337,11 @@ mod tests {
         vec![
             AccountEvent::Created {
                 initial_balance: mad(10_000),
+                owner: Some("alice".into()),
+            },
+            AccountEvent::Created {
+                initial_balance: mad(0),
+                owner: None,
             },
             AccountEvent::Activated,
             AccountEvent::Credited {
@@ -315,7 +366,7 @@ mod tests {
         for event in every_kind_of_event() {
             let kind = event.event_type();
             assert_eq!(
-                AccountEvent::decode(kind.as_str(), SCHEMA_VERSION, &event.data()),
+                AccountEvent::decode(kind.as_str(), event.schema_version(), &event.data()),
                 Ok(event)
             );
         }
@@ -333,10 +384,11 @@ mod tests {
         );
         assert_eq!(
             AccountEvent::Created {
-                initial_balance: mad(0)
+                initial_balance: mad(0),
+                owner: Some("alice".into()),
             }
             .data(),
-            json!({"initial_balance": "0.00", "currency": "MAD"})
+            json!({"initial_balance": "0.00", "currency": "MAD", "owner": "alice"})
         );
     }
 
@@ -374,6 +426,26 @@ mod tests {
             );
         }
         assert!(AccountEvent::decode("AccountActivated", 2, &json!({})).is_err());
+    }
+
+    #[test]
+    fn metadata_written_before_actors_existed_reads_and_writes_back_unchanged() {
+        let stored = json!({"correlation_id": "c", "causation_id": null, "idempotency_key": null});
+        let metadata: EventMetadata = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(metadata.actor, None);
+        assert_eq!(serde_json::to_value(&metadata).unwrap(), stored);
+
+        let with_actor = EventMetadata {
+            actor: Some(Actor {
+                sub: "alice".into(),
+                client_id: Some("mobile".into()),
+            }),
+            ..metadata
+        };
+        assert_eq!(
+            serde_json::to_value(&with_actor).unwrap()["actor"],
+            json!({"sub": "alice", "client_id": "mobile"})
+        );
     }
 
     #[test]

@@ -8,10 +8,11 @@ mod account;
 mod currency;
 mod event;
 mod money;
+mod upcast;
 
 pub use account::{AccountId, AccountStatus};
 pub use currency::Currency;
 pub use event::{
-    AccountEvent, EventDecodeError, EventEnvelope, EventMetadata, EventType, SCHEMA_VERSION,
+    AccountEvent, Actor, EventDecodeError, EventEnvelope, EventMetadata, EventType, SCHEMA_VERSION,
 };
 pub use money::{MAX_BALANCE, MAX_COMMAND_AMOUNT, Money, MoneyError, parse_decimal, render_amount};
