@@ -26,12 +26,9 @@ pub fn now() -> i64 {
 
 /// `claims` signed with [`TEST_JWT_SECRET`] (HS256), exactly as given.
 pub fn sign(claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(TEST_JWT_SECRET.as_bytes()),
-    )
-    .unwrap_or_else(|error| panic!("cannot sign a test token: {error}"))
+    EncodingKey::from_secret(TEST_JWT_SECRET.as_bytes())
+        .and_then(|key| jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key))
+        .unwrap_or_else(|error| panic!("cannot sign a test token: {error}"))
 }
 
 /// A token for `sub` with `scopes` (space-separated), valid for an hour.

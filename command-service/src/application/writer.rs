@@ -7,7 +7,7 @@ use chrono::{SubsecRound, Utc};
 use event_store::{EventStore, NewEvent, StoreError, StoredResponse, StreamAppend};
 use serde_json::Value;
 use service_kit::backoff::Backoff;
-use shared_events::{AccountEvent, AccountId, EventMetadata, SCHEMA_VERSION};
+use shared_events::{AccountEvent, AccountId, EventMetadata};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -251,6 +251,7 @@ fn to_new_events(events: &[AccountEvent], context: &CommandContext) -> Vec<NewEv
         correlation_id: context.correlation_id.clone(),
         causation_id: Some(Uuid::now_v7().to_string()),
         idempotency_key: context.idempotency.as_ref().map(|i| i.key.clone()),
+        actor: None,
     };
     let metadata = serde_json::to_value(&metadata).unwrap_or(Value::Null);
     events
@@ -258,7 +259,7 @@ fn to_new_events(events: &[AccountEvent], context: &CommandContext) -> Vec<NewEv
         .map(|event| NewEvent {
             event_id: Uuid::now_v7(),
             event_type: event.event_type().as_str().to_owned(),
-            schema_version: SCHEMA_VERSION,
+            schema_version: event.schema_version(),
             data: event.data(),
             metadata: metadata.clone(),
             occurred_at,

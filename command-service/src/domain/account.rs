@@ -95,6 +95,7 @@ pub(crate) fn decide(
                 currency,
             } => Ok(vec![AccountEvent::Created {
                 initial_balance: Money::opening_balance(*initial_balance, *currency)?,
+                owner: None,
             }]),
             _ => Err(DomainError::NotFound),
         };
@@ -182,7 +183,12 @@ pub(crate) fn evolve(account: Option<Account>, event: &AccountEvent) -> Option<A
         version: account.version + 1,
     };
     match (account, event) {
-        (None, AccountEvent::Created { initial_balance }) => Some(Account {
+        (
+            None,
+            AccountEvent::Created {
+                initial_balance, ..
+            },
+        ) => Some(Account {
             status: AccountStatus::Created,
             balance: *initial_balance,
             version: 1,

@@ -288,7 +288,9 @@ pub(crate) fn plan(
     for (index, candidate) in run.iter().enumerate() {
         let occurred_at = candidate.envelope.occurred_at.trunc_subsecs(6);
         let refusal = match &candidate.event {
-            AccountEvent::Created { initial_balance } => {
+            AccountEvent::Created {
+                initial_balance, ..
+            } => {
                 if opened {
                     Some("the account is already opened".to_owned())
                 } else if candidate.version() != 1 {

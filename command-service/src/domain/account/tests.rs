@@ -34,6 +34,7 @@ fn debit(text: &str) -> AccountCommand {
 fn created(balance: &str) -> AccountEvent {
     AccountEvent::Created {
         initial_balance: money(balance),
+        owner: None,
     }
 }
 
@@ -276,7 +277,7 @@ proptest! {
         commands in proptest::collection::vec(command(), 0..60),
     ) {
         let opening = Money::new(Decimal::new(opening, 2), mad()).unwrap();
-        let mut state = evolve(None, &AccountEvent::Created { initial_balance: opening });
+        let mut state = evolve(None, &AccountEvent::Created { initial_balance: opening, owner: None });
         let mut expected = opening.amount();
         for command in commands {
             if let Ok(events) = decide(state.as_ref(), &command) {
@@ -299,7 +300,7 @@ proptest! {
     fn every_decided_event_bumps_the_version_by_one(
         commands in proptest::collection::vec(command(), 0..40),
     ) {
-        let mut state = evolve(None, &AccountEvent::Created { initial_balance: money("10") });
+        let mut state = evolve(None, &AccountEvent::Created { initial_balance: money("10"), owner: None });
         let mut count = 1;
         for command in commands {
             if let Ok(events) = decide(state.as_ref(), &command) {
