@@ -3,12 +3,14 @@
 
 use std::time::{Duration, Instant};
 
+use sqlx::PgPool;
+
 use crate::context::{BIG, COMMAND, Ctx, SMALL};
 use crate::load::{self, Accounts};
 use crate::pg;
 use crate::report::format::{MISSING, compared, ms, rate, rate_p50_p99, ratio};
 use crate::report::{Markdown, Part, Results, Target};
-use crate::stats::{self, Sample, median_sample};
+use crate::stats::{Sample, median_sample};
 
 /// What the phase measured.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +35,9 @@ impl Figures {
             .map(|s| s.p50_ms)
     }
 }
+
+/// The number of the first long account of the big store (one per stream length).
+const LONG_FIRST: u64 = 10_000_000;
 
 /// A small store and a big one, each behind its own command service: append rate at
 /// the same concurrency, and single-account latency on long streams.
@@ -71,9 +76,8 @@ pub(crate) async fn cost_growth(ctx: &mut Ctx, results: &mut Results) -> anyhow:
         seeded.events,
         seeded.took.as_secs_f64()
     );
-    let long_first = 10_000_000;
     for (offset, &length) in (0u64..).zip(&ctx.plan.long_streams) {
-        pg::seed_accounts(&big_pool, long_first + offset, 1, length, false).await?;
+        pg::seed_accounts(&big_pool, LONG_FIRST + offset, 1, length, false).await?;
     }
     for pool in [&small_pool, &big_pool] {
         for statement in ["VACUUM ANALYZE events", "VACUUM ANALYZE streams"] {
@@ -82,8 +86,21 @@ pub(crate) async fn cost_growth(ctx: &mut Ctx, results: &mut Results) -> anyhow:
     }
     results.growth.small_store_events = u64::try_from(pg::event_count(&small_pool).await?)?;
     results.growth.big_store_events = u64::try_from(pg::event_count(&big_pool).await?)?;
+    append_rate(ctx, results, &small_pool, &big_pool).await?;
+    long_stream_latency(ctx, results).await?;
+    pg::wait_outbox_empty(&big_pool, Instant::now(), Duration::from_secs(120)).await?;
+    ctx.stop(BIG).await;
+    Ok(())
+}
 
-    let all = Accounts::seeded(1, accounts)?;
+/// The append rate of both stores at the same concurrency, alternating which goes first.
+async fn append_rate(
+    ctx: &Ctx,
+    results: &mut Results,
+    small_pool: &PgPool,
+    big_pool: &PgPool,
+) -> anyhow::Result<()> {
+    let all = Accounts::seeded(1, ctx.plan.accounts())?;
     let clients = ctx.plan.append_clients;
     let timing = ctx.plan.timing;
     for repeat in 0..ctx.plan.repeats {
@@ -108,23 +125,23 @@ pub(crate) async fn cost_growth(ctx: &mut Ctx, results: &mut Results) -> anyhow:
             } else {
                 results.growth.big_store.push(sample);
             }
-            let pool = if role == SMALL {
-                &small_pool
-            } else {
-                &big_pool
-            };
+            let pool = if role == SMALL { small_pool } else { big_pool };
             pg::wait_outbox_empty(pool, Instant::now(), Duration::from_secs(120)).await?;
         }
     }
+    Ok(())
+}
 
+/// One client crediting each long account of the big store in turn.
+async fn long_stream_latency(ctx: &Ctx, results: &mut Results) -> anyhow::Result<()> {
     let lengths = ctx.plan.long_streams.clone();
-    let mut samples: Vec<Vec<stats::Sample>> = vec![Vec::new(); lengths.len()];
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); lengths.len()];
     let addr = ctx.service(BIG)?.addr();
     let growth = ctx.plan.growth_timing;
     for repeat in 0..ctx.plan.repeats {
         for step in 0..lengths.len() {
             let which = (step + repeat) % lengths.len();
-            let account = Accounts::new(vec![pg::account_id(long_first + which as u64)])?;
+            let account = Accounts::new(vec![pg::account_id(LONG_FIRST + which as u64)])?;
             let sample =
                 load::closed_loop(addr, &account, 1, growth.warmup, growth.measure).await?;
             progress!(
@@ -138,8 +155,6 @@ pub(crate) async fn cost_growth(ctx: &mut Ctx, results: &mut Results) -> anyhow:
         }
     }
     results.growth.long_streams = lengths.into_iter().zip(samples).collect();
-    pg::wait_outbox_empty(&big_pool, Instant::now(), Duration::from_secs(120)).await?;
-    ctx.stop(BIG).await;
     Ok(())
 }
 
