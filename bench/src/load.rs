@@ -75,6 +75,11 @@ pub(crate) struct Accounts {
 }
 
 impl Accounts {
+    /// The seeded accounts numbered `first..first + count` (see `pg::account_id`).
+    pub(crate) fn seeded(first: u64, count: u64) -> anyhow::Result<Self> {
+        Self::new((first..first + count).map(crate::pg::account_id).collect())
+    }
+
     pub(crate) fn new(ids: Vec<String>) -> anyhow::Result<Self> {
         if ids.is_empty() {
             bail!("no accounts to load");

@@ -42,6 +42,20 @@ impl Sample {
     }
 }
 
+/// A rate measured by draining a known amount of work.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Drain {
+    pub(crate) events: u64,
+    pub(crate) took: Duration,
+}
+
+impl Drain {
+    /// Events per second.
+    pub(crate) fn rate(&self) -> f64 {
+        self.events as f64 / self.took.as_secs_f64().max(1e-9)
+    }
+}
+
 /// The `q` quantile (0..=1) of sorted values, nearest-rank; 0 when empty.
 pub(crate) fn percentile(sorted: &[u64], q: f64) -> f64 {
     if sorted.is_empty() {

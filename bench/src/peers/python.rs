@@ -1,4 +1,4 @@
-//! The peer: Python's `eventsourcing` library (PyPI, `postgres` extra) on the same
+//! The Python peer: the `eventsourcing` library (PyPI, `postgres` extra) on the same
 //! Postgres server and workload, in a virtual environment the benchmark makes.
 
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use tokio::process::Command;
 use crate::pgbench::Target;
 use crate::stats::{Sample, Timing};
 
-const SCRIPT: &str = include_str!("../peer/peer.py");
+const SCRIPT: &str = include_str!("../../peer/peer.py");
 const REQUIREMENT: &str = "eventsourcing[postgres]";
 
 /// A virtual environment with the library, and the peer script.

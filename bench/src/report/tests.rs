@@ -1,0 +1,189 @@
+//! The report's layout, held against golden files: a run with a figure in every table
+//! (some targets missed, some not measured) and an empty run.
+use std::time::Duration;
+
+use super::Results;
+use crate::machine::Machine;
+use crate::phases::b1::Pair;
+use crate::phases::lag::Lag;
+use crate::phases::peer::PeerPair;
+use crate::phases::{b1, b2, b3, growth, lag, peer, rss};
+use crate::stats::{Drain, Sample};
+
+fn sample(throughput: f64, p50_ms: f64, p99_ms: f64) -> Sample {
+    Sample {
+        throughput,
+        p50_ms,
+        p99_ms,
+        count: 100,
+        errors: 0,
+        note: None,
+    }
+}
+
+/// A run with a figure in every table, some targets missed and some not measured.
+fn fixture() -> Results {
+    let noted = Sample {
+        note: Some("2 clients aborted".to_owned()),
+        errors: 1,
+        ..sample(900.0, 1.5, 4.0)
+    };
+    Results {
+        quick: true,
+        command_line: "bench/run.sh --quick".to_owned(),
+        started_at: "2026-11-30 10:00 UTC".to_owned(),
+        took: Duration::from_secs(125),
+        machine: Machine {
+            cpu: "Test CPU".to_owned(),
+            cores: 2,
+            memory: "8.0 GiB".to_owned(),
+            kernel: "Linux 6.0".to_owned(),
+            postgres: "PostgreSQL 15".to_owned(),
+            postgres_settings: "max_connections 100".to_owned(),
+            mariadb: "10.11".to_owned(),
+            rabbitmq: "3.10".to_owned(),
+            load_start: "0.10".to_owned(),
+            load_end: "2.00".to_owned(),
+            commit: "`abc1234`".to_owned(),
+        },
+        accounts: 2_000,
+        repeats: 2,
+        warmup: Duration::from_secs(1),
+        measure: Duration::from_millis(1500),
+        b1: b1::Figures {
+            pairs: vec![
+                Pair {
+                    clients: 1,
+                    b1: vec![sample(1000.0, 0.9, 1.8), sample(1100.0, 0.8, 1.7)],
+                    service: vec![sample(600.0, 1.1, 6.0), noted],
+                    service_cpu_us: vec![400.0, 420.0],
+                },
+                Pair {
+                    clients: 16,
+                    b1: vec![sample(1500.0, 10.0, 19.0)],
+                    service: vec![sample(2100.0, 6.9, 17.7)],
+                    service_cpu_us: Vec::new(),
+                },
+                Pair {
+                    clients: 64,
+                    b1: vec![sample(1300.0, 46.0, 88.0)],
+                    service: Vec::new(),
+                    service_cpu_us: Vec::new(),
+                },
+            ],
+        },
+        b2: b2::Figures {
+            raw: vec![13_000.0, 14_000.0],
+            relay: vec![
+                Drain {
+                    events: 10_000,
+                    took: Duration::from_millis(800),
+                },
+                Drain {
+                    events: 10_000,
+                    took: Duration::from_secs(1),
+                },
+            ],
+        },
+        b3: b3::Figures {
+            raw: vec![50_000.0, 52_000.0, 51_000.0],
+            live: Some(Drain {
+                events: 20_000,
+                took: Duration::from_secs(2),
+            }),
+            rebuild: Some(Drain {
+                events: 30_000,
+                took: Duration::from_millis(900),
+            }),
+            rebuild_check: Some("event store 2000 accounts (equal)".to_owned()),
+        },
+        lag: lag::Figures {
+            runs: vec![
+                Lag {
+                    fraction: 0.5,
+                    offered: 1050.0,
+                    achieved: 1049.5,
+                    ack: sample(1049.5, 1.2, 3.4),
+                    lags_us: vec![5_000, 9_000, 60_000],
+                    timed_out: 1,
+                },
+                Lag {
+                    fraction: 0.9,
+                    offered: 1890.0,
+                    achieved: 1800.0,
+                    ack: sample(1800.0, 2.0, 8.0),
+                    lags_us: Vec::new(),
+                    timed_out: 0,
+                },
+            ],
+        },
+        growth: growth::Figures {
+            long_streams: vec![
+                (10, vec![sample(700.0, 1.4, 2.0)]),
+                (
+                    10_000,
+                    vec![sample(690.0, 1.45, 2.1), sample(680.0, 1.5, 2.2)],
+                ),
+            ],
+            small_store: vec![sample(2000.0, 7.0, 15.0)],
+            big_store: vec![sample(1900.0, 7.5, 16.0)],
+            small_store_events: 4_000,
+            big_store_events: 210_000,
+            append_clients: 16,
+        },
+        peer: peer::Figures {
+            version: Some("9.5.6 with psycopg 3.3.9".to_owned()),
+            runs: vec![
+                PeerPair {
+                    clients: 4,
+                    peer: vec![sample(500.0, 8.0, 20.0)],
+                    service: vec![sample(1600.0, 2.4, 7.0)],
+                },
+                PeerPair {
+                    clients: 16,
+                    peer: Vec::new(),
+                    service: vec![sample(2000.0, 8.0, 18.0)],
+                },
+            ],
+        },
+        rss: rss::Figures {
+            peaks: vec![
+                ("command-service".to_owned(), 36_000),
+                ("query-service rebuild".to_owned(), 60_000),
+            ],
+        },
+        failures: vec!["peer: the peer failed".to_owned()],
+        notes: vec!["a note".to_owned()],
+    }
+}
+
+/// Compares a rendering with its golden file under `src/testdata/`.
+fn assert_renders_as(results: &Results, golden: &str, expected: &str) {
+    let rendered = results.render();
+    if rendered != expected {
+        let path = std::env::temp_dir().join(golden);
+        let _ = std::fs::write(&path, &rendered);
+        panic!(
+            "the report differs from src/testdata/{golden}; rendered into {}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn renders_the_known_layout() {
+    assert_renders_as(
+        &fixture(),
+        "report.md",
+        include_str!("../testdata/report.md"),
+    );
+}
+
+#[test]
+fn renders_an_empty_run_in_the_known_layout() {
+    assert_renders_as(
+        &Results::default(),
+        "report-empty.md",
+        include_str!("../testdata/report-empty.md"),
+    );
+}
