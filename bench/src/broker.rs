@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
@@ -124,22 +124,7 @@ impl Broker {
 
     /// Deletes queues and exchanges (missing ones are fine).
     pub(crate) async fn delete(&self, queues: &[String], exchanges: &[String]) {
-        for queue in queues {
-            if let Ok(channel) = self.connection.create_channel().await {
-                let _ = channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-                let _ = channel.close(200, "done".into()).await;
-            }
-        }
-        for exchange in exchanges {
-            if let Ok(channel) = self.connection.create_channel().await {
-                let _ = channel
-                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-                let _ = channel.close(200, "done".into()).await;
-            }
-        }
+        test_support::amqp::delete_queues_and_exchanges(&self.connection, queues, exchanges).await;
     }
 
     /// B2: publishes persistent event-sized messages to `exchange` (a durable queue

@@ -317,20 +317,10 @@ async fn an_hs256_token_is_refused_when_only_a_jwks_is_configured() {
 #[tokio::test]
 async fn algorithms_other_than_hs256_rs256_es256_are_refused() {
     let app = spawn(&jwks_settings(jwks_file(both_keys()))).await;
-    app.refuses(&sign(
-        Algorithm::PS256,
-        RSA_A,
-        Some("rsa-1"),
-        &claims(json!({})),
-    ))
-    .await;
-    app.refuses(&sign(
-        Algorithm::RS384,
-        RSA_A,
-        Some("rsa-1"),
-        &claims(json!({})),
-    ))
-    .await;
+    for algorithm in [Algorithm::PS256, Algorithm::RS384] {
+        app.refuses(&sign(algorithm, RSA_A, Some("rsa-1"), &claims(json!({}))))
+            .await;
+    }
     let app = spawn(&secret_settings()).await;
     let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
     let hs512 =
@@ -341,20 +331,15 @@ async fn algorithms_other_than_hs256_rs256_es256_are_refused() {
 #[tokio::test]
 async fn a_kid_not_in_the_key_set_is_refused() {
     let app = spawn(&jwks_settings(jwks_file(both_keys()))).await;
-    app.refuses(&sign(
-        Algorithm::RS256,
-        RSA_A,
-        Some("rsa-2"),
-        &claims(json!({})),
-    ))
-    .await;
-    app.refuses(&sign(
-        Algorithm::RS256,
-        RSA_A,
-        Some("ec-1"),
-        &claims(json!({})),
-    ))
-    .await;
+    for kid in ["rsa-2", "ec-1"] {
+        app.refuses(&sign(
+            Algorithm::RS256,
+            RSA_A,
+            Some(kid),
+            &claims(json!({})),
+        ))
+        .await;
+    }
 }
 
 #[tokio::test]

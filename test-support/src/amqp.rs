@@ -189,26 +189,36 @@ impl Broker {
 
     /// Deletes queues and exchanges; what does not exist is skipped.
     pub async fn delete(&self, queues: &[String], exchanges: &[String]) {
-        for queue in queues {
-            if let Ok(channel) = self.connection.create_channel().await {
-                let _ = channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-                let _ = channel.close(200, "done".into()).await;
-            }
-        }
-        for exchange in exchanges {
-            if let Ok(channel) = self.connection.create_channel().await {
-                let _ = channel
-                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-                let _ = channel.close(200, "done".into()).await;
-            }
-        }
+        delete_queues_and_exchanges(&self.connection, queues, exchanges).await;
     }
 
     pub async fn close(self) {
         let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
+/// Deletes queues and exchanges over `connection`, a channel each (the broker closes a
+/// channel on error); what does not exist is skipped.
+pub async fn delete_queues_and_exchanges(
+    connection: &Connection,
+    queues: &[String],
+    exchanges: &[String],
+) {
+    for queue in queues {
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+            let _ = channel.close(200, "done".into()).await;
+        }
+    }
+    for exchange in exchanges {
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+            let _ = channel.close(200, "done".into()).await;
+        }
     }
 }
 

@@ -60,7 +60,7 @@ async fn an_account_lives_through_its_whole_lifecycle() {
     );
     assert_eq!(
         events[0]["data"],
-        json!({"initial_balance": "100.50", "currency": "MAD"})
+        json!({"initial_balance": "100.50", "currency": "MAD", "owner": null})
     );
     assert_eq!(
         events[2]["data"],
