@@ -3,6 +3,7 @@
 mod commands;
 mod dto;
 mod feeds;
+mod schema;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -36,7 +37,12 @@ pub struct AppState {
         feeds::account_events,
         feeds::all_events,
     ),
-    components(schemas(service_kit::Problem, shared_events::EventEnvelope))
+    components(schemas(
+        service_kit::Problem,
+        shared_events::EventEnvelope,
+        dto::CreateAccountRequest,
+        dto::MovementRequest
+    ))
 )]
 struct ApiDoc;
 

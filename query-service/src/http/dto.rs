@@ -20,12 +20,13 @@ pub(super) struct Account {
     #[schema(example = "150.00")]
     pub balance: String,
     /// Number of the account's events projected.
+    #[schema(minimum = 1)]
     pub version: u64,
     /// `occurred_at` of the account's first event.
-    #[schema(example = "2026-11-22T10:00:00.123456Z")]
+    #[schema(format = DateTime, example = "2026-11-22T10:00:00.123456Z")]
     pub created_at: String,
     /// `occurred_at` of the account's latest event.
-    #[schema(example = "2026-11-22T10:00:00.123456Z")]
+    #[schema(format = DateTime, example = "2026-11-22T10:00:00.123456Z")]
     pub updated_at: String,
 }
 
@@ -58,8 +59,9 @@ pub(super) struct Operation {
     #[schema(example = "150.00")]
     pub balance_after: String,
     /// Version of the account the operation brought it to.
+    #[schema(minimum = 1)]
     pub version: u64,
-    #[schema(example = "2026-11-22T10:00:00.123456Z")]
+    #[schema(format = DateTime, example = "2026-11-22T10:00:00.123456Z")]
     pub occurred_at: String,
 }
 
@@ -91,9 +93,11 @@ pub(super) struct BalanceSheet {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct AccountQuery {
-    /// Wait until the projection holds at least this version of the account.
+    /// Wait until the projection holds at least this version of the account (0 waits for nothing).
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub min_version: Option<u64>,
-    /// Longest wait for `min_version` in milliseconds (default 2000, at most 10000).
+    /// Longest wait for `min_version` in milliseconds (default 2000; longer waits are cut to 10000).
+    #[param(minimum = 0)]
     pub wait_ms: Option<u64>,
 }
 
@@ -101,13 +105,17 @@ pub(super) struct AccountQuery {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
-    /// `CREATED`, `ACTIVE`, `SUSPENDED` or `CLOSED`.
+    /// Only accounts of this status.
+    #[param(value_type = Option<AccountStatus>)]
     pub status: Option<String>,
-    /// ISO 4217 code.
+    /// Only accounts of this currency.
+    #[param(schema_with = currency_code)]
     pub currency: Option<String>,
-    /// 1..=500, default 50.
+    /// Most accounts to return (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// The `next` cursor of the previous page.
+    #[param(pattern = "^a[0-9a-fA-F]{32}$")]
     pub after: Option<String>,
 }
 
@@ -115,10 +123,21 @@ pub(super) struct ListQuery {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct PageQuery {
-    /// 1..=500, default 50.
+    /// Most operations to return (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// The `next` cursor of the previous page.
+    #[param(pattern = "^o[0-7][0-9a-fA-F]{15}$")]
     pub after: Option<String>,
+}
+
+/// Every ISO 4217 code the service knows.
+fn currency_code() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some("ISO 4217 currency code"))
+        .enum_values(Some(Currency::all().map(|currency| currency.code())))
+        .build()
 }
 
 /// Renders a timestamp as RFC 3339 UTC with microseconds.
