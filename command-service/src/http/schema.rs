@@ -105,7 +105,9 @@ pub(super) fn create_account() -> RefOr<Schema> {
     for (minor_units, codes) in currencies_by_minor_units() {
         shapes = shapes.item(
             ObjectBuilder::new()
-                .title(Some(format!("{minor_units} fraction digits")))
+                .title(Some(format!(
+                    "Amount with up to {minor_units} fraction digits"
+                )))
                 .property(
                     "initial_balance",
                     amount(
@@ -143,7 +145,7 @@ pub(super) fn movement() -> RefOr<Schema> {
     let most_digits = groups.keys().copied().max().unwrap_or(0);
     shapes = shapes.item(
         ObjectBuilder::new()
-            .title(Some("in the account's currency"))
+            .title(Some("Amount in the account currency"))
             .property(
                 "amount",
                 amount(
@@ -158,7 +160,9 @@ pub(super) fn movement() -> RefOr<Schema> {
     for (minor_units, codes) in groups {
         shapes = shapes.item(
             ObjectBuilder::new()
-                .title(Some(format!("{minor_units} fraction digits")))
+                .title(Some(format!(
+                    "Amount with up to {minor_units} fraction digits"
+                )))
                 .property(
                     "amount",
                     amount(minor_units, Zero::Refused, "`0 < amount <= 10^12`."),
