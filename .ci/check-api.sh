@@ -117,7 +117,7 @@ validate() {
 # generate_client NAME DOCUMENT: generates a typed client and imports every module of it.
 generate_client() {
     local name=$1 document=$2 out="$WORK/$1-client"
-    (cd "$WORK" && "$VENV/bin/openapi-python-client" generate --path "$document" --output-path "$out" --fail-on-warning) || return 1
+    (cd "$WORK" && PATH=$VENV/bin:$PATH "$VENV/bin/openapi-python-client" generate --path "$document" --output-path "$out" --fail-on-warning) || return 1
     local package
     package=$(basename "$(find "$out" -mindepth 2 -maxdepth 2 -name __init__.py -printf '%h\n' | head -n1)")
     PYTHONPATH=$out "$VENV/bin/python" - "$package" <<'PY'

@@ -97,7 +97,7 @@ pub(super) struct AccountQuery {
     #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub min_version: Option<u64>,
     /// Longest wait for `min_version` in milliseconds (default 2000; longer waits are cut to 10000).
-    #[param(minimum = 0)]
+    #[param(minimum = 0, maximum = 18_446_744_073_709_551_615_u64)]
     pub wait_ms: Option<u64>,
 }
 
