@@ -361,3 +361,45 @@ async fn a_batch_with_a_taken_idempotency_key_writes_nothing() {
     assert!(store.read_all(0, 10).await.unwrap().is_empty());
     assert!(store.stored_response("free").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn the_log_refuses_to_be_rewritten_even_by_a_superuser() {
+    // Given a stored event, and a direct connection as a superuser
+    let server = std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+    let url = format!("{server}/es_test_{}", Uuid::new_v4().simple());
+    let store = EventStore::connect(&url, 2).await.unwrap();
+    let stream = Uuid::now_v7();
+    store
+        .append(append(stream, 0, &[event("A")]))
+        .await
+        .unwrap();
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+
+    // When it tries to change, remove or truncate events, also with triggers "disabled"
+    // for replication
+    let attempts = [
+        "UPDATE events SET data = '{\"n\": \"forged\"}'",
+        "DELETE FROM events",
+        "TRUNCATE events CASCADE",
+        "SET session_replication_role = replica; UPDATE events SET data = '{}'",
+    ];
+    for statement in attempts {
+        let refused = sqlx::raw_sql(statement).execute(&mut connection).await;
+        // Then every attempt is refused by the database itself
+        let error = refused.expect_err(statement);
+        assert!(
+            error.to_string().contains("append-only"),
+            "{statement}: {error}"
+        );
+        sqlx::raw_sql("RESET session_replication_role")
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+    let stored = store.read_stream(stream, 1).await.unwrap().unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].data, json!({"n": "A"}));
+}

@@ -18,12 +18,14 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 use service_kit::amqp::BrokerStatus;
+use service_kit::backoff::Backoff;
 use shared_events::EventEnvelope;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::projection::{Candidate, Origin, Projector, Verdict};
+use crate::projection::Projector;
+use crate::projection::plan::{Candidate, Origin, Verdict};
 use crate::settings::Settings;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -41,16 +43,16 @@ enum ConsumeError {
 
 /// Names of the broker objects the consumer declares.
 #[derive(Debug, Clone)]
-pub struct Topology {
-    pub exchange: String,
-    pub queue: String,
-    pub dead_letter_exchange: String,
-    pub dead_letter_queue: String,
+pub(crate) struct Topology {
+    pub(crate) exchange: String,
+    pub(crate) queue: String,
+    pub(crate) dead_letter_exchange: String,
+    pub(crate) dead_letter_queue: String,
 }
 
 impl Topology {
     /// The names configured in `settings`; refused when the broker could not take them.
-    pub fn from_settings(settings: &Settings) -> Result<Self, String> {
+    pub(crate) fn from_settings(settings: &Settings) -> Result<Self, String> {
         let topology = Self {
             exchange: settings.amqp_exchange.clone(),
             queue: settings.amqp_queue.clone(),
@@ -74,7 +76,7 @@ impl Topology {
 
     /// Declares the exchange, the projection queue (dead-lettering to the DLX) and
     /// the dead-letter exchange and queue, all durable.
-    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    pub(crate) async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
         let durable_exchange = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
@@ -130,7 +132,7 @@ impl Topology {
 
 /// Consumes the projection queue until shutdown.
 #[derive(Debug, Clone)]
-pub struct Consumer {
+pub(crate) struct Consumer {
     projector: Projector,
     amqp_url: String,
     topology: Topology,
@@ -148,7 +150,7 @@ struct Received {
 impl Consumer {
     /// A consumer of `topology.queue` that projects with `projector` and reports its
     /// connection state in `status`.
-    pub fn new(
+    pub(crate) fn new(
         projector: Projector,
         amqp_url: &str,
         topology: Topology,
@@ -165,20 +167,19 @@ impl Consumer {
     }
 
     /// Consumes until `shutdown`, reconnecting with backoff whenever the broker goes away.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = MIN_BACKOFF;
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         while !shutdown.is_cancelled() {
             match self.consume(&shutdown, &mut backoff).await {
                 Ok(()) => break,
                 Err(error) => {
                     self.status.set_down();
                     metrics::gauge!("amqp_consumer_connected").set(0.0);
-                    tracing::warn!(error = %error, retry_in = ?backoff, "projection consumer lost the broker");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
+                    metrics::counter!("amqp_consumer_failures_total").increment(1);
+                    tracing::warn!(error = %error, retry_in = ?backoff.current(), "projection consumer lost the broker");
+                    if !backoff.wait(&shutdown).await {
+                        break;
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
@@ -188,7 +189,7 @@ impl Consumer {
     async fn consume(
         &self,
         shutdown: &CancellationToken,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Result<(), ConsumeError> {
         let connection =
             service_kit::amqp::connect(&self.amqp_url, "query-service projection").await?;
@@ -207,9 +208,9 @@ impl Consumer {
             .await?;
         self.status.set_up();
         metrics::gauge!("amqp_consumer_connected").set(1.0);
-        *backoff = MIN_BACKOFF;
+        backoff.reset();
         tracing::info!(queue = %self.topology.queue, "projection consumer connected");
-        let mut retry = MIN_BACKOFF;
+        let mut retry = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         let outcome = loop {
             let next = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
@@ -240,7 +241,7 @@ impl Consumer {
     async fn handle(
         &self,
         batch: Vec<Delivery>,
-        retry: &mut Duration,
+        retry: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Result<(), lapin::Error> {
         let mut accounts: BTreeMap<Uuid, Vec<Received>> = BTreeMap::new();
@@ -268,7 +269,7 @@ impl Consumer {
                 (*account, candidates)
             })
             .collect();
-        let results = self.projector.project_accounts(&groups, "broker").await;
+        let results = self.projector.project_deliveries(&groups, "broker").await;
         let mut settled = Vec::new();
         let mut later = Vec::new();
         let mut failure = None;
@@ -299,16 +300,13 @@ impl Consumer {
         }
         acknowledge(settled, later.is_empty()).await?;
         let Some(error) = failure else {
-            *retry = MIN_BACKOFF;
+            retry.reset();
             return Ok(());
         };
         metrics::counter!("projection_retries_total").increment(later.len() as u64);
-        tracing::warn!(error = %error, messages = later.len(), retry_in = ?*retry, "projection failed; the messages go back to the queue");
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            () = tokio::time::sleep(*retry) => {}
-        }
-        *retry = (*retry * 2).min(MAX_BACKOFF);
+        tracing::warn!(error = %error, messages = later.len(), retry_in = ?retry.current(), "projection failed; the messages go back to the queue");
+        // Shut down or not, the messages go back to the queue.
+        retry.wait(shutdown).await;
         for delivery in later {
             delivery
                 .nack(BasicNackOptions {

@@ -8,7 +8,7 @@ use crate::store::is_unavailable;
 
 /// Why a query failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("{0}")]
     Invalid(String),
     #[error("account {0} does not exist")]
@@ -40,7 +40,7 @@ impl From<sqlx::Error> for ApiError {
 }
 
 impl ApiError {
-    pub fn problem(&self) -> Problem {
+    pub(crate) fn problem(&self) -> Problem {
         match self {
             Self::Invalid(detail) => Problem::invalid(detail.clone()),
             Self::NotFound(_) => Problem::not_found(self.to_string()),

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use service_kit::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
 use crate::projection::{ProjectionError, Projector};
@@ -20,14 +21,14 @@ enum Step {
 
 /// Follows the global feed until shutdown.
 #[derive(Debug, Clone)]
-pub struct FeedFollower {
+pub(crate) struct FeedFollower {
     projector: Projector,
     batch_size: u32,
     interval: Duration,
 }
 
 impl FeedFollower {
-    pub fn new(projector: Projector, batch_size: u32, interval: Duration) -> Self {
+    pub(crate) fn new(projector: Projector, batch_size: u32, interval: Duration) -> Self {
         Self {
             projector,
             batch_size: batch_size.clamp(1, 1000),
@@ -36,20 +37,18 @@ impl FeedFollower {
     }
 
     /// Polls the feed every `interval` once caught up, at once while behind.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = self.interval;
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(self.interval, MAX_BACKOFF);
         while !shutdown.is_cancelled() {
             let pause = match self.step().await {
                 Ok(Step::More) => Duration::ZERO,
                 Ok(Step::CaughtUp) => {
-                    backoff = self.interval;
+                    backoff.reset();
                     self.interval
                 }
                 Err(error) => {
-                    tracing::warn!(error = %error, retry_in = ?backoff, "feed follower failed");
-                    let pause = backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    pause
+                    tracing::warn!(error = %error, retry_in = ?backoff.current(), "feed follower failed");
+                    backoff.next_delay()
                 }
             };
             tokio::select! {
@@ -72,7 +71,10 @@ impl FeedFollower {
             return Ok(Step::CaughtUp);
         }
         let full = page.events.len() >= self.batch_size as usize;
-        let outcome = self.projector.project_batch(page.events, "feed").await?;
+        let outcome = self
+            .projector
+            .project_feed_page(page.events, "feed")
+            .await?;
         if outcome.applied > 0 {
             tracing::info!(
                 applied = outcome.applied,

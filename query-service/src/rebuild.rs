@@ -11,6 +11,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use service_kit::backoff::Backoff;
 use sqlx::mysql::MySqlConnectOptions;
 use sqlx::{ConnectOptions, Connection, MySqlConnection};
 use tokio_util::sync::CancellationToken;
@@ -166,6 +167,7 @@ async fn read_page(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<crate::source::FeedPage> {
     let mut attempt = 0;
+    let mut backoff = page_backoff();
     loop {
         match projector.source().feed(after, PAGE_SIZE).await {
             Ok(page) => return Ok(page),
@@ -175,7 +177,7 @@ async fn read_page(
                     return Err(error).context("cannot read the global feed");
                 }
                 tracing::warn!(error = %error, attempt, "cannot read the global feed; retrying");
-                pause(attempt, shutdown).await?;
+                pause(&mut backoff, shutdown).await?;
             }
         }
     }
@@ -187,8 +189,9 @@ async fn project_page(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<crate::projection::BatchOutcome> {
     let mut attempt = 0;
+    let mut backoff = page_backoff();
     loop {
-        match projector.project_batch(events.clone(), "rebuild").await {
+        match projector.project_feed_page(events.clone(), "rebuild").await {
             Ok(outcome) => return Ok(outcome),
             Err(error) => {
                 attempt += 1;
@@ -197,16 +200,21 @@ async fn project_page(
                         .context("cannot project into the rebuild tables");
                 }
                 tracing::warn!(error = %error, attempt, "cannot project a page; retrying");
-                pause(attempt, shutdown).await?;
+                pause(&mut backoff, shutdown).await?;
             }
         }
     }
 }
 
-async fn pause(attempt: u32, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let delay = Duration::from_millis(200) * 2_u32.pow(attempt.min(5));
-    tokio::select! {
-        () = shutdown.cancelled() => bail!("rebuild interrupted; the live read model is untouched"),
-        () = tokio::time::sleep(delay) => Ok(()),
+/// The pause between attempts at one page.
+fn page_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(400), Duration::from_millis(6400))
+}
+
+async fn pause(backoff: &mut Backoff, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    if backoff.wait(shutdown).await {
+        Ok(())
+    } else {
+        bail!("rebuild interrupted; the live read model is untouched")
     }
 }

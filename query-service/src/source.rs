@@ -26,10 +26,10 @@ pub enum SourceError {
 
 /// A page of the global feed.
 #[derive(Debug, Clone, Deserialize)]
-pub struct FeedPage {
-    pub events: Vec<EventEnvelope>,
+pub(crate) struct FeedPage {
+    pub(crate) events: Vec<EventEnvelope>,
     /// Position to read on from.
-    pub next_after: u64,
+    pub(crate) next_after: u64,
 }
 
 #[derive(Deserialize)]
@@ -59,7 +59,7 @@ impl CommandClient {
     }
 
     /// The events of one account from `from_version` on, in version order.
-    pub async fn account_events(
+    pub(crate) async fn account_events(
         &self,
         account: Uuid,
         from_version: u64,
@@ -83,7 +83,7 @@ impl CommandClient {
     }
 
     /// Up to `limit` events of the global feed after position `after`.
-    pub async fn feed(&self, after: u64, limit: u32) -> Result<FeedPage, SourceError> {
+    pub(crate) async fn feed(&self, after: u64, limit: u32) -> Result<FeedPage, SourceError> {
         let url = format!("{}/events?after={after}&limit={limit}", self.base);
         let response = self
             .http

@@ -18,7 +18,7 @@ pub struct ProjectionWatch {
 
 impl ProjectionWatch {
     /// Starts listening for versions of `account` projected from now on.
-    pub fn subscribe(&self, account: Uuid) -> Subscription {
+    pub(crate) fn subscribe(&self, account: Uuid) -> Subscription {
         let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
         let receiver = channels
             .entry(account)
@@ -32,7 +32,7 @@ impl ProjectionWatch {
     }
 
     /// Tells the waiters of `account` that the projection holds `version` (or more).
-    pub fn publish(&self, account: Uuid, version: i64) {
+    pub(crate) fn publish(&self, account: Uuid, version: i64) {
         let channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(sender) = channels.get(&account) {
             sender.send_if_modified(|known| {
@@ -46,7 +46,7 @@ impl ProjectionWatch {
 
 /// A waiter's end of an account's channel.
 #[derive(Debug)]
-pub struct Subscription {
+pub(crate) struct Subscription {
     account: Uuid,
     receiver: watch::Receiver<i64>,
     channels: Channels,
@@ -54,7 +54,7 @@ pub struct Subscription {
 
 impl Subscription {
     /// Waits until a version of the account is published after the last call.
-    pub async fn changed(&mut self) {
+    pub(crate) async fn changed(&mut self) {
         if self.receiver.changed().await.is_err() {
             std::future::pending::<()>().await;
         }

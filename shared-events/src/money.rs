@@ -225,8 +225,14 @@ mod tests {
         assert!(Money::opening_balance(Decimal::ZERO, eur).is_ok());
     }
 
+    /// Cent amounts anywhere up to the balance limit, half of them close to it, so sums
+    /// regularly cross [`MAX_BALANCE`].
     fn cents() -> impl Strategy<Value = i64> {
-        0..=100_000_000_000_000_i64
+        const LIMIT_IN_CENTS: i64 = 100_000_000_000_000_000;
+        prop_oneof![
+            0..=LIMIT_IN_CENTS,
+            (LIMIT_IN_CENTS / 2 - 1_000_000)..=LIMIT_IN_CENTS,
+        ]
     }
 
     proptest! {

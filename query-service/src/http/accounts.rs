@@ -53,6 +53,7 @@ pub(super) async fn get_account(
     PathId(id): PathId,
     QueryParams(query): QueryParams<AccountQuery>,
 ) -> Result<Json<Account>, ApiError> {
+    // `min_version=0` waits for nothing: an unknown account is a 404 at once.
     let Some(min_version) = query.min_version.filter(|&version| version > 0) else {
         let account = state.store.account(id).await?;
         return account.ok_or(ApiError::NotFound(id))?.try_into().map(Json);

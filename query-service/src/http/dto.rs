@@ -13,12 +13,12 @@ use crate::store::{AccountRecord, CurrencyTotalRecord, OperationRecord};
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub(super) struct Account {
     #[schema(value_type = String, format = Uuid)]
-    pub id: Uuid,
-    pub status: AccountStatus,
-    pub currency: Currency,
+    pub(crate) id: Uuid,
+    pub(crate) status: AccountStatus,
+    pub(crate) currency: Currency,
     /// Rendered with exactly the currency's fraction digits.
     #[schema(example = "150.00")]
-    pub balance: String,
+    pub(crate) balance: String,
     /// Number of the account's events projected.
     #[schema(minimum = 1)]
     pub version: u64,
@@ -33,9 +33,9 @@ pub(super) struct Account {
 /// A page of accounts in id order.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct AccountPage {
-    pub accounts: Vec<Account>,
+    pub(crate) accounts: Vec<Account>,
     /// Pass as `after` for the next page; `null` on the last one.
-    pub next: Option<String>,
+    pub(crate) next: Option<String>,
 }
 
 /// Kind of an operation.
@@ -50,14 +50,14 @@ pub(super) enum OperationType {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub(super) struct Operation {
     #[schema(value_type = String, format = Uuid)]
-    pub event_id: Uuid,
+    pub(crate) event_id: Uuid,
     #[serde(rename = "type")]
-    pub kind: OperationType,
+    pub(crate) kind: OperationType,
     #[schema(example = "50.00")]
-    pub amount: String,
-    pub currency: Currency,
+    pub(crate) amount: String,
+    pub(crate) currency: Currency,
     #[schema(example = "150.00")]
-    pub balance_after: String,
+    pub(crate) balance_after: String,
     /// Version of the account the operation brought it to.
     #[schema(minimum = 1)]
     pub version: u64,
@@ -68,25 +68,25 @@ pub(super) struct Operation {
 /// A page of operations, oldest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct OperationPage {
-    pub operations: Vec<Operation>,
+    pub(crate) operations: Vec<Operation>,
     /// Pass as `after` for the next page; `null` on the last one.
-    pub next: Option<String>,
+    pub(crate) next: Option<String>,
 }
 
 /// Total balance of one currency.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct CurrencyTotal {
-    pub currency: Currency,
+    pub(crate) currency: Currency,
     #[schema(example = "1500.00")]
-    pub balance: String,
+    pub(crate) balance: String,
     /// Accounts (not closed) holding this currency.
-    pub accounts: u64,
+    pub(crate) accounts: u64,
 }
 
 /// Totals per currency over all accounts that are not closed.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct BalanceSheet {
-    pub totals: Vec<CurrencyTotal>,
+    pub(crate) totals: Vec<CurrencyTotal>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -15,11 +15,11 @@ use service_kit::amqp::BrokerStatus;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
-pub struct AppState {
-    pub store: ReadStore,
-    pub watch: ProjectionWatch,
+pub(crate) struct AppState {
+    pub(crate) store: ReadStore,
+    pub(crate) watch: ProjectionWatch,
     /// Cancelled on shutdown, so that waiting reads answer at once.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
 }
 
 #[derive(OpenApi)]
@@ -39,7 +39,7 @@ pub struct AppState {
 struct ApiDoc;
 
 /// The whole HTTP application: contract routes, operational routes, common layers.
-pub fn router(state: AppState, broker: BrokerStatus) -> Router {
+pub(crate) fn router(state: AppState, broker: BrokerStatus) -> Router {
     let api = Router::new()
         .route("/accounts", get(accounts::list_accounts))
         .route("/accounts/{id}", get(accounts::get_account))

@@ -99,7 +99,7 @@ async fn a_mixed_batch_over_many_accounts_applies_each_event_once_in_order() {
         already.extend_from_slice(&stream[..2]);
     }
     let outcome = projector
-        .project_batch(envelopes(&already), "test")
+        .project_feed_page(envelopes(&already), "test")
         .await
         .unwrap();
     assert_eq!(outcome.applied, already.len() as u64);
@@ -132,7 +132,7 @@ async fn a_mixed_batch_over_many_accounts_applies_each_event_once_in_order() {
     batch.reverse();
 
     let outcome = projector
-        .project_batch(envelopes(&batch), "test")
+        .project_feed_page(envelopes(&batch), "test")
         .await
         .unwrap();
     // The gap's event is applied from the command service, not from the batch.
@@ -148,7 +148,7 @@ async fn a_mixed_batch_over_many_accounts_applies_each_event_once_in_order() {
 
     // The same batch again changes nothing.
     let again = projector
-        .project_batch(envelopes(&batch), "test")
+        .project_feed_page(envelopes(&batch), "test")
         .await
         .unwrap();
     assert_eq!(again.applied, 0);
@@ -172,13 +172,16 @@ async fn concurrent_projectors_of_overlapping_batches_apply_each_event_once() {
         let one = envelopes(&all[..all.len() * (round + 2) / 4]);
         let other = envelopes(&shuffled[..shuffled.len() * (round + 2) / 4]);
         let (one, other) = tokio::join!(
-            first.project_batch(one, "test"),
-            second.project_batch(other, "test")
+            first.project_feed_page(one, "test"),
+            second.project_feed_page(other, "test")
         );
         let (one, other) = (one.unwrap(), other.unwrap());
         assert_eq!(one.poisoned + other.poisoned, 0);
     }
-    let last = first.project_batch(envelopes(&all), "test").await.unwrap();
+    let last = first
+        .project_feed_page(envelopes(&all), "test")
+        .await
+        .unwrap();
     assert_eq!((last.applied, last.poisoned), (0, 0));
     assert_matches_streams(&app, &accounts).await;
     app.stop().await;

@@ -4,7 +4,6 @@
 mod batch;
 mod broker;
 mod helpers;
-mod lag;
 mod outages;
 mod proxy;
 mod reads;

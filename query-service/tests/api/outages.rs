@@ -31,8 +31,18 @@ async fn reads_go_on_while_the_broker_is_away_and_projection_resumes_after() {
         "ready, with the broker reported down"
     );
     let version = app.command(&id, "credit", json!({"amount": "2.00"})).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async { proxy.refused() >= 2 }).await,
+        "the consumer keeps trying to reconnect during the outage ({} refused)",
+        proxy.refused()
+    );
     let reply = app.query_get(&format!("/accounts/{id}")).await;
     assert_eq!(reply.status, 200, "reads are served during the outage");
+    assert_eq!(
+        (&reply.body["version"], &reply.body["balance"]),
+        (&json!(2), &json!("1.00")),
+        "the read served during the outage is the state before the credit"
+    );
 
     proxy.restore();
     let account = app.account_at(&id, version).await;
@@ -64,8 +74,15 @@ async fn a_database_outage_is_retried_and_never_dead_letters() {
     let reply = app.query_get(&format!("/accounts/{id}")).await;
     assert_eq!(reply.status, 503, "{:?}", reply.body);
     assert_eq!(reply.body["code"], "service_unavailable");
+    let retries = app_retries(&app).await;
     let version = app.command(&id, "credit", json!({"amount": "2.00"})).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app_retries(&app).await > retries
+        })
+        .await,
+        "the consumer tried to project the credit, failed and put it back to retry"
+    );
 
     proxy.restore();
     let account = app.account_at(&id, version).await;
@@ -76,4 +93,10 @@ async fn a_database_outage_is_retried_and_never_dead_letters() {
     );
     assert_eq!(app.query_get("/health/ready").await.status, 200);
     app.stop().await;
+}
+
+/// Messages the consumer put back to the queue after a failed projection (the
+/// process's counter: other tests may add to it, never take from it).
+async fn app_retries(app: &crate::helpers::TestApp) -> f64 {
+    app.metric("projection_retries_total", &[]).await
 }

@@ -7,6 +7,7 @@
 )]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 pub(crate) struct TcpProxy {
     pub port: u16,
     open: Arc<watch::Sender<bool>>,
+    refused: Arc<AtomicUsize>,
 }
 
 impl TcpProxy {
@@ -23,9 +25,12 @@ impl TcpProxy {
         let port = listener.local_addr().unwrap().port();
         let open = Arc::new(watch::channel(true).0);
         let gate = Arc::clone(&open);
+        let refused = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&refused);
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if !*gate.borrow() {
+                    counter.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 let mut closed = gate.subscribe();
@@ -40,12 +45,21 @@ impl TcpProxy {
                 });
             }
         });
-        Self { port, open }
+        Self {
+            port,
+            open,
+            refused,
+        }
     }
 
     /// Drops every connection and refuses new ones.
     pub(crate) fn cut(&self) {
         self.open.send_replace(false);
+    }
+
+    /// Connections refused while cut: the attempts of whoever is behind the proxy.
+    pub(crate) fn refused(&self) -> usize {
+        self.refused.load(Ordering::Relaxed)
     }
 
     pub(crate) fn restore(&self) {

@@ -1,12 +1,14 @@
 //! `query-service rebuild`: the same read model from the global feed, swapped in at once.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
 use sqlx::Executor;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Options, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{Options, TestApp, eventually, spawn_app, spawn_app_with};
 
 async fn some_history(app: &TestApp) -> Vec<(String, u64)> {
     let mut accounts = Vec::new();
@@ -76,6 +78,25 @@ async fn rebuild_reproduces_the_live_read_model_exactly() {
     app.stop().await;
 }
 
+/// The position of the newest event of the command service's global feed.
+#[expect(
+    clippy::unwrap_used,
+    reason = "test helper: a failure is the test's failure"
+)]
+async fn feed_head(app: &TestApp) -> u64 {
+    let mut head = 0;
+    loop {
+        let page = app
+            .command_get(&format!("/events?after={head}&limit=1000"))
+            .await;
+        let next = page["next_after"].as_u64().unwrap();
+        if page["events"].as_array().unwrap().is_empty() || next == head {
+            return head;
+        }
+        head = next;
+    }
+}
+
 #[tokio::test]
 async fn events_committed_during_a_rebuild_reach_the_new_model() {
     let app = spawn_app_with(Options {
@@ -87,13 +108,21 @@ async fn events_committed_during_a_rebuild_reach_the_new_model() {
     for _ in 0..3 {
         ids.push(app.active_account("0", "MAD").await);
     }
+    // Credits go on until the rebuild is over (at most 400 per account: one page of
+    // operations).
+    let rebuilt = Arc::new(AtomicBool::new(false));
+    let commits = Arc::new(AtomicUsize::new(0));
     let writer = {
         let ids = ids.clone();
         let command = app.command.clone();
         let client = app.client.clone();
+        let (rebuilt, commits) = (Arc::clone(&rebuilt), Arc::clone(&commits));
         tokio::spawn(async move {
             let mut last = vec![2_u64; ids.len()];
-            for round in 0..15 {
+            for _ in 0..400 {
+                if rebuilt.load(Ordering::SeqCst) {
+                    break;
+                }
                 for (index, id) in ids.iter().enumerate() {
                     let reply: serde_json::Value = client
                         .post(format!("{command}/accounts/{id}/credit"))
@@ -105,26 +134,43 @@ async fn events_committed_during_a_rebuild_reach_the_new_model() {
                         .await
                         .unwrap();
                     last[index] = reply["version"].as_u64().unwrap();
+                    commits.fetch_add(1, Ordering::SeqCst);
                 }
-                if round % 5 == 0 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             last
         })
     };
-    query_service::rebuild::run(&app.settings, CancellationToken::new())
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            commits.load(Ordering::SeqCst) >= 3
+        })
+        .await,
+        "the writer is under way"
+    );
+    let started_at = feed_head(&app).await;
+    let report = query_service::rebuild::run(&app.settings, CancellationToken::new())
         .await
         .unwrap();
+    rebuilt.store(true, Ordering::SeqCst);
     let last = writer.await.unwrap();
+    assert!(
+        report.position > started_at,
+        "commits came after the rebuild's starting position {started_at} (it read up to {})",
+        report.position
+    );
     for (id, version) in ids.iter().zip(last) {
+        let credits = version - 2;
         let account = app.account_at(id, version).await;
-        assert_eq!(account["version"], 17);
-        assert_eq!(account["balance"], "15.00");
+        assert_eq!(account["version"], version);
+        assert_eq!(account["balance"], format!("{credits}.00"));
         let operations = app
             .query_get(&format!("/accounts/{id}/operations?limit=500"))
             .await;
-        assert_eq!(operations.body["operations"].as_array().unwrap().len(), 15);
+        assert_eq!(
+            operations.body["operations"].as_array().unwrap().len() as u64,
+            credits
+        );
     }
     app.stop().await;
 }

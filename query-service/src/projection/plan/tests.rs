@@ -1,0 +1,244 @@
+//! Given/When/Then tests of the pure planner: no database, no clock.
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde_json::json;
+use shared_events::{AccountId, EventMetadata, SCHEMA_VERSION};
+
+use super::*;
+
+const OCCURRED_AT: &str = "2026-11-22T10:00:00.1234567Z";
+
+fn occurred_at() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(OCCURRED_AT)
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn candidate(account: Uuid, version: u64, kind: &str, data: serde_json::Value) -> Candidate {
+    let envelope = EventEnvelope {
+        event_id: Uuid::new_v4(),
+        account_id: AccountId::from(account),
+        version,
+        position: version,
+        event_type: kind.to_owned(),
+        schema_version: SCHEMA_VERSION,
+        occurred_at: occurred_at(),
+        data,
+        metadata: EventMetadata::default(),
+    };
+    Candidate::decode(envelope, Origin::Delivered).unwrap()
+}
+
+fn created(account: Uuid, balance: &str) -> Candidate {
+    candidate(
+        account,
+        1,
+        "AccountCreated",
+        json!({"initial_balance": balance, "currency": "MAD"}),
+    )
+}
+
+fn activated(account: Uuid, version: u64) -> Candidate {
+    candidate(account, version, "AccountActivated", json!({}))
+}
+
+fn credited(account: Uuid, version: u64, amount: &str, currency: &str, balance: &str) -> Candidate {
+    candidate(
+        account,
+        version,
+        "AccountCredited",
+        json!({"amount": amount, "currency": currency, "balance": balance}),
+    )
+}
+
+fn head(version: i64) -> Head {
+    Head {
+        version,
+        currency: "MAD".to_owned(),
+    }
+}
+
+#[test]
+fn a_run_from_creation_plans_one_insert_with_the_final_state() {
+    // Given a new account's creation, activation and a credit
+    let account = Uuid::new_v4();
+    let run = [
+        created(account, "10.00"),
+        activated(account, 2),
+        credited(account, 3, "5.00", "MAD", "15.00"),
+    ];
+    // When the run is planned from nothing
+    let (mutation, invalid) = plan(account, None, &run);
+    // Then one mutation opens the account in its final state
+    let mutation = mutation.unwrap();
+    assert!(invalid.is_none());
+    assert_eq!((mutation.from_version, mutation.to_version), (0, 3));
+    assert_eq!(mutation.status, Some(AccountStatus::Active));
+    assert_eq!(mutation.balance, Some(Decimal::new(1500, 2)));
+    assert_eq!(mutation.operations.len(), 1);
+    assert_eq!(mutation.operations[0].kind, OperationKind::Credit);
+    assert_eq!(mutation.updated_at.timestamp_subsec_micros(), 123_456);
+    assert_eq!(
+        mutation
+            .opening
+            .map(|o| (o.currency, o.created_at.timestamp_subsec_micros())),
+        Some(("MAD", 123_456))
+    );
+}
+
+#[test]
+fn the_planned_times_are_the_events_times_not_the_clock() {
+    // Given an opened account and a credit that occurred at a known time
+    let account = Uuid::new_v4();
+    let run = [credited(account, 3, "1.00", "MAD", "2.00")];
+    // When it is planned
+    let (mutation, _) = plan(account, Some(&head(2)), &run);
+    // Then the row's update time is the event's (to the microsecond)
+    assert_eq!(mutation.unwrap().updated_at, occurred_at().trunc_subsecs(6));
+}
+
+#[test]
+fn a_movement_in_another_currency_stops_the_run_there() {
+    // Given a MAD account and a run whose second credit is in EUR
+    let account = Uuid::new_v4();
+    let run = [
+        credited(account, 3, "5.00", "MAD", "15.00"),
+        credited(account, 4, "5.00", "EUR", "20.00"),
+    ];
+    // When it is planned
+    let (mutation, invalid) = plan(account, Some(&head(2)), &run);
+    // Then the first credit is planned and the second refused
+    let mutation = mutation.unwrap();
+    assert_eq!(mutation.to_version, 3);
+    assert_eq!(mutation.balance, Some(Decimal::new(1500, 2)));
+    assert_eq!(invalid.map(|(index, _)| index), Some(1));
+}
+
+#[test]
+fn events_before_creation_or_a_second_creation_are_refused() {
+    // Given no account, When an activation comes first, Then nothing is planned
+    let account = Uuid::new_v4();
+    let (mutation, invalid) = plan(account, None, &[activated(account, 1)]);
+    assert!(mutation.is_none());
+    assert_eq!(invalid.map(|(index, _)| index), Some(0));
+
+    // Given an opened account, When a creation comes again, Then it is refused
+    let mut again = created(account, "1.00");
+    again.envelope.version = 2;
+    let (mutation, invalid) = plan(account, Some(&head(1)), &[again]);
+    assert!(mutation.is_none());
+    assert!(invalid.unwrap().1.contains("already opened"));
+}
+
+#[test]
+fn a_mutation_folds_into_the_row_it_starts_from() {
+    // Given a stored row at version 2
+    let account = Uuid::new_v4();
+    let row = AccountRow {
+        id: account,
+        status: AccountStatus::Active,
+        currency: "MAD".to_owned(),
+        balance: Decimal::new(1000, 2),
+        version: 2,
+        created_at: occurred_at(),
+        updated_at: occurred_at(),
+    };
+    // When a suspension and a credit are planned on it
+    let run = [
+        candidate(account, 3, "AccountSuspended", json!({"reason": null})),
+        credited(account, 4, "1.00", "MAD", "11.00"),
+    ];
+    let (mutation, invalid) = plan(account, Some(&row.head()), &run);
+    assert!(invalid.is_none());
+    let after = AccountRow::after(Some(&row), &mutation.unwrap()).unwrap();
+    // Then the row keeps its opening and takes the run's state
+    assert_eq!(after.status, AccountStatus::Suspended);
+    assert_eq!(after.balance, Decimal::new(1100, 2));
+    assert_eq!(after.version, 4);
+    assert_eq!(
+        (after.currency.as_str(), after.created_at),
+        ("MAD", row.created_at)
+    );
+}
+
+#[test]
+fn a_mutation_without_an_opening_has_nothing_to_fold_into() {
+    let account = Uuid::new_v4();
+    let (mutation, _) = plan(account, Some(&head(1)), &[activated(account, 2)]);
+    assert_eq!(AccountRow::after(None, &mutation.unwrap()), None);
+}
+
+#[test]
+fn decisions_settle_duplicates_and_condemn_from_a_version() {
+    // Given candidates at versions 1, 3 and 4
+    let account = Uuid::new_v4();
+    let candidates = [
+        activated(account, 1),
+        activated(account, 3),
+        activated(account, 4),
+    ];
+    let mut decided = Decisions::new(&candidates);
+    // When version 1 is already projected, Then 3 and 4 are pending
+    decided.settle_up_to(1);
+    assert_eq!(decided.pending(), [1, 2]);
+    // When everything from 4 is condemned and 3 gets projected by someone else
+    decided.condemn_from(4, "beyond");
+    assert_eq!(decided.pending(), [1]);
+    decided.settle_up_to(3);
+    // Then 1 and 3 are duplicates and 4 is poison
+    assert_eq!(
+        decided.finish(),
+        [
+            Verdict::Duplicate,
+            Verdict::Duplicate,
+            Verdict::Poison("beyond".into())
+        ]
+    );
+}
+
+#[test]
+fn what_this_projector_committed_is_applied_not_a_duplicate() {
+    // Given two candidates of which this projector committed the first
+    let account = Uuid::new_v4();
+    let candidates = [activated(account, 2), activated(account, 3)];
+    let mut decided = Decisions::new(&candidates);
+    decided.committed(&candidates[..1]);
+    // When the projection is at version 3
+    decided.settle_up_to(3);
+    // Then the first is applied and the second a duplicate
+    assert_eq!(decided.finish(), [Verdict::Applied, Verdict::Duplicate]);
+}
+
+#[test]
+fn a_delivered_culprit_is_condemned_alone_a_fetched_one_with_what_follows() {
+    let account = Uuid::new_v4();
+    let candidates = [activated(account, 2), activated(account, 3)];
+    // When a delivered candidate is condemned, Then only it is poison
+    let mut decided = Decisions::new(&candidates);
+    decided.condemn(&candidates[0], "bad");
+    assert_eq!(decided.pending(), [1]);
+    // When the command service's own event at that version is condemned,
+    // Then every candidate from its version on is poison
+    let mut fetched = candidates[0].clone();
+    fetched.origin = Origin::Fetched;
+    let mut decided = Decisions::new(&candidates);
+    decided.condemn(&fetched, "bad");
+    assert!(decided.pending().is_empty());
+}
+
+#[test]
+fn the_next_run_is_the_consecutive_versions_after_the_projection() {
+    let account = Uuid::new_v4();
+    let candidates = [
+        activated(account, 3),
+        activated(account, 4),
+        activated(account, 6),
+    ];
+    let decided = Decisions::new(&candidates);
+    let run = next_run(&candidates, &decided.pending(), 2);
+    assert_eq!(
+        run.iter().map(Candidate::version).collect::<Vec<_>>(),
+        [3, 4]
+    );
+    assert!(next_run(&candidates, &decided.pending(), 4).is_empty());
+}

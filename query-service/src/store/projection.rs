@@ -1,0 +1,255 @@
+//! The projection's guarded writes and the feed checkpoint.
+
+use std::collections::HashMap;
+
+use shared_events::AccountStatus;
+use sqlx::{MySql, QueryBuilder, Row};
+use uuid::Uuid;
+
+use super::{
+    ROWS_PER_STATEMENT, ReadStore, Tables, UPDATE_LOCKED_ACCOUNTS, is_retryable,
+    is_unique_violation,
+};
+use crate::projection::plan::{AccountRow, Head, Mutation, OperationRow};
+
+/// What became of a guarded write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// Committed: the account is now at `to_version`.
+    Committed,
+    /// Someone else moved the account first (or the write deadlocked); read again.
+    Conflict,
+    /// An event id is already recorded for another operation: impossible data.
+    DuplicateEventId,
+}
+
+/// One transaction applying the runs of many accounts at once: [`Batch::lock`] the
+/// accounts, fold their events in memory, [`Batch::write`] the results, commit.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    tx: sqlx::Transaction<'static, MySql>,
+    tables: &'static Tables,
+}
+
+impl Batch {
+    /// Locks the rows of `accounts` (in id order, the one lock order of every batch)
+    /// and reads them. Accounts without a row are absent from the answer.
+    pub(crate) async fn lock(
+        &mut self,
+        accounts: &[Uuid],
+    ) -> Result<HashMap<Uuid, AccountRow>, sqlx::Error> {
+        let mut ids: Vec<String> = accounts
+            .iter()
+            .map(|id| id.hyphenated().to_string())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut rows = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut select = QueryBuilder::<MySql>::new(self.tables.lock_accounts);
+            select.push("(");
+            let mut list = select.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_str());
+            }
+            select.push(") ORDER BY id FOR UPDATE");
+            for row in select.build().fetch_all(&mut *self.tx).await? {
+                let id: String = row.try_get("id")?;
+                let id = Uuid::parse_str(&id).map_err(|error| sqlx::Error::ColumnDecode {
+                    index: "id".to_owned(),
+                    source: Box::new(error),
+                })?;
+                rows.insert(
+                    id,
+                    AccountRow {
+                        id,
+                        status: row
+                            .try_get::<String, _>("status")?
+                            .parse::<AccountStatus>()
+                            .map_err(|error| sqlx::Error::ColumnDecode {
+                                index: "status".to_owned(),
+                                source: error.into(),
+                            })?,
+                        currency: row.try_get("currency")?,
+                        balance: row.try_get("balance")?,
+                        version: row.try_get("version")?,
+                        created_at: row.try_get("created_at")?,
+                        updated_at: row.try_get("updated_at")?,
+                    },
+                );
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Inserts the `opened` accounts (a plain insert: an account someone else opened
+    /// meanwhile fails the batch), overwrites the `moved` ones (rows this batch holds
+    /// locked) and inserts the operations.
+    pub(crate) async fn write(
+        &mut self,
+        opened: &[AccountRow],
+        moved: &[AccountRow],
+        operations: &[(Uuid, OperationRow)],
+    ) -> Result<(), sqlx::Error> {
+        for (rows, suffix) in [(opened, ""), (moved, UPDATE_LOCKED_ACCOUNTS)] {
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let mut insert = QueryBuilder::<MySql>::new(self.tables.insert_accounts);
+                insert.push_values(chunk, |mut row, account| {
+                    row.push_bind(account.id.hyphenated().to_string())
+                        .push_bind(account.status.as_str())
+                        .push_bind(account.currency.clone())
+                        .push_bind(account.balance)
+                        .push_bind(account.version)
+                        .push_bind(account.created_at)
+                        .push_bind(account.updated_at);
+                });
+                insert.push(suffix);
+                insert.build().execute(&mut *self.tx).await?;
+            }
+        }
+        for chunk in operations.chunks(ROWS_PER_STATEMENT) {
+            insert_operations(self.tables, chunk.iter().map(|(id, op)| (*id, op)))
+                .build()
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+/// A multi-row insert of operations, each with its account.
+fn insert_operations<'a>(
+    tables: &Tables,
+    operations: impl IntoIterator<Item = (Uuid, &'a OperationRow)>,
+) -> QueryBuilder<MySql> {
+    let mut insert = QueryBuilder::<MySql>::new(tables.insert_operations);
+    insert.push_values(operations, |mut row, (account, op)| {
+        row.push_bind(op.event_id.hyphenated().to_string())
+            .push_bind(account.hyphenated().to_string())
+            .push_bind(op.version)
+            .push_bind(op.kind.as_str())
+            .push_bind(op.amount)
+            .push_bind(op.currency)
+            .push_bind(op.balance_after)
+            .push_bind(op.occurred_at);
+    });
+    insert
+}
+
+impl ReadStore {
+    /// The projected version and currency of an account; `None` before its first event.
+    pub(crate) async fn head(
+        &self,
+        tables: &Tables,
+        account: Uuid,
+    ) -> Result<Option<Head>, sqlx::Error> {
+        let row = sqlx::query(tables.head)
+            .bind(account.hyphenated().to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(Head {
+                version: row.try_get("version")?,
+                currency: row.try_get("currency")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Applies a run of events in one transaction, guarded by the account's version.
+    pub(crate) async fn apply(
+        &self,
+        tables: &Tables,
+        mutation: &Mutation,
+    ) -> Result<Applied, sqlx::Error> {
+        let id = mutation.account.hyphenated().to_string();
+        let mut tx = self.pool.begin().await?;
+        let moved = match &mutation.opening {
+            Some(opening) => sqlx::query(tables.insert_account)
+                .bind(&id)
+                .bind(mutation.status.unwrap_or(AccountStatus::Created).as_str())
+                .bind(opening.currency)
+                .bind(mutation.balance.unwrap_or_default())
+                .bind(mutation.to_version)
+                .bind(opening.created_at)
+                .bind(mutation.updated_at)
+                .execute(&mut *tx)
+                .await
+                .map(|done| done.rows_affected()),
+            None => sqlx::query(tables.update_account)
+                .bind(mutation.status.map(|status| status.as_str()))
+                .bind(mutation.balance)
+                .bind(mutation.to_version)
+                .bind(mutation.updated_at)
+                .bind(&id)
+                .bind(mutation.from_version)
+                .execute(&mut *tx)
+                .await
+                .map(|done| done.rows_affected()),
+        };
+        match moved {
+            Ok(1) => {}
+            Ok(_) => return Ok(Applied::Conflict),
+            Err(error) if is_retryable(&error) || is_unique_violation(&error) => {
+                return Ok(Applied::Conflict);
+            }
+            Err(error) => return Err(error),
+        }
+        if !mutation.operations.is_empty() {
+            let operations = mutation.operations.iter().map(|op| (mutation.account, op));
+            match insert_operations(tables, operations)
+                .build()
+                .execute(&mut *tx)
+                .await
+            {
+                Ok(_) => {}
+                Err(error) if is_unique_violation(&error) => return Ok(Applied::DuplicateEventId),
+                Err(error) if is_retryable(&error) => return Ok(Applied::Conflict),
+                Err(error) => return Err(error),
+            }
+        }
+        match tx.commit().await {
+            Ok(()) => Ok(Applied::Committed),
+            Err(error) if is_retryable(&error) => Ok(Applied::Conflict),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Starts a transaction applying many accounts' runs at once.
+    pub(crate) async fn batch(&self, tables: &'static Tables) -> Result<Batch, sqlx::Error> {
+        Ok(Batch {
+            tx: self.pool.begin().await?,
+            tables,
+        })
+    }
+
+    /// The feed checkpoint: its generation and the position verified so far.
+    pub(crate) async fn checkpoint(&self, tables: &Tables) -> Result<(String, i64), sqlx::Error> {
+        let row = sqlx::query(tables.read_checkpoint)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((row.try_get("generation")?, row.try_get("position")?))
+    }
+
+    /// Moves the checkpoint from `from` to `to`, unless someone else (another replica,
+    /// or a rebuild that swapped the tables) changed it since it was read.
+    pub(crate) async fn advance_checkpoint(
+        &self,
+        tables: &Tables,
+        generation: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(tables.advance_checkpoint)
+            .bind(to)
+            .bind(generation)
+            .bind(from)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
