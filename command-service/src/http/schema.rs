@@ -1,6 +1,9 @@
 //! Hand-built schemas of the request bodies whose rules a derived schema cannot say:
 //! an amount's fraction digits depend on its currency, so each body is one of a few
 //! shapes, one per number of minor units, each listing its currencies.
+//!
+//! Each shape has a title of its own in the whole document: client generators name a
+//! class after it, and two shapes of one title make them drop the operations that use them.
 
 use std::collections::BTreeMap;
 
@@ -106,7 +109,7 @@ pub(super) fn create_account() -> RefOr<Schema> {
         shapes = shapes.item(
             ObjectBuilder::new()
                 .title(Some(format!(
-                    "Amount with up to {minor_units} fraction digits"
+                    "Opening with up to {minor_units} fraction digits"
                 )))
                 .property(
                     "initial_balance",
@@ -145,7 +148,7 @@ pub(super) fn movement() -> RefOr<Schema> {
     let most_digits = groups.keys().copied().max().unwrap_or(0);
     shapes = shapes.item(
         ObjectBuilder::new()
-            .title(Some("Amount in the account currency"))
+            .title(Some("Movement in the account currency"))
             .property(
                 "amount",
                 amount(
@@ -161,7 +164,7 @@ pub(super) fn movement() -> RefOr<Schema> {
         shapes = shapes.item(
             ObjectBuilder::new()
                 .title(Some(format!(
-                    "Amount with up to {minor_units} fraction digits"
+                    "Movement with up to {minor_units} fraction digits"
                 )))
                 .property(
                     "amount",
@@ -182,8 +185,42 @@ pub(super) fn movement() -> RefOr<Schema> {
 #[cfg(test)]
 mod tests {
     use shared_events::{Money, parse_decimal};
+    use utoipa::OpenApi;
 
     use super::*;
+
+    /// Every schema `title` under `value`, property names and examples aside.
+    fn titles<'a>(value: &'a serde_json::Value, found: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::Object(members) => {
+                for (key, member) in members {
+                    match (key.as_str(), member) {
+                        ("title", serde_json::Value::String(title)) => found.push(title),
+                        ("properties", serde_json::Value::Object(properties)) => {
+                            properties.values().for_each(|schema| titles(schema, found));
+                        }
+                        ("example" | "examples", _) => {}
+                        _ => titles(member, found),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|item| titles(item, found)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_schema_title_of_the_document_is_unique() {
+        let document = serde_json::to_value(crate::http::ApiDoc::openapi()).unwrap();
+        let mut found = Vec::new();
+        titles(&document["paths"], &mut found);
+        titles(&document["components"], &mut found);
+        assert!(found.len() > 1, "the shapes have titles: {found:?}");
+        let mut unique = found.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), found.len(), "titles repeat: {found:?}");
+    }
 
     /// What the service itself makes of `text` as an amount of `currency`.
     fn accepted(text: &str, currency: Currency, zero: Zero) -> bool {
