@@ -18,6 +18,8 @@ POSTGRES=${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
 MYSQL=${TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306}
 AMQP=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 MAX_EXAMPLES=${API_CHECK_MAX_EXAMPLES:-30}
+# Warnings and errors, each within its request's span (method, path, request id).
+SERVICE_LOG=warn,service_kit::http=info
 
 SUFFIX=$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 COMMAND_DB=api_check_${SUFFIX}_cmd
@@ -137,9 +139,13 @@ fuzz() {
     if [[ -n ${API_CHECK_AUTHORIZATION:-} ]]; then
         headers=(--header "Authorization: $API_CHECK_AUTHORIZATION")
     fi
+    # One worker: with two, hypothesis parses schemathesis' sources from two threads at
+    # once, and CPython 3.11 before 3.11.8 shares the AST builder's recursion counter
+    # between threads (cpython#106905): "SystemError: AST constructor recursion depth
+    # mismatch" in the coverage phase, now and then.
     "$VENV/bin/schemathesis" --config-file .ci/schemathesis.toml run "$url/openapi.json" \
         --url "$url" --checks all --max-examples "$MAX_EXAMPLES" --seed 1 \
-        --workers 2 --no-color --warnings off --request-timeout 15 \
+        --workers 1 --no-color --warnings off --request-timeout 15 \
         --generation-database none "${headers[@]}"
 }
 
@@ -160,13 +166,13 @@ COMMAND_URL=http://127.0.0.1:$COMMAND_PORT
 QUERY_URL=http://127.0.0.1:$QUERY_PORT
 
 env DATABASE_URL="$POSTGRES/$COMMAND_DB" AMQP_URL="$AMQP" AMQP_EXCHANGE="$EXCHANGE" \
-    HTTP_HOST=127.0.0.1 HTTP_PORT="$COMMAND_PORT" RUST_LOG=warn \
+    HTTP_HOST=127.0.0.1 HTTP_PORT="$COMMAND_PORT" RUST_LOG="$SERVICE_LOG" \
     target/debug/command-service >"$WORK/command-service.log" 2>&1 &
 PIDS+=($!)
 wait_ready command-service "$COMMAND_URL" "${PIDS[0]}" || exit 1
 
 env DATABASE_URL="$MYSQL/$QUERY_DB" AMQP_URL="$AMQP" AMQP_EXCHANGE="$EXCHANGE" AMQP_QUEUE="$QUEUE" \
-    COMMAND_SERVICE_URL="$COMMAND_URL" HTTP_HOST=127.0.0.1 HTTP_PORT="$QUERY_PORT" RUST_LOG=warn \
+    COMMAND_SERVICE_URL="$COMMAND_URL" HTTP_HOST=127.0.0.1 HTTP_PORT="$QUERY_PORT" RUST_LOG="$SERVICE_LOG" \
     target/debug/query-service >"$WORK/query-service.log" 2>&1 &
 PIDS+=($!)
 wait_ready query-service "$QUERY_URL" "${PIDS[1]}" || exit 1
@@ -183,7 +189,9 @@ for service in command-service query-service; do
     step "$service: schemathesis --checks all ($MAX_EXAMPLES examples per operation)" fuzz "$url"
 done
 
-if grep -E 'panicked|ERROR' "$WORK"/*-service.log; then
+# A 5xx is logged as an ERROR; 504 not_yet_projected is a documented answer, and
+# schemathesis already fails it wherever it is not (see .ci/schemathesis.toml).
+if grep -E 'panicked|ERROR' "$WORK"/*-service.log | grep -v 'Status code: 504 Gateway Timeout'; then
     failed=$((failed + 1))
     results+=("FAIL  service logs show errors (above)")
 fi
