@@ -189,9 +189,10 @@ for service in command-service query-service; do
     step "$service: schemathesis --checks all ($MAX_EXAMPLES examples per operation)" fuzz "$url"
 done
 
-# A 5xx is logged as an ERROR; 504 not_yet_projected is a documented answer, and
-# schemathesis already fails it wherever it is not (see .ci/schemathesis.toml).
-if grep -E 'panicked|ERROR' "$WORK"/*-service.log | grep -v 'Status code: 504 Gateway Timeout'; then
+# A 5xx is logged as an ERROR; 504 not_yet_projected is the documented answer of
+# GET /accounts/{id} with a `min_version` not reached in time (see .ci/schemathesis.toml).
+if sed 's/\x1b\[[0-9;]*m//g' "$WORK"/*-service.log | grep -E 'panicked|ERROR' |
+    grep -v -E 'Status code: 504 Gateway Timeout .*method=GET path=/accounts/[^/ ]+ '; then
     failed=$((failed + 1))
     results+=("FAIL  service logs show errors (above)")
 fi
