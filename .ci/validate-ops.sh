@@ -90,7 +90,7 @@ schemas() {
 
 step "yamllint (.yamllint, strict)" "$BIN/yamllint" --strict -c .yamllint docker-compose.yml k8s .yamllint
 step "hadolint Dockerfile" "$BIN/hadolint" Dockerfile
-step "shellcheck scripts" "$BIN/shellcheck" scripts/*.sh .ci/validate-ops.sh
+step "shellcheck scripts" "$BIN/shellcheck" scripts/*.sh .ci/validate-ops.sh .ci/check-api.sh
 step "compose config ($("$COMPOSE" version --short 2>/dev/null || echo '?'))" compose_config
 step "compose: required variables per service" compose_env
 

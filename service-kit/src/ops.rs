@@ -87,8 +87,45 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// utoipa documents an optional body (`Option<T>`) as "`null` or `T`"; the services take
+/// no body or a `T`, never `null`, so the `null` branch is dropped.
+fn without_null_bodies(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{Schema, SchemaType, Type};
+    let is_null = |schema: &RefOr<Schema>| {
+        matches!(schema, RefOr::T(Schema::Object(object))
+            if object.schema_type == SchemaType::Type(Type::Null))
+    };
+    let operations = openapi
+        .paths
+        .paths
+        .values_mut()
+        .flat_map(|item| [&mut item.post, &mut item.put, &mut item.patch])
+        .flatten();
+    for operation in operations {
+        let Some(RefOr::T(body)) = operation.request_body.as_mut() else {
+            continue;
+        };
+        for content in body.content.values_mut() {
+            let RefOr::T(content) = content else {
+                continue;
+            };
+            if let Some(RefOr::T(Schema::OneOf(one_of))) = &mut content.schema
+                && one_of.items.iter().any(is_null)
+            {
+                one_of.items.retain(|item| !is_null(item));
+                if one_of.items.len() == 1 {
+                    content.schema = one_of.items.pop();
+                }
+            }
+        }
+    }
+    openapi
+}
+
 /// Routes for health, metrics and API documentation.
 pub fn routes(probe: Arc<dyn ReadinessProbe>, openapi: utoipa::openapi::OpenApi) -> Router {
+    let openapi = without_null_bodies(openapi);
     let metrics = metrics_handle();
     Router::new()
         .route(

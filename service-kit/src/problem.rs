@@ -28,6 +28,25 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the order of the contract's table.
+    pub const ALL: [Self; 15] = [
+        Self::InvalidRequest,
+        Self::UnsupportedMediaType,
+        Self::PayloadTooLarge,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::AccountExists,
+        Self::InvalidState,
+        Self::ConcurrencyConflict,
+        Self::InsufficientFunds,
+        Self::CurrencyMismatch,
+        Self::BalanceLimitExceeded,
+        Self::IdempotencyKeyReused,
+        Self::NotYetProjected,
+        Self::ServiceUnavailable,
+        Self::Internal,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::InvalidRequest => "invalid_request",
@@ -100,15 +119,35 @@ impl ErrorCode {
 /// An RFC 9457 problem document, served as `application/problem+json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// `urn:problem-type:bank:` followed by the code.
     #[serde(rename = "type")]
-    #[schema(example = "urn:problem-type:bank:insufficient_funds")]
+    #[schema(
+        pattern = "^urn:problem-type:bank:[a-z_]+$",
+        example = "urn:problem-type:bank:not_found"
+    )]
     pub problem_type: String,
+    #[schema(example = "Not found")]
     pub title: String,
+    /// The HTTP status of the response.
+    #[schema(minimum = 400, maximum = 599, example = 404)]
     pub status: u16,
+    #[schema(example = "account 0193a3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b does not exist")]
     pub detail: String,
     /// Stable machine-readable code: clients branch on it, never on text.
-    #[schema(example = "insufficient_funds")]
+    #[schema(schema_with = code_schema)]
     pub code: String,
+}
+
+/// The `code` property: one of the stable codes.
+fn code_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some(
+            "Stable machine-readable code: clients branch on it, never on text.",
+        ))
+        .enum_values(Some(ErrorCode::ALL.iter().map(ErrorCode::as_str)))
+        .examples([serde_json::json!("not_found")])
+        .build()
 }
 
 impl Problem {
@@ -137,6 +176,39 @@ impl Problem {
             ErrorCode::Internal,
             "the service failed; the error was logged",
         )
+    }
+
+    /// A typical problem document of `code`, for the examples of API documents.
+    pub fn example(code: ErrorCode) -> serde_json::Value {
+        let detail = match code {
+            ErrorCode::InvalidRequest => {
+                "amount: must not have more than 2 fraction digits for MAD"
+            }
+            ErrorCode::UnsupportedMediaType => "send the body as Content-Type: application/json",
+            ErrorCode::PayloadTooLarge => "request bodies are limited to 64 KiB",
+            ErrorCode::NotFound => "account 0193a3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b does not exist",
+            ErrorCode::MethodNotAllowed => "this method is not allowed on this resource",
+            ErrorCode::AccountExists => "the account already exists",
+            ErrorCode::InvalidState => "the account is CREATED; this command needs ACTIVE",
+            ErrorCode::ConcurrencyConflict => {
+                "the account kept changing under concurrent writes; retry"
+            }
+            ErrorCode::InsufficientFunds => "the balance 20.00 MAD cannot cover 30.00 MAD",
+            ErrorCode::CurrencyMismatch => "the account holds MAD, not EUR",
+            ErrorCode::BalanceLimitExceeded => "the balance would exceed 10^15",
+            ErrorCode::IdempotencyKeyReused => {
+                "the Idempotency-Key was first used with a different request"
+            }
+            ErrorCode::NotYetProjected => "account projected up to version 2, not yet 3",
+            ErrorCode::ServiceUnavailable => "the request took too long; retry later",
+            ErrorCode::Internal => "the service failed; the error was logged",
+            ErrorCode::Unauthorized => "a bearer token is required",
+            ErrorCode::Forbidden => "this operation needs the scope accounts:admin",
+            ErrorCode::OutcomeUnknown => {
+                "the command may or may not have been committed; retry with the same Idempotency-Key"
+            }
+        };
+        serde_json::to_value(Self::new(code, detail)).unwrap_or_default()
     }
 
     pub fn status_code(&self) -> StatusCode {

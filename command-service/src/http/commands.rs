@@ -4,8 +4,8 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use service_kit::Problem;
 use service_kit::extract::{JsonBody, OptionalJsonBody, PathId};
+use service_kit::{ErrorCode, Problem};
 use sha2::{Digest, Sha256};
 use shared_events::AccountId;
 
@@ -69,15 +69,16 @@ fn context(
 /// Opens an account with an initial balance in one currency.
 #[utoipa::path(
     post, path = "/accounts", tag = "accounts",
-    request_body = CreateAccountRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "1..=128 visible ASCII characters")),
+    request_body(content = CreateAccountRequest, description = "The new account.", content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: a repeat with the same key and body gets the first response. 1..=128 visible ASCII characters.", min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")),
     responses(
-        (status = 201, body = VersionResponse, headers(("Location" = String))),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "account_exists", body = Problem, content_type = "application/problem+json"),
-        (status = 413, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
+        (status = 201, description = "The account was opened (or, for a repeated Idempotency-Key, had been).", body = VersionResponse, headers(("Location" = String, description = "/accounts/{id}"), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same Idempotency-Key"))),
+        (status = 400, description = "invalid_request: malformed JSON, an unknown or missing field, a bad UUID, amount, currency or Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
+        (status = 409, description = "account_exists: an account with this id exists.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::AccountExists))),
+        (status = 413, description = "payload_too_large: the body is over 64 KiB.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::PayloadTooLarge))),
+        (status = 415, description = "unsupported_media_type: a body that is not application/json.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::UnsupportedMediaType))),
+        (status = 422, description = "idempotency_key_reused: the Idempotency-Key was first used with another request.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::IdempotencyKeyReused))),
+        (status = 503, description = "service_unavailable: the event store is unreachable or the request took too long; retry with the same Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
     )
 )]
 pub(super) async fn create_account(
@@ -99,17 +100,19 @@ macro_rules! lifecycle_command {
         #[utoipa::path(
             post, path = $route, tag = "accounts",
             params(
-                ("id" = String, Path, format = Uuid),
-                ("Idempotency-Key" = Option<String>, Header, description = "1..=128 visible ASCII characters"),
+                ("id" = String, Path, format = Uuid, description = "The account id."),
+                ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: a repeat with the same key and body gets the first response. 1..=128 visible ASCII characters.", min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$"),
             ),
-            request_body(content = Option<EmptyRequest>, description = "none or {}"),
+            request_body(content = Option<EmptyRequest>, description = "No body, or `{}`.", content_type = "application/json"),
             responses(
-                (status = 200, body = VersionResponse),
-                (status = 400, body = Problem, content_type = "application/problem+json"),
-                (status = 404, body = Problem, content_type = "application/problem+json"),
-                (status = 409, description = "invalid_state or concurrency_conflict", body = Problem, content_type = "application/problem+json"),
-                (status = 415, body = Problem, content_type = "application/problem+json"),
-                (status = 422, description = "idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
+                (status = 200, description = "The command was applied; the account's new version.", body = VersionResponse, headers(("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same Idempotency-Key"))),
+                (status = 400, description = "invalid_request: malformed JSON, an unknown or missing field, a bad UUID, amount, currency or Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
+                (status = 404, description = "not_found: no account has this id.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
+                (status = 409, description = "invalid_state: the account's status forbids the command; concurrency_conflict: the write kept colliding with concurrent writes.", body = Problem, content_type = "application/problem+json", examples(("invalid_state" = (value = json!(Problem::example(ErrorCode::InvalidState)))), ("concurrency_conflict" = (value = json!(Problem::example(ErrorCode::ConcurrencyConflict)))))),
+                (status = 413, description = "payload_too_large: the body is over 64 KiB.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::PayloadTooLarge))),
+                (status = 415, description = "unsupported_media_type: a body that is not application/json.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::UnsupportedMediaType))),
+                (status = 422, description = "idempotency_key_reused: the Idempotency-Key was first used with another request.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::IdempotencyKeyReused))),
+                (status = 503, description = "service_unavailable: the event store is unreachable or the request took too long; retry with the same Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
             )
         )]
         pub(crate) async fn $name(
@@ -147,16 +150,19 @@ lifecycle_command!(
 #[utoipa::path(
     post, path = "/accounts/{id}/suspend", tag = "accounts",
     params(
-        ("id" = String, Path, format = Uuid),
-        ("Idempotency-Key" = Option<String>, Header, description = "1..=128 visible ASCII characters"),
+        ("id" = String, Path, format = Uuid, description = "The account id."),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: a repeat with the same key and body gets the first response. 1..=128 visible ASCII characters.", min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$"),
     ),
-    request_body(content = Option<SuspendRequest>),
+    request_body(content = Option<SuspendRequest>, description = "No body, `{}`, or a reason.", content_type = "application/json"),
     responses(
-        (status = 200, body = VersionResponse),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The account is suspended; its new version.", body = VersionResponse, headers(("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same Idempotency-Key"))),
+        (status = 400, description = "invalid_request: malformed JSON, an unknown or missing field, a bad UUID, amount, currency or Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
+        (status = 404, description = "not_found: no account has this id.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
+        (status = 409, description = "invalid_state: the account's status forbids the command; concurrency_conflict: the write kept colliding with concurrent writes.", body = Problem, content_type = "application/problem+json", examples(("invalid_state" = (value = json!(Problem::example(ErrorCode::InvalidState)))), ("concurrency_conflict" = (value = json!(Problem::example(ErrorCode::ConcurrencyConflict)))))),
+        (status = 413, description = "payload_too_large: the body is over 64 KiB.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::PayloadTooLarge))),
+        (status = 415, description = "unsupported_media_type: a body that is not application/json.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::UnsupportedMediaType))),
+        (status = 422, description = "idempotency_key_reused: the Idempotency-Key was first used with another request.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::IdempotencyKeyReused))),
+        (status = 503, description = "service_unavailable: the event store is unreachable or the request took too long; retry with the same Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
     )
 )]
 pub(super) async fn suspend(
@@ -188,18 +194,19 @@ macro_rules! movement_command {
         #[utoipa::path(
             post, path = $route, tag = "accounts",
             params(
-                ("id" = String, Path, format = Uuid),
-                ("Idempotency-Key" = Option<String>, Header, description = "1..=128 visible ASCII characters"),
+                ("id" = String, Path, format = Uuid, description = "The account id."),
+                ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: a repeat with the same key and body gets the first response. 1..=128 visible ASCII characters.", min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$"),
             ),
-            request_body = MovementRequest,
+            request_body(content = MovementRequest, content_type = "application/json"),
             responses(
-                (status = 200, body = BalanceResponse),
-                (status = 400, body = Problem, content_type = "application/problem+json"),
-                (status = 404, body = Problem, content_type = "application/problem+json"),
-                (status = 409, description = "invalid_state or concurrency_conflict", body = Problem, content_type = "application/problem+json"),
-                (status = 413, body = Problem, content_type = "application/problem+json"),
-                (status = 415, body = Problem, content_type = "application/problem+json"),
-                (status = 422, description = "insufficient_funds, currency_mismatch, balance_limit_exceeded or idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
+                (status = 200, description = "The movement was applied; the new version and balance.", body = BalanceResponse, headers(("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same Idempotency-Key"))),
+                (status = 400, description = "invalid_request: malformed JSON, an unknown or missing field, a bad UUID, amount, currency or Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
+                (status = 404, description = "not_found: no account has this id.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
+                (status = 409, description = "invalid_state: the account's status forbids the command; concurrency_conflict: the write kept colliding with concurrent writes.", body = Problem, content_type = "application/problem+json", examples(("invalid_state" = (value = json!(Problem::example(ErrorCode::InvalidState)))), ("concurrency_conflict" = (value = json!(Problem::example(ErrorCode::ConcurrencyConflict)))))),
+                (status = 413, description = "payload_too_large: the body is over 64 KiB.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::PayloadTooLarge))),
+                (status = 415, description = "unsupported_media_type: a body that is not application/json.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::UnsupportedMediaType))),
+                (status = 422, description = "insufficient_funds, currency_mismatch, balance_limit_exceeded, or idempotency_key_reused.", body = Problem, content_type = "application/problem+json", examples(("insufficient_funds" = (value = json!(Problem::example(ErrorCode::InsufficientFunds)))), ("currency_mismatch" = (value = json!(Problem::example(ErrorCode::CurrencyMismatch)))), ("balance_limit_exceeded" = (value = json!(Problem::example(ErrorCode::BalanceLimitExceeded)))), ("idempotency_key_reused" = (value = json!(Problem::example(ErrorCode::IdempotencyKeyReused)))))),
+                (status = 503, description = "service_unavailable: the event store is unreachable or the request took too long; retry with the same Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
             )
         )]
         pub(crate) async fn $name(

@@ -5,6 +5,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use shared_events::{Currency, EventEnvelope, parse_decimal};
 use utoipa::ToSchema;
+use utoipa::openapi::{RefOr, Schema};
 use uuid::Uuid;
 
 /// An amount given as a decimal string (`"100.50"`) or a JSON number, read exactly
@@ -32,32 +33,48 @@ impl<'de> Deserialize<'de> for AmountInput {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+/// Body of `POST /accounts`; its schema is [`super::schema::create_account`].
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateAccountRequest {
     /// Opening balance, `0 <= initial_balance <= 10^12`.
-    #[schema(value_type = String, example = "100.00")]
     pub(super) initial_balance: AmountInput,
     pub(super) currency: Currency,
     /// Id to give the account; generated (UUID v7) when absent.
-    #[schema(value_type = Option<String>, format = Uuid)]
     pub(super) id: Option<Uuid>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+impl utoipa::PartialSchema for CreateAccountRequest {
+    fn schema() -> RefOr<Schema> {
+        super::schema::create_account()
+    }
+}
+
+impl ToSchema for CreateAccountRequest {}
+
+/// Body of a credit or debit; its schema is [`super::schema::movement`].
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MovementRequest {
     /// `0 < amount <= 10^12`, with at most the currency's fraction digits.
-    #[schema(value_type = String, example = "50.00")]
     pub(super) amount: AmountInput,
     /// Must be the account's currency when given.
     pub(super) currency: Option<Currency>,
 }
 
+impl utoipa::PartialSchema for MovementRequest {
+    fn schema() -> RefOr<Schema> {
+        super::schema::movement()
+    }
+}
+
+impl ToSchema for MovementRequest {}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SuspendRequest {
-    /// Why the account is suspended (at most 500 characters).
+    /// Why the account is suspended.
+    #[schema(max_length = 500)]
     pub(super) reason: Option<String>,
 }
 
@@ -71,6 +88,7 @@ pub(super) struct VersionResponse {
     #[schema(value_type = String, format = Uuid)]
     pub(super) id: Uuid,
     /// The account's stream version after the command.
+    #[schema(minimum = 1)]
     pub(super) version: u64,
 }
 
@@ -81,11 +99,13 @@ pub(super) struct VersionResponse {
 /// replayed through this type, byte for byte as first sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub(super) struct BalanceResponse {
-    /// Balance after the command.
+    /// Balance after the command, with exactly the currency's fraction digits.
     #[schema(example = "150.00")]
     pub(super) balance: String,
     #[schema(value_type = String, format = Uuid)]
     pub(super) id: Uuid,
+    /// The account's stream version after the command.
+    #[schema(minimum = 1)]
     pub(super) version: u64,
 }
 
@@ -103,16 +123,21 @@ pub(super) struct FeedResponse {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct AccountEventsQuery {
-    /// First version to return (default 1).
+    /// First version to return (default 1; 0 reads from the start too).
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub(super) from_version: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct FeedQuery {
     /// Position after which to read (default 0).
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub(super) after: Option<u64>,
-    /// 1..=1000, default 500.
+    /// Most events to return (default 500).
+    #[param(minimum = 1, maximum = 1000)]
     pub(super) limit: Option<u32>,
 }

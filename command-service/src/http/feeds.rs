@@ -2,8 +2,8 @@
 
 use axum::Json;
 use axum::extract::State;
-use service_kit::Problem;
 use service_kit::extract::{PathId, QueryParams};
+use service_kit::{ErrorCode, Problem};
 
 use super::AppState;
 use super::dto::{AccountEventsQuery, AccountEventsResponse, FeedQuery, FeedResponse};
@@ -15,11 +15,12 @@ const MAX_FEED_LIMIT: u32 = 1000;
 /// The events of one account in version order.
 #[utoipa::path(
     get, path = "/accounts/{id}/events", tag = "feeds",
-    params(("id" = String, Path, format = Uuid), AccountEventsQuery),
+    params(("id" = String, Path, format = Uuid, description = "The account id."), AccountEventsQuery),
     responses(
-        (status = 200, body = AccountEventsResponse),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The account's events from `from_version` on, in version order.", body = AccountEventsResponse),
+        (status = 400, description = "invalid_request: a bad UUID or query parameter.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
+        (status = 404, description = "not_found: no account has this id.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
+        (status = 503, description = "service_unavailable: the event store is unreachable or the request took too long.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
     )
 )]
 pub(super) async fn account_events(
@@ -46,8 +47,9 @@ pub(super) async fn account_events(
     get, path = "/events", tag = "feeds",
     params(FeedQuery),
     responses(
-        (status = 200, body = FeedResponse),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Up to `limit` events after position `after`, in position order.", body = FeedResponse),
+        (status = 400, description = "invalid_request: a bad query parameter (`limit` out of 1..=1000, ...).", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
+        (status = 503, description = "service_unavailable: the event store is unreachable or the request took too long.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
     )
 )]
 pub(super) async fn all_events(

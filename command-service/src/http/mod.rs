@@ -4,6 +4,7 @@ mod commands;
 mod dto;
 mod feeds;
 mod reply;
+mod schema;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -39,7 +40,12 @@ pub(crate) struct AppState {
         feeds::account_events,
         feeds::all_events,
     ),
-    components(schemas(service_kit::Problem, shared_events::EventEnvelope))
+    components(schemas(
+        service_kit::Problem,
+        shared_events::EventEnvelope,
+        dto::CreateAccountRequest,
+        dto::MovementRequest
+    ))
 )]
 struct ApiDoc;
 

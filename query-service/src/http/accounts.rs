@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use service_kit::Problem;
 use service_kit::extract::{PathId, QueryParams};
+use service_kit::{ErrorCode, Problem};
 use shared_events::{AccountStatus, Currency};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -39,12 +39,13 @@ fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
 /// holds that version; the projection wakes the wait, nothing polls.
 #[utoipa::path(
     get, path = "/accounts/{id}", tag = "accounts",
-    params(("id" = String, Path, format = Uuid), AccountQuery),
+    params(("id" = String, Path, format = Uuid, description = "The account id."), AccountQuery),
     responses(
-        (status = 200, body = Account),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "not_yet_projected", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The account as projected (at least at `min_version`).", body = Account),
+        (status = 400, description = "invalid_request: a bad UUID, query parameter or cursor.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
+        (status = 404, description = "not_found: no account has this id (or it is not projected yet).", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
+        (status = 503, description = "service_unavailable: the read model is unreachable or the request took too long.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
+        (status = 504, description = "not_yet_projected: the projection did not reach `min_version` within `wait_ms`.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotYetProjected))),
     )
 )]
 pub(super) async fn get_account(
@@ -94,8 +95,9 @@ pub(super) async fn get_account(
     get, path = "/accounts", tag = "accounts",
     params(ListQuery),
     responses(
-        (status = 200, body = AccountPage),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "A page of accounts in id order.", body = AccountPage),
+        (status = 400, description = "invalid_request: a bad UUID, query parameter or cursor.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
+        (status = 503, description = "service_unavailable: the read model is unreachable or the request took too long.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
     )
 )]
 pub(super) async fn list_accounts(
@@ -137,11 +139,12 @@ pub(super) async fn list_accounts(
 /// The credits and debits of an account, oldest first.
 #[utoipa::path(
     get, path = "/accounts/{id}/operations", tag = "accounts",
-    params(("id" = String, Path, format = Uuid), PageQuery),
+    params(("id" = String, Path, format = Uuid, description = "The account id."), PageQuery),
     responses(
-        (status = 200, body = OperationPage),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "A page of the account's operations, oldest first.", body = OperationPage),
+        (status = 400, description = "invalid_request: a bad UUID, query parameter or cursor.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
+        (status = 404, description = "not_found: no account has this id (or it is not projected yet).", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
+        (status = 503, description = "service_unavailable: the read model is unreachable or the request took too long.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
     )
 )]
 pub(super) async fn list_operations(
@@ -184,7 +187,10 @@ async fn ensure_exists(state: &AppState, id: Uuid) -> Result<(), ApiError> {
 /// Balance totals per currency over every account that is not closed.
 #[utoipa::path(
     get, path = "/balance-sheet", tag = "accounts",
-    responses((status = 200, body = BalanceSheet))
+    responses(
+        (status = 200, description = "Totals per currency.", body = BalanceSheet),
+        (status = 503, description = "service_unavailable: the read model is unreachable or the request took too long.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
+    )
 )]
 pub(super) async fn balance_sheet(
     State(state): State<AppState>,

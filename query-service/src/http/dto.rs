@@ -20,13 +20,14 @@ pub(super) struct Account {
     #[schema(example = "150.00")]
     pub(crate) balance: String,
     /// Number of the account's events projected.
-    pub(crate) version: u64,
+    #[schema(minimum = 1)]
+    pub version: u64,
     /// `occurred_at` of the account's first event.
-    #[schema(example = "2026-11-22T10:00:00.123456Z")]
-    pub(crate) created_at: String,
+    #[schema(format = DateTime, example = "2026-11-22T10:00:00.123456Z")]
+    pub created_at: String,
     /// `occurred_at` of the account's latest event.
-    #[schema(example = "2026-11-22T10:00:00.123456Z")]
-    pub(crate) updated_at: String,
+    #[schema(format = DateTime, example = "2026-11-22T10:00:00.123456Z")]
+    pub updated_at: String,
 }
 
 /// A page of accounts in id order.
@@ -58,9 +59,10 @@ pub(super) struct Operation {
     #[schema(example = "150.00")]
     pub(crate) balance_after: String,
     /// Version of the account the operation brought it to.
-    pub(crate) version: u64,
-    #[schema(example = "2026-11-22T10:00:00.123456Z")]
-    pub(crate) occurred_at: String,
+    #[schema(minimum = 1)]
+    pub version: u64,
+    #[schema(format = DateTime, example = "2026-11-22T10:00:00.123456Z")]
+    pub occurred_at: String,
 }
 
 /// A page of operations, oldest first.
@@ -91,34 +93,51 @@ pub(super) struct BalanceSheet {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct AccountQuery {
-    /// Wait until the projection holds at least this version of the account.
-    pub(crate) min_version: Option<u64>,
-    /// Longest wait for `min_version` in milliseconds (default 2000, at most 10000).
-    pub(crate) wait_ms: Option<u64>,
+    /// Wait until the projection holds at least this version of the account (0 waits for nothing).
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
+    pub min_version: Option<u64>,
+    /// Longest wait for `min_version` in milliseconds (default 2000; longer waits are cut to 10000).
+    #[param(minimum = 0, maximum = 18_446_744_073_709_551_615_u64)]
+    pub wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
-    /// `CREATED`, `ACTIVE`, `SUSPENDED` or `CLOSED`.
-    pub(crate) status: Option<String>,
-    /// ISO 4217 code.
-    pub(crate) currency: Option<String>,
-    /// 1..=500, default 50.
-    pub(crate) limit: Option<u32>,
+    /// Only accounts of this status.
+    #[param(value_type = Option<AccountStatus>)]
+    pub status: Option<String>,
+    /// Only accounts of this currency.
+    #[param(schema_with = currency_code)]
+    pub currency: Option<String>,
+    /// Most accounts to return (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
     /// The `next` cursor of the previous page.
-    pub(crate) after: Option<String>,
+    #[param(pattern = "^a[0-9a-fA-F]{32}$")]
+    pub after: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct PageQuery {
-    /// 1..=500, default 50.
-    pub(crate) limit: Option<u32>,
+    /// Most operations to return (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
     /// The `next` cursor of the previous page.
-    pub(crate) after: Option<String>,
+    #[param(pattern = "^o[0-7][0-9a-fA-F]{15}$")]
+    pub after: Option<String>,
+}
+
+/// Every ISO 4217 code the service knows.
+fn currency_code() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some("ISO 4217 currency code"))
+        .enum_values(Some(Currency::all().map(|currency| currency.code())))
+        .build()
 }
 
 /// Renders a timestamp as RFC 3339 UTC with microseconds.
