@@ -70,7 +70,8 @@ async fn an_account_lives_through_its_whole_lifecycle() {
     for (index, event) in events.iter().enumerate() {
         assert_eq!(event["version"], index as u64 + 1);
         assert_eq!(event["account_id"], id);
-        assert_eq!(event["schema_version"], 1);
+        let schema_version = if index == 0 { 2 } else { 1 };
+        assert_eq!(event["schema_version"], schema_version);
         assert!(event["occurred_at"].as_str().unwrap().ends_with('Z'));
         assert!(event["metadata"]["correlation_id"].is_string());
     }
