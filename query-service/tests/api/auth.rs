@@ -10,7 +10,7 @@
 use serde_json::{Value, json};
 use test_support::auth::{admin_token, customer_token, now, sign, token};
 
-use crate::helpers::{Options, TestApp, spawn_app_with};
+use crate::helpers::{Options, TestApp, seed, spawn_app_with};
 
 /// A query service that projects only what the test publishes.
 fn isolated() -> Options {
@@ -19,50 +19,6 @@ fn isolated() -> Options {
         follow_feed: false,
         ..Options::default()
     }
-}
-
-/// Opens an account by publishing its `AccountCreated` (schema version 2 with an
-/// owner, or version 1 without) and a credit, as the relay would; waits until both
-/// are projected and returns its id.
-async fn seed(app: &TestApp, owner: Option<&str>, currency: &str) -> String {
-    let id = uuid::Uuid::now_v7().to_string();
-    let (schema_version, data) = match owner {
-        Some(owner) => (
-            2,
-            json!({"initial_balance": "10.00", "currency": currency, "owner": owner}),
-        ),
-        None => (1, json!({"initial_balance": "10.00", "currency": currency})),
-    };
-    let event = |version: u64, kind: &str, schema_version: i32, data: Value| {
-        json!({
-            "event_id": uuid::Uuid::new_v4(),
-            "account_id": id,
-            "version": version,
-            "position": version,
-            "type": kind,
-            "schema_version": schema_version,
-            "occurred_at": "2026-12-01T10:00:00.000001Z",
-            "data": data,
-            "metadata": {},
-        })
-    };
-    let publisher = app.publisher().await;
-    publisher
-        .publish_event(&event(1, "AccountCreated", schema_version, data))
-        .await;
-    publisher
-        .publish_event(&event(2, "AccountActivated", 1, json!({})))
-        .await;
-    publisher
-        .publish_event(&event(
-            3,
-            "AccountCredited",
-            1,
-            json!({"amount": "5.00", "currency": currency, "balance": "15.00"}),
-        ))
-        .await;
-    app.account_at(&id, 3).await;
-    id
 }
 
 /// An admin token whose signature was tampered with.

@@ -422,6 +422,61 @@ pub(crate) fn broker_user() -> String {
         .unwrap_or_else(|error| panic!("{} is not an AMQP URL: {error}", amqp_url()))
 }
 
+/// Opens an account by publishing its `AccountCreated` (schema version 2 with an
+/// owner, or version 1 without) and a credit, as the relay would; waits until both
+/// are projected and returns its id.
+pub(crate) async fn seed(app: &TestApp, owner: Option<&str>, currency: &str) -> String {
+    let id = uuid::Uuid::now_v7().to_string();
+    let (schema_version, data) = match owner {
+        Some(owner) => (
+            2,
+            json!({"initial_balance": "10.00", "currency": currency, "owner": owner}),
+        ),
+        None => (1, json!({"initial_balance": "10.00", "currency": currency})),
+    };
+    let event = |version, kind, schema_version, data| {
+        synthetic_event(&id, version, kind, schema_version, data)
+    };
+    let publisher = app.publisher().await;
+    publisher
+        .publish_event(&event(1, "AccountCreated", schema_version, data))
+        .await;
+    publisher
+        .publish_event(&event(2, "AccountActivated", 1, json!({})))
+        .await;
+    publisher
+        .publish_event(&event(
+            3,
+            "AccountCredited",
+            1,
+            json!({"amount": "5.00", "currency": currency, "balance": "15.00"}),
+        ))
+        .await;
+    app.account_at(&id, 3).await;
+    id
+}
+
+/// An event of `account` as the command service would publish it.
+pub(crate) fn synthetic_event(
+    account: &str,
+    version: u64,
+    kind: &str,
+    schema_version: i32,
+    data: Value,
+) -> Value {
+    json!({
+        "event_id": uuid::Uuid::new_v4(),
+        "account_id": account,
+        "version": version,
+        "position": version,
+        "type": kind,
+        "schema_version": schema_version,
+        "occurred_at": "2026-12-01T10:00:00.000001Z",
+        "data": data,
+        "metadata": {},
+    })
+}
+
 /// Retries `check` until it holds or `within` passes.
 pub(crate) async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where

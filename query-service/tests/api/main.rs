@@ -9,3 +9,4 @@ mod outages;
 mod reads;
 mod rebuild;
 mod shutdown;
+mod trust;
