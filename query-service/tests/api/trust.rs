@@ -117,13 +117,15 @@ async fn a_forged_next_version_from_another_broker_user_is_never_applied() {
     let id = seed(&app, Some("alice"), "MAD").await;
     let forger = BrokerUser::create();
     let forged = credit(&id, 4, "1000000.00", "1000015.00");
+    let counted_before = dead_lettered(&app, "untrusted_publisher").await;
 
     // The attack, by another broker user, then without any user_id.
     forger.publish(&app.settings.amqp_exchange, &forged).await;
     app.publisher().await.publish_event_as(None, &forged).await;
     let dead = app.await_dead_letters(2).await;
     assert_eq!(dead.len(), 2, "both forgeries are dead-lettered");
-    assert_eq!(dead_lettered(&app, "untrusted_publisher").await, 2.0);
+    // The counter is the process's, shared with concurrent tests: at least ours count.
+    assert!(dead_lettered(&app, "untrusted_publisher").await - counted_before >= 2.0);
     let account = app.query_get(&format!("/accounts/{id}")).await.body;
     assert_eq!(
         (&account["version"], &account["balance"]),
@@ -145,6 +147,7 @@ async fn another_event_at_a_projected_version_is_dead_lettered_as_a_conflict() {
     let app = spawn_app_with(isolated()).await;
     let id = seed(&app, Some("alice"), "MAD").await;
     let publisher = app.publisher().await;
+    let counted_before = dead_lettered(&app, "conflicting_event").await;
 
     // Version 3 is projected (a credit to 15.00); another event claims it.
     publisher
@@ -152,7 +155,7 @@ async fn another_event_at_a_projected_version_is_dead_lettered_as_a_conflict() {
         .await;
     let dead = app.await_dead_letters(1).await;
     assert_eq!(dead.len(), 1, "the conflicting event is dead-lettered");
-    assert_eq!(dead_lettered(&app, "conflicting_event").await, 1.0);
+    assert!(dead_lettered(&app, "conflicting_event").await - counted_before >= 1.0);
     let account = app.query_get(&format!("/accounts/{id}")).await.body;
     assert_eq!(
         (&account["version"], &account["balance"]),
