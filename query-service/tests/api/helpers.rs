@@ -104,6 +104,7 @@ pub(crate) async fn spawn_app_with(options: Options) -> TestApp {
         http_host: "127.0.0.1".into(),
         http_port: 0,
         database_max_connections: 4,
+        auth: test_auth(),
         ..command_service::Settings::default()
     };
     let command_app = command_service::Application::build(command_settings)
