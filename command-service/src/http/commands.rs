@@ -1,13 +1,19 @@
-//! The command endpoints: parse, run through the [`CommandHandler`], answer.
+//! The command endpoints: authorise, parse, run through the [`CommandHandler`], answer.
+//!
+//! The order of the checks is the contract's: a token (401), then the scope the
+//! operation needs (403), then the request (400, 413, 415), then the account, which
+//! is `not_found` to a caller who neither owns it nor is an admin (the domain's rule).
 
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use service_kit::auth::{AuthRejection, Caller, Scope};
 use service_kit::extract::{JsonBody, OptionalJsonBody, PathId};
 use service_kit::{ErrorCode, Problem};
 use sha2::{Digest, Sha256};
 use shared_events::AccountId;
+use tokio::time::Instant;
 
 use super::dto::{
     BalanceResponse, CreateAccountRequest, EmptyRequest, MovementRequest, SuspendRequest,
@@ -15,21 +21,23 @@ use super::dto::{
 };
 use super::{AppState, reply};
 use crate::application::{CommandContext, IdempotencyKey};
-use crate::domain::AccountCommand;
+use crate::domain::{AccountCommand, Requester};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_REASON_CHARS: usize = 500;
+const MAX_OWNER_CHARS: usize = 255;
 
-/// Runs one command for a request and turns the outcome into the response.
+/// Runs one command of `caller` for a request and turns the outcome into the response.
 async fn run(
     state: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
     id: AccountId,
     route: &str,
     body: &impl Serialize,
     command: AccountCommand,
 ) -> Response {
-    let context = match context(headers, route, body) {
+    let context = match context(state, caller, headers, route, body) {
         Ok(context) => context,
         Err(problem) => return problem.into_response(),
     };
@@ -37,6 +45,8 @@ async fn run(
 }
 
 fn context(
+    state: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
     route: &str,
     body: &impl Serialize,
@@ -54,19 +64,51 @@ fn context(
                     Problem::invalid("Idempotency-Key must be 1 to 128 visible ASCII characters")
                 })?;
             let request = serde_json::to_vec(&(route, body)).map_err(|e| Problem::internal(&e))?;
-            Some(IdempotencyKey {
-                key: key.to_owned(),
-                fingerprint: Sha256::digest(&request).to_vec(),
-            })
+            Some(IdempotencyKey::scoped(
+                &caller.sub,
+                key,
+                Sha256::digest(&request).to_vec(),
+            ))
         }
     };
     Ok(CommandContext {
+        requester: Requester {
+            sub: caller.sub.clone(),
+            admin: caller.is_admin(),
+        },
+        client_id: caller.client_id.clone(),
         correlation_id: service_kit::http::request_id(headers),
         idempotency,
+        deadline: Instant::now() + state.command_timeout,
     })
 }
 
-/// Opens an account with an initial balance in one currency.
+/// Why a request was refused before its command was built.
+enum Refused {
+    /// The caller lacks the operation's scope (or an admin's right to name an owner).
+    Scope(AuthRejection),
+    /// The path or the body is not a valid request.
+    Request(Box<Problem>),
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Scope(rejection) => rejection.into_response(),
+            Self::Request(problem) => problem.into_response(),
+        }
+    }
+}
+
+/// The request's parts once the caller is known to hold `scope`: the scope is
+/// checked before the path and the body are looked at.
+fn authorised<T>(caller: &Caller, scope: Scope, request: Result<T, Problem>) -> Result<T, Refused> {
+    caller.require(scope).map_err(Refused::Scope)?;
+    request.map_err(|problem| Refused::Request(Box::new(problem)))
+}
+
+/// Opens an account with an initial balance in one currency, owned by the caller
+/// (or, for an admin, by the `owner` it names).
 #[utoipa::path(
     post, path = "/accounts", tag = "accounts",
     request_body(content = CreateAccountRequest, description = "The new account.", content_type = "application/json"),
@@ -74,24 +116,52 @@ fn context(
     responses(
         (status = 201, description = "The account was opened (or, for a repeated Idempotency-Key, had been).", body = VersionResponse, headers(("Location" = String, description = "/accounts/{id}"), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same Idempotency-Key"))),
         (status = 400, description = "invalid_request: malformed JSON, an unknown or missing field, a bad UUID, amount, currency or Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
+    (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
+    (status = 403, description = "forbidden: the token lacks the scope: needs accounts:write (accounts:admin to name another owner).", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
         (status = 409, description = "account_exists: an account with this id exists.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::AccountExists))),
         (status = 413, description = "payload_too_large: the body is over 64 KiB.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::PayloadTooLarge))),
         (status = 415, description = "unsupported_media_type: a body that is not application/json.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::UnsupportedMediaType))),
         (status = 422, description = "idempotency_key_reused: the Idempotency-Key was first used with another request.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::IdempotencyKeyReused))),
-        (status = 503, description = "service_unavailable: the event store is unreachable or the request took too long; retry with the same Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
+    (status = 503, description = "outcome_unknown: the command may or may not have been committed (retry with the same Idempotency-Key to learn which); service_unavailable: the event store is unreachable.", body = Problem, content_type = "application/problem+json", examples(("outcome_unknown" = (value = json!(Problem::example(ErrorCode::OutcomeUnknown)))), ("service_unavailable" = (value = json!(Problem::example(ErrorCode::ServiceUnavailable)))))),
     )
 )]
 pub(super) async fn create_account(
+    caller: Caller,
     State(state): State<AppState>,
     headers: HeaderMap,
-    JsonBody(request): JsonBody<CreateAccountRequest>,
+    request: Result<JsonBody<CreateAccountRequest>, Problem>,
 ) -> Response {
+    let JsonBody(request) = match authorised(&caller, Scope::AccountsWrite, request) {
+        Ok(request) => request,
+        Err(refused) => return refused.into_response(),
+    };
+    let owner = match request.owner.as_deref() {
+        None => caller.sub.clone(),
+        Some(owner) if owner != caller.sub && !caller.is_admin() => {
+            return AuthRejection::InsufficientScope(Scope::AccountsAdmin).into_response();
+        }
+        Some(owner) if owner.is_empty() || owner.chars().count() > MAX_OWNER_CHARS => {
+            return Problem::invalid(format!("owner must be 1 to {MAX_OWNER_CHARS} characters"))
+                .into_response();
+        }
+        Some(owner) => owner.to_owned(),
+    };
     let id = request.id.map_or_else(AccountId::generate, AccountId::from);
     let command = AccountCommand::Create {
         initial_balance: request.initial_balance.0,
         currency: request.currency,
+        owner,
     };
-    run(&state, &headers, id, "/accounts", &request, command).await
+    run(
+        &state,
+        &caller,
+        &headers,
+        id,
+        "/accounts",
+        &request,
+        command,
+    )
+    .await
 }
 
 macro_rules! lifecycle_command {
@@ -101,28 +171,39 @@ macro_rules! lifecycle_command {
             post, path = $route, tag = "accounts",
             params(
                 ("id" = String, Path, format = Uuid, description = "The account id."),
-                ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: a repeat with the same key and body gets the first response. 1..=128 visible ASCII characters.", min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$"),
+                ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: a repeat with the same key and body gets the first response. 1..=128 visible ASCII characters, scoped to the caller.", min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$"),
             ),
             request_body(content = Option<EmptyRequest>, description = "No body, or `{}`.", content_type = "application/json"),
             responses(
                 (status = 200, description = "The command was applied; the account's new version.", body = VersionResponse, headers(("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same Idempotency-Key"))),
                 (status = 400, description = "invalid_request: malformed JSON, an unknown or missing field, a bad UUID, amount, currency or Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
-                (status = 404, description = "not_found: no account has this id.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
+                (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
+                (status = 403, description = "forbidden: the token lacks the scope: needs accounts:admin.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
+                (status = 404, description = "not_found: no account has this id, or it is not the caller's.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
                 (status = 409, description = "invalid_state: the account's status forbids the command; concurrency_conflict: the write kept colliding with concurrent writes.", body = Problem, content_type = "application/problem+json", examples(("invalid_state" = (value = json!(Problem::example(ErrorCode::InvalidState)))), ("concurrency_conflict" = (value = json!(Problem::example(ErrorCode::ConcurrencyConflict)))))),
                 (status = 413, description = "payload_too_large: the body is over 64 KiB.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::PayloadTooLarge))),
                 (status = 415, description = "unsupported_media_type: a body that is not application/json.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::UnsupportedMediaType))),
                 (status = 422, description = "idempotency_key_reused: the Idempotency-Key was first used with another request.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::IdempotencyKeyReused))),
-                (status = 503, description = "service_unavailable: the event store is unreachable or the request took too long; retry with the same Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
+                (status = 503, description = "outcome_unknown: the command may or may not have been committed (retry with the same Idempotency-Key to learn which); service_unavailable: the event store is unreachable.", body = Problem, content_type = "application/problem+json", examples(("outcome_unknown" = (value = json!(Problem::example(ErrorCode::OutcomeUnknown)))), ("service_unavailable" = (value = json!(Problem::example(ErrorCode::ServiceUnavailable)))))),
             )
         )]
         pub(crate) async fn $name(
+            caller: Caller,
             State(state): State<AppState>,
-            PathId(id): PathId,
+            id: Result<PathId, Problem>,
             headers: HeaderMap,
-            OptionalJsonBody(request): OptionalJsonBody<EmptyRequest>,
+            request: Result<OptionalJsonBody<EmptyRequest>, Problem>,
         ) -> Response {
+            let (PathId(id), OptionalJsonBody(request)) = match authorised(
+                &caller,
+                Scope::AccountsAdmin,
+                id.and_then(|id| Ok((id, request?))),
+            ) {
+                Ok(parts) => parts,
+                Err(refused) => return refused.into_response(),
+            };
             let route = format!(concat!(stringify!($name), " {}"), id);
-            run(&state, &headers, id.into(), &route, &request, $command).await
+            run(&state, &caller, &headers, id.into(), &route, &request, $command).await
         }
     };
 }
@@ -130,47 +211,58 @@ macro_rules! lifecycle_command {
 lifecycle_command!(
     activate,
     "/accounts/{id}/activate",
-    "Activates a created account.",
+    "Activates a created account (accounts:admin).",
     AccountCommand::Activate
 );
 lifecycle_command!(
     reactivate,
     "/accounts/{id}/reactivate",
-    "Reactivates a suspended account.",
+    "Reactivates a suspended account (accounts:admin).",
     AccountCommand::Reactivate
 );
 lifecycle_command!(
     close,
     "/accounts/{id}/close",
-    "Closes an active or suspended account whose balance is zero.",
+    "Closes an active or suspended account whose balance is zero (accounts:admin).",
     AccountCommand::Close
 );
 
-/// Suspends an active account.
+/// Suspends an active account (accounts:admin).
 #[utoipa::path(
     post, path = "/accounts/{id}/suspend", tag = "accounts",
     params(
         ("id" = String, Path, format = Uuid, description = "The account id."),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: a repeat with the same key and body gets the first response. 1..=128 visible ASCII characters.", min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: a repeat with the same key and body gets the first response. 1..=128 visible ASCII characters, scoped to the caller.", min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$"),
     ),
     request_body(content = Option<SuspendRequest>, description = "No body, `{}`, or a reason.", content_type = "application/json"),
     responses(
         (status = 200, description = "The account is suspended; its new version.", body = VersionResponse, headers(("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same Idempotency-Key"))),
         (status = 400, description = "invalid_request: malformed JSON, an unknown or missing field, a bad UUID, amount, currency or Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
-        (status = 404, description = "not_found: no account has this id.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
+        (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
+        (status = 403, description = "forbidden: the token lacks the scope: needs accounts:admin.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
+        (status = 404, description = "not_found: no account has this id, or it is not the caller's.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
         (status = 409, description = "invalid_state: the account's status forbids the command; concurrency_conflict: the write kept colliding with concurrent writes.", body = Problem, content_type = "application/problem+json", examples(("invalid_state" = (value = json!(Problem::example(ErrorCode::InvalidState)))), ("concurrency_conflict" = (value = json!(Problem::example(ErrorCode::ConcurrencyConflict)))))),
         (status = 413, description = "payload_too_large: the body is over 64 KiB.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::PayloadTooLarge))),
         (status = 415, description = "unsupported_media_type: a body that is not application/json.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::UnsupportedMediaType))),
         (status = 422, description = "idempotency_key_reused: the Idempotency-Key was first used with another request.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::IdempotencyKeyReused))),
-        (status = 503, description = "service_unavailable: the event store is unreachable or the request took too long; retry with the same Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
+        (status = 503, description = "outcome_unknown: the command may or may not have been committed (retry with the same Idempotency-Key to learn which); service_unavailable: the event store is unreachable.", body = Problem, content_type = "application/problem+json", examples(("outcome_unknown" = (value = json!(Problem::example(ErrorCode::OutcomeUnknown)))), ("service_unavailable" = (value = json!(Problem::example(ErrorCode::ServiceUnavailable)))))),
     )
 )]
 pub(super) async fn suspend(
+    caller: Caller,
     State(state): State<AppState>,
-    PathId(id): PathId,
+    id: Result<PathId, Problem>,
     headers: HeaderMap,
-    OptionalJsonBody(request): OptionalJsonBody<SuspendRequest>,
+    request: Result<OptionalJsonBody<SuspendRequest>, Problem>,
 ) -> Response {
+    let (PathId(id), OptionalJsonBody(request)) = match authorised(
+        &caller,
+        Scope::AccountsAdmin,
+        id.and_then(|id| Ok((id, request?))),
+    ) {
+        Ok(parts) => parts,
+        Err(refused) => return refused.into_response(),
+    };
     if request
         .reason
         .as_ref()
@@ -185,7 +277,16 @@ pub(super) async fn suspend(
     let command = AccountCommand::Suspend {
         reason: request.reason.clone(),
     };
-    run(&state, &headers, id.into(), &route, &request, command).await
+    run(
+        &state,
+        &caller,
+        &headers,
+        id.into(),
+        &route,
+        &request,
+        command,
+    )
+    .await
 }
 
 macro_rules! movement_command {
@@ -195,32 +296,43 @@ macro_rules! movement_command {
             post, path = $route, tag = "accounts",
             params(
                 ("id" = String, Path, format = Uuid, description = "The account id."),
-                ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: a repeat with the same key and body gets the first response. 1..=128 visible ASCII characters.", min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$"),
+                ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: a repeat with the same key and body gets the first response. 1..=128 visible ASCII characters, scoped to the caller.", min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$"),
             ),
             request_body(content = MovementRequest, content_type = "application/json"),
             responses(
                 (status = 200, description = "The movement was applied; the new version and balance.", body = BalanceResponse, headers(("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same Idempotency-Key"))),
                 (status = 400, description = "invalid_request: malformed JSON, an unknown or missing field, a bad UUID, amount, currency or Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
-                (status = 404, description = "not_found: no account has this id.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
+                (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
+                (status = 403, description = "forbidden: the token lacks the scope: needs accounts:write.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
+                (status = 404, description = "not_found: no account has this id, or it is not the caller's.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
                 (status = 409, description = "invalid_state: the account's status forbids the command; concurrency_conflict: the write kept colliding with concurrent writes.", body = Problem, content_type = "application/problem+json", examples(("invalid_state" = (value = json!(Problem::example(ErrorCode::InvalidState)))), ("concurrency_conflict" = (value = json!(Problem::example(ErrorCode::ConcurrencyConflict)))))),
                 (status = 413, description = "payload_too_large: the body is over 64 KiB.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::PayloadTooLarge))),
                 (status = 415, description = "unsupported_media_type: a body that is not application/json.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::UnsupportedMediaType))),
                 (status = 422, description = "insufficient_funds, currency_mismatch, balance_limit_exceeded, or idempotency_key_reused.", body = Problem, content_type = "application/problem+json", examples(("insufficient_funds" = (value = json!(Problem::example(ErrorCode::InsufficientFunds)))), ("currency_mismatch" = (value = json!(Problem::example(ErrorCode::CurrencyMismatch)))), ("balance_limit_exceeded" = (value = json!(Problem::example(ErrorCode::BalanceLimitExceeded)))), ("idempotency_key_reused" = (value = json!(Problem::example(ErrorCode::IdempotencyKeyReused)))))),
-                (status = 503, description = "service_unavailable: the event store is unreachable or the request took too long; retry with the same Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
+                (status = 503, description = "outcome_unknown: the command may or may not have been committed (retry with the same Idempotency-Key to learn which); service_unavailable: the event store is unreachable.", body = Problem, content_type = "application/problem+json", examples(("outcome_unknown" = (value = json!(Problem::example(ErrorCode::OutcomeUnknown)))), ("service_unavailable" = (value = json!(Problem::example(ErrorCode::ServiceUnavailable)))))),
             )
         )]
         pub(crate) async fn $name(
+            caller: Caller,
             State(state): State<AppState>,
-            PathId(id): PathId,
+            id: Result<PathId, Problem>,
             headers: HeaderMap,
-            JsonBody(request): JsonBody<MovementRequest>,
+            request: Result<JsonBody<MovementRequest>, Problem>,
         ) -> Response {
+            let (PathId(id), JsonBody(request)) = match authorised(
+                &caller,
+                Scope::AccountsWrite,
+                id.and_then(|id| Ok((id, request?))),
+            ) {
+                Ok(parts) => parts,
+                Err(refused) => return refused.into_response(),
+            };
             let route = format!(concat!(stringify!($name), " {}"), id);
             let command = AccountCommand::$variant {
                 amount: request.amount.0,
                 currency: request.currency,
             };
-            run(&state, &headers, id.into(), &route, &request, command).await
+            run(&state, &caller, &headers, id.into(), &route, &request, command).await
         }
     };
 }
@@ -228,12 +340,12 @@ macro_rules! movement_command {
 movement_command!(
     credit,
     "/accounts/{id}/credit",
-    "Adds money to an active account.",
+    "Adds money to an active account of the caller's (any account for accounts:admin).",
     Credit
 );
 movement_command!(
     debit,
     "/accounts/{id}/debit",
-    "Takes money from an active account, never below zero.",
+    "Takes money from an active account of the caller's, never below zero.",
     Debit
 );

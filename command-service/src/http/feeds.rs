@@ -2,8 +2,11 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use service_kit::auth::{Caller, Scope};
 use service_kit::extract::{PathId, QueryParams};
 use service_kit::{ErrorCode, Problem};
+use shared_events::AccountId;
 
 use super::AppState;
 use super::dto::{AccountEventsQuery, AccountEventsResponse, FeedQuery, FeedResponse};
@@ -12,21 +15,58 @@ use crate::envelope::to_envelope;
 const DEFAULT_FEED_LIMIT: u32 = 500;
 const MAX_FEED_LIMIT: u32 = 1000;
 
-/// The events of one account in version order.
+/// The events of one account in version order: for `events:read` or
+/// `accounts:admin` any account's, for `accounts:read` the caller's own.
 #[utoipa::path(
     get, path = "/accounts/{id}/events", tag = "feeds",
     params(("id" = String, Path, format = Uuid, description = "The account id."), AccountEventsQuery),
     responses(
         (status = 200, description = "The account's events from `from_version` on, in version order.", body = AccountEventsResponse),
         (status = 400, description = "invalid_request: a bad UUID or query parameter.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
-        (status = 404, description = "not_found: no account has this id.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
+        (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
+        (status = 403, description = "forbidden: the token lacks the scope this needs (accounts:read, events:read or accounts:admin).", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
+        (status = 404, description = "not_found: no account has this id, or it is not the caller's.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
         (status = 503, description = "service_unavailable: the event store is unreachable or the request took too long.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
     )
 )]
 pub(super) async fn account_events(
+    caller: Caller,
     State(state): State<AppState>,
-    PathId(id): PathId,
-    QueryParams(query): QueryParams<AccountEventsQuery>,
+    id: Result<PathId, Problem>,
+    query: Result<QueryParams<AccountEventsQuery>, Problem>,
+) -> Response {
+    let sees_every_account = caller.is_admin() || caller.has(Scope::EventsRead);
+    if !sees_every_account && let Err(rejection) = caller.require(Scope::AccountsRead) {
+        return rejection.into_response();
+    }
+    let result = async {
+        let (PathId(id), QueryParams(query)) = (id?, query?);
+        if !sees_every_account {
+            owned_by(&state, id.into(), &caller.sub).await?;
+        }
+        read_account_events(&state, id, query).await
+    };
+    result.await.into_response()
+}
+
+/// `Ok` when `sub` owns account `id`; else `not_found`, exactly as for an account
+/// that does not exist.
+async fn owned_by(state: &AppState, id: AccountId, sub: &str) -> Result<(), Problem> {
+    let account = state
+        .handler
+        .account(id)
+        .await
+        .map_err(|error| Problem::internal(&error))?;
+    match account {
+        Some(account) if account.owner.as_deref() == Some(sub) => Ok(()),
+        _ => Err(Problem::not_found(format!("account {id} does not exist"))),
+    }
+}
+
+async fn read_account_events(
+    state: &AppState,
+    id: uuid::Uuid,
+    query: AccountEventsQuery,
 ) -> Result<Json<AccountEventsResponse>, Problem> {
     let from_version = i64::try_from(query.from_version.unwrap_or(1).max(1))
         .map_err(|_| Problem::invalid("from_version is too large"))?;
@@ -49,13 +89,26 @@ pub(super) async fn account_events(
     responses(
         (status = 200, description = "Up to `limit` events after position `after`, in position order.", body = FeedResponse),
         (status = 400, description = "invalid_request: a bad query parameter (`limit` out of 1..=1000, ...).", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
+        (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
+        (status = 403, description = "forbidden: the token lacks the scope this needs (events:read).", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
         (status = 503, description = "service_unavailable: the event store is unreachable or the request took too long.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
     )
 )]
 pub(super) async fn all_events(
+    caller: Caller,
     State(state): State<AppState>,
-    QueryParams(query): QueryParams<FeedQuery>,
-) -> Result<Json<FeedResponse>, Problem> {
+    query: Result<QueryParams<FeedQuery>, Problem>,
+) -> Response {
+    if let Err(rejection) = caller.require(Scope::EventsRead) {
+        return rejection.into_response();
+    }
+    match query {
+        Ok(QueryParams(query)) => read_feed(&state, query).await.into_response(),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn read_feed(state: &AppState, query: FeedQuery) -> Result<Json<FeedResponse>, Problem> {
     let limit = query.limit.unwrap_or(DEFAULT_FEED_LIMIT);
     if !(1..=MAX_FEED_LIMIT).contains(&limit) {
         return Err(Problem::invalid(format!(

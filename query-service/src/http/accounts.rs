@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
+use service_kit::auth::{Caller, Scope};
 use service_kit::extract::{PathId, QueryParams};
 use service_kit::{ErrorCode, Problem};
 use shared_events::{AccountStatus, Currency};
@@ -17,12 +18,21 @@ use super::dto::{
     OperationPage, PageQuery,
 };
 use crate::error::ApiError;
-use crate::store::AccountFilter;
+use crate::store::{AccountFilter, Reach};
 
 const DEFAULT_WAIT_MS: u64 = 2000;
 const MAX_WAIT_MS: u64 = 10_000;
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
+
+/// The accounts `caller` may see: all for an admin, else its own.
+fn reach(caller: &Caller) -> Reach<'_> {
+    if caller.is_admin() {
+        Reach::All
+    } else {
+        Reach::OwnedBy(&caller.sub)
+    }
+}
 
 fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     let limit = limit.unwrap_or(DEFAULT_LIMIT);
@@ -35,27 +45,33 @@ fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
-/// One account. With `min_version`, waits (at most `wait_ms`) until the projection
-/// holds that version; the projection wakes the wait, nothing polls.
+/// One account (`accounts:read`; the caller's own, any for `accounts:admin`; another's
+/// is a 404 like an unknown one). With `min_version`, waits (at most `wait_ms`) until
+/// the projection holds that version; the projection wakes the wait, nothing polls.
 #[utoipa::path(
     get, path = "/accounts/{id}", tag = "accounts",
     params(("id" = String, Path, format = Uuid, description = "The account id."), AccountQuery),
     responses(
         (status = 200, description = "The account as projected (at least at `min_version`).", body = Account),
         (status = 400, description = "invalid_request: a bad UUID, query parameter or cursor.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
-        (status = 404, description = "not_found: no account has this id (or it is not projected yet).", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
+        (status = 404, description = "not_found: no account has this id, it is not the caller's, or it is not projected yet.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
+        (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
+        (status = 403, description = "forbidden: the token lacks accounts:read.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
         (status = 503, description = "service_unavailable: the read model is unreachable or the request took too long.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
         (status = 504, description = "not_yet_projected: the projection did not reach `min_version` within `wait_ms`.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotYetProjected))),
     )
 )]
 pub(super) async fn get_account(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId,
     QueryParams(query): QueryParams<AccountQuery>,
 ) -> Result<Json<Account>, ApiError> {
+    caller.require(Scope::AccountsRead)?;
+    let reach = reach(&caller);
     // `min_version=0` waits for nothing: an unknown account is a 404 at once.
     let Some(min_version) = query.min_version.filter(|&version| version > 0) else {
-        let account = state.store.account(id).await?;
+        let account = state.store.account(id, reach).await?;
         return account.ok_or(ApiError::NotFound(id))?.try_into().map(Json);
     };
     let wanted = i64::try_from(min_version)
@@ -64,7 +80,7 @@ pub(super) async fn get_account(
     let deadline = Instant::now() + wait;
     let mut subscription = state.watch.subscribe(id);
     loop {
-        let account = state.store.account(id).await?;
+        let account = state.store.account(id, reach).await?;
         let projected = account.as_ref().map_or(0, |a| a.version);
         if projected >= wanted
             && let Some(account) = account
@@ -77,7 +93,7 @@ pub(super) async fn get_account(
             () = state.shutdown.cancelled() => true,
         };
         if gave_up {
-            let account = state.store.account(id).await?;
+            let account = state.store.account(id, reach).await?;
             return match account {
                 Some(account) if account.version >= wanted => account.try_into().map(Json),
                 other => Err(ApiError::NotYetProjected {
@@ -90,20 +106,25 @@ pub(super) async fn get_account(
     }
 }
 
-/// Accounts in id order, optionally of one status and currency.
+/// Accounts in id order, optionally of one status and currency (`accounts:read`: the
+/// caller's own accounts; every account for `accounts:admin`).
 #[utoipa::path(
     get, path = "/accounts", tag = "accounts",
     params(ListQuery),
     responses(
         (status = 200, description = "A page of accounts in id order.", body = AccountPage),
         (status = 400, description = "invalid_request: a bad UUID, query parameter or cursor.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
+        (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
+        (status = 403, description = "forbidden: the token lacks accounts:read.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
         (status = 503, description = "service_unavailable: the read model is unreachable or the request took too long.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
     )
 )]
 pub(super) async fn list_accounts(
     State(state): State<AppState>,
+    caller: Caller,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<AccountPage>, ApiError> {
+    caller.require(Scope::AccountsRead)?;
     let limit = page_limit(query.limit)?;
     let status = query
         .status
@@ -122,7 +143,11 @@ pub(super) async fn list_accounts(
         .as_deref()
         .map(cursor::decode_account)
         .transpose()?;
-    let filter = AccountFilter { status, currency };
+    let filter = AccountFilter {
+        reach: reach(&caller),
+        status,
+        currency,
+    };
     let mut records = state.store.accounts(&filter, after, limit + 1).await?;
     let more = records.len() > limit as usize;
     records.truncate(limit as usize);
@@ -136,22 +161,27 @@ pub(super) async fn list_accounts(
     Ok(Json(AccountPage { accounts, next }))
 }
 
-/// The credits and debits of an account, oldest first.
+/// The credits and debits of an account, oldest first (`accounts:read`, as for the
+/// account itself).
 #[utoipa::path(
     get, path = "/accounts/{id}/operations", tag = "accounts",
     params(("id" = String, Path, format = Uuid, description = "The account id."), PageQuery),
     responses(
         (status = 200, description = "A page of the account's operations, oldest first.", body = OperationPage),
         (status = 400, description = "invalid_request: a bad UUID, query parameter or cursor.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
-        (status = 404, description = "not_found: no account has this id (or it is not projected yet).", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
+        (status = 404, description = "not_found: no account has this id, it is not the caller's, or it is not projected yet.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
+        (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
+        (status = 403, description = "forbidden: the token lacks accounts:read.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
         (status = 503, description = "service_unavailable: the read model is unreachable or the request took too long.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
     )
 )]
 pub(super) async fn list_operations(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId,
     QueryParams(query): QueryParams<PageQuery>,
 ) -> Result<Json<OperationPage>, ApiError> {
+    caller.require(Scope::AccountsRead)?;
     let limit = page_limit(query.limit)?;
     let after = query
         .after
@@ -159,7 +189,7 @@ pub(super) async fn list_operations(
         .map(cursor::decode_operation)
         .transpose()?
         .unwrap_or(0);
-    ensure_exists(&state, id).await?;
+    ensure_visible(&state, id, reach(&caller)).await?;
     let mut records = state.store.operations(id, after, limit + 1).await?;
     let more = records.len() > limit as usize;
     records.truncate(limit as usize);
@@ -177,24 +207,30 @@ pub(super) async fn list_operations(
     Ok(Json(OperationPage { operations, next }))
 }
 
-async fn ensure_exists(state: &AppState, id: Uuid) -> Result<(), ApiError> {
-    match state.store.account(id).await? {
+/// A 404 unless the account exists and `reach` covers it.
+async fn ensure_visible(state: &AppState, id: Uuid, reach: Reach<'_>) -> Result<(), ApiError> {
+    match state.store.account(id, reach).await? {
         Some(_) => Ok(()),
         None => Err(ApiError::NotFound(id)),
     }
 }
 
-/// Balance totals per currency over every account that is not closed.
+/// Balance totals per currency over every account that is not closed
+/// (`accounts:admin`).
 #[utoipa::path(
     get, path = "/balance-sheet", tag = "accounts",
     responses(
         (status = 200, description = "Totals per currency.", body = BalanceSheet),
+        (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
+        (status = 403, description = "forbidden: the token lacks accounts:admin.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
         (status = 503, description = "service_unavailable: the read model is unreachable or the request took too long.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
     )
 )]
 pub(super) async fn balance_sheet(
     State(state): State<AppState>,
+    caller: Caller,
 ) -> Result<Json<BalanceSheet>, ApiError> {
+    caller.require(Scope::AccountsAdmin)?;
     let totals = state
         .store
         .balance_sheet()
