@@ -84,18 +84,7 @@ async fn a_connection_broken_during_the_append_answers_outcome_unknown_and_a_ret
     let credit = format!("/accounts/{id}/credit");
 
     let mut holder = lock_stream(&direct_url, &id).await;
-    let waiting = {
-        let api = app.admin().clone();
-        let credit = credit.clone();
-        tokio::spawn(async move {
-            api.post_with_headers(
-                &credit,
-                &json!({"amount": "2.50"}),
-                &[("Idempotency-Key", "k-cut")],
-            )
-            .await
-        })
-    };
+    let waiting = keyed_credit_in_background(&app, &credit, "2.50", "k-cut");
     wait_for_lock_waiters(&direct_url, 1).await;
     proxy.cut();
     let answer = waiting.await.unwrap();
@@ -140,18 +129,7 @@ async fn a_command_whose_caller_stopped_waiting_before_its_transaction_is_never_
     // The first credit waits inside its transaction; the second waits behind it for
     // the account's writer, and its caller's deadline passes meanwhile.
     let mut holder = lock_stream(&database_url, &id).await;
-    let first = {
-        let api = app.admin().clone();
-        let credit = credit.clone();
-        tokio::spawn(async move {
-            api.post_with_headers(
-                &credit,
-                &json!({"amount": "1.00"}),
-                &[("Idempotency-Key", "first")],
-            )
-            .await
-        })
-    };
+    let first = keyed_credit_in_background(&app, &credit, "1.00", "first");
     wait_for_lock_waiters(&database_url, 1).await;
     let second = app
         .admin()
@@ -370,4 +348,24 @@ async fn the_relay_names_its_broker_user_and_the_account_of_every_message() {
         );
         delivery.ack(BasicAckOptions::default()).await.unwrap();
     }
+}
+
+/// A credit with an idempotency key, sent by a task of its own so the test can act
+/// while it waits.
+fn keyed_credit_in_background(
+    app: &TestApp,
+    credit: &str,
+    amount: &'static str,
+    key: &'static str,
+) -> tokio::task::JoinHandle<test_support::Reply> {
+    let api = app.admin().clone();
+    let credit = credit.to_owned();
+    tokio::spawn(async move {
+        api.post_with_headers(
+            &credit,
+            &json!({"amount": amount}),
+            &[("Idempotency-Key", key)],
+        )
+        .await
+    })
 }
