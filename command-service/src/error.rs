@@ -16,8 +16,14 @@ pub(crate) enum CommandError {
     CorruptStream(uuid::Uuid, String),
     #[error(transparent)]
     Store(#[from] event_store::StoreError),
+    /// Not committed, for sure: retrying is safe.
     #[error("the event store is unavailable: {0}")]
     Unavailable(String),
+    /// Committed or not, nobody can tell here (the connection broke during the
+    /// append, or the caller's deadline passed while it ran): a retry with the same
+    /// idempotency key tells.
+    #[error("the outcome of the command is unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 impl CommandError {

@@ -38,6 +38,9 @@ enum PublishError {
 pub(crate) struct Relay {
     pub(crate) store: EventStore,
     pub(crate) amqp_url: String,
+    /// The user of `amqp_url`, set as every message's `user_id` (RabbitMQ checks it
+    /// against the connection's user, so consumers can trust it).
+    pub(crate) publisher_user: String,
     pub(crate) exchange: String,
     pub(crate) batch_size: i64,
     pub(crate) status: BrokerStatus,
@@ -46,6 +49,8 @@ pub(crate) struct Relay {
 struct Publisher {
     connection: Connection,
     channel: Channel,
+    /// The connection's user, the `user_id` of every message.
+    user_id: String,
 }
 
 impl Relay {
@@ -165,6 +170,7 @@ impl Relay {
         Ok(Publisher {
             connection,
             channel,
+            user_id: self.publisher_user.clone(),
         })
     }
 }
@@ -197,6 +203,10 @@ impl Publisher {
                 .parse::<EventType>()
                 .map_or("account.unknown", |kind| kind.routing_key());
             let mut headers = FieldTable::default();
+            headers.insert(
+                ShortString::from("account_id"),
+                AMQPValue::LongString(LongString::from(event.stream_id.to_string())),
+            );
             if let Some(correlation_id) = &envelope.metadata.correlation_id {
                 headers.insert(
                     ShortString::from("correlation_id"),
@@ -214,6 +224,7 @@ impl Publisher {
                 .with_delivery_mode(2)
                 .with_message_id(event.event_id.to_string().into())
                 .with_type(event.event_type.as_str().into())
+                .with_user_id(self.user_id.as_str().into())
                 .with_timestamp(u64::try_from(event.occurred_at.timestamp()).unwrap_or_default())
                 .with_headers(headers);
             let confirm = self

@@ -2,6 +2,8 @@
 //! variable of the same name in upper case (`DATABASE_URL`, `HTTP_PORT`, ...).
 
 use serde::Deserialize;
+use service_kit::auth::AuthSettings;
+use service_kit::http::ConnectionLimits;
 use service_kit::settings::SecretUrl;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -22,6 +24,16 @@ pub struct Settings {
     pub relay_batch_size: i64,
     /// How long responses to idempotent requests are kept.
     pub idempotency_retention_hours: u64,
+    /// Seconds a command's caller waits for its outcome (at most 29, under the 30 s
+    /// limit of every request). A command not yet written by then is dropped, never
+    /// written later; one being written is answered 503 `outcome_unknown`.
+    pub command_timeout_secs: u64,
+    /// Bearer-token keys, issuer and audience (`AUTH_*`).
+    #[serde(flatten)]
+    pub auth: AuthSettings,
+    /// Header timeout, connection and in-flight bounds (`HTTP_*`).
+    #[serde(flatten)]
+    pub connections: ConnectionLimits,
 }
 
 impl Default for Settings {
@@ -36,6 +48,9 @@ impl Default for Settings {
             log_format: "pretty".to_owned(),
             relay_batch_size: 500,
             idempotency_retention_hours: 48,
+            command_timeout_secs: 25,
+            auth: AuthSettings::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -43,5 +58,10 @@ impl Default for Settings {
 impl Settings {
     pub fn json_logs(&self) -> bool {
         self.log_format.eq_ignore_ascii_case("json")
+    }
+
+    /// How long a command's caller waits ([`Settings::command_timeout_secs`], 1..=29 s).
+    pub fn command_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.command_timeout_secs.clamp(1, 29))
     }
 }

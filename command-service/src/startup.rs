@@ -13,6 +13,8 @@ use crate::http::{AppState, encode_reply, router};
 use crate::relay::Relay;
 use crate::settings::Settings;
 use service_kit::amqp::BrokerStatus;
+use service_kit::auth::Authenticator;
+use service_kit::http::ConnectionLimits;
 
 /// A built, not yet running, command service.
 #[derive(Debug)]
@@ -22,11 +24,15 @@ pub struct Application {
     relay: Relay,
     store: EventStore,
     idempotency_retention: Duration,
+    connections: ConnectionLimits,
 }
 
 impl Application {
-    /// Connects to (and migrates) the event store and binds the HTTP port.
+    /// Checks the bearer-token keys, connects to (and migrates) the event store and
+    /// binds the HTTP port. Without a usable key source it refuses to start.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let authenticator = Authenticator::new(&settings.auth)
+            .context("the command service cannot authenticate requests")?;
         let store = EventStore::connect(
             settings.database_url.expose(),
             settings.database_max_connections,
@@ -40,20 +46,23 @@ impl Application {
             exchange: settings.amqp_exchange.clone(),
             batch_size: settings.relay_batch_size.clamp(1, 10_000),
             status: broker.clone(),
+            publisher_user: publisher_user(settings.amqp_url.expose()),
         };
         let state = AppState {
             handler: CommandHandler::new(store.clone(), encode_reply),
             store: store.clone(),
+            command_timeout: settings.command_timeout(),
         };
         let listener = service_kit::http::bind(&settings.http_host, settings.http_port).await?;
         Ok(Self {
             listener,
-            router: router(state, broker),
+            router: router(state, broker, authenticator),
             relay,
             store,
             idempotency_retention: Duration::from_secs(
                 settings.idempotency_retention_hours.max(24) * 3600,
             ),
+            connections: settings.connections,
         })
     }
 
@@ -74,9 +83,14 @@ impl Application {
             self.idempotency_retention,
             shutdown.clone(),
         ));
-        service_kit::http::serve(self.listener, self.router, shutdown.clone())
-            .await
-            .context("HTTP server failed")?;
+        service_kit::http::serve_with_limits(
+            self.listener,
+            self.router,
+            shutdown.clone(),
+            &self.connections,
+        )
+        .await
+        .context("HTTP server failed")?;
         shutdown.cancel();
         if tokio::time::timeout(Duration::from_secs(5), relay)
             .await
@@ -90,6 +104,15 @@ impl Application {
         tracing::info!("command service stopped");
         Ok(())
     }
+}
+
+/// The user of the broker URL, which RabbitMQ requires as the `user_id` of every
+/// message published on that connection (`guest` when the URL names none).
+fn publisher_user(amqp_url: &str) -> String {
+    amqp_url
+        .parse::<lapin::uri::AMQPUri>()
+        .map(|uri| uri.authority.userinfo.username)
+        .unwrap_or_else(|_| "guest".to_owned())
 }
 
 async fn purge_idempotency_keys(
@@ -107,5 +130,22 @@ async fn purge_idempotency_keys(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_publisher_is_the_user_of_the_broker_url() {
+        assert_eq!(
+            publisher_user("amqp://relay:s3cret@broker:5672/%2f"),
+            "relay"
+        );
+        assert_eq!(
+            publisher_user("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "guest"
+        );
     }
 }

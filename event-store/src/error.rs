@@ -37,6 +37,17 @@ const VERSION_CLASH: &str = "BK409";
 const UNIQUE_VIOLATION: &str = "23505";
 
 impl StoreError {
+    /// Whether a write that failed with this error may nevertheless have committed:
+    /// the connection broke (I/O or protocol error) after the statement was sent, so
+    /// the commit's fate is unknown. A pool timeout or a refusal by the database is
+    /// not: nothing was committed.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            Self::Database(sqlx::Error::Io(_) | sqlx::Error::Protocol(_))
+        )
+    }
+
     pub(crate) fn from_append(
         error: sqlx::Error,
         stream_id: Uuid,
@@ -66,6 +77,21 @@ impl StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_broken_connection_leaves_the_outcome_unknown() {
+        let broken = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert!(StoreError::from(sqlx::Error::Io(broken)).outcome_unknown());
+        assert!(StoreError::from(sqlx::Error::Protocol("garbled".into())).outcome_unknown());
+        assert!(!StoreError::from(sqlx::Error::PoolTimedOut).outcome_unknown());
+        assert!(
+            !StoreError::Conflict {
+                stream_id: Uuid::nil(),
+                expected_version: 1
+            }
+            .outcome_unknown()
+        );
+    }
 
     #[test]
     fn a_database_error_names_its_cause() {

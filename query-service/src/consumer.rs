@@ -1,6 +1,10 @@
 //! The broker path: consumes `account.*` events from the projection's durable queue,
 //! projects them and acknowledges each message only once its effect is committed.
 //!
+//! Only messages whose AMQP `user_id` is the publisher user (the command service's
+//! relay; RabbitMQ refuses a `user_id` that is not the publishing connection's user)
+//! are read at all; any other is dead-lettered unread as `untrusted_publisher`.
+//!
 //! Messages that can never be applied are rejected without requeue, so that the
 //! queue dead-letters them to `{exchange}.dlx` (kept in `{exchange}.dlq`). Failures
 //! of the read model or of the command service are retried: the messages go back to
@@ -137,6 +141,8 @@ pub(crate) struct Consumer {
     amqp_url: String,
     topology: Topology,
     prefetch: u16,
+    /// The only broker user whose messages are applied.
+    publisher: String,
     status: BrokerStatus,
 }
 
@@ -148,13 +154,14 @@ struct Received {
 }
 
 impl Consumer {
-    /// A consumer of `topology.queue` that projects with `projector` and reports its
-    /// connection state in `status`.
+    /// A consumer of `topology.queue` that projects with `projector` the messages
+    /// `publisher` sent, and reports its connection state in `status`.
     pub(crate) fn new(
         projector: Projector,
         amqp_url: &str,
         topology: Topology,
         prefetch: u16,
+        publisher: String,
         status: BrokerStatus,
     ) -> Self {
         Self {
@@ -162,6 +169,7 @@ impl Consumer {
             amqp_url: amqp_url.to_owned(),
             topology,
             prefetch: prefetch.max(1),
+            publisher,
             status,
         }
     }
@@ -246,6 +254,10 @@ impl Consumer {
     ) -> Result<(), lapin::Error> {
         let mut accounts: BTreeMap<Uuid, Vec<Received>> = BTreeMap::new();
         for delivery in batch {
+            if let Some(reason) = untrusted(&delivery, &self.publisher) {
+                dead_letter(&delivery, "untrusted_publisher", &reason).await?;
+                continue;
+            }
             match parse(&delivery) {
                 Ok((candidate, span)) => accounts
                     .entry(candidate.envelope.account_id.as_uuid())
@@ -283,6 +295,11 @@ impl Consumer {
                             Verdict::Duplicate => {
                                 span.in_scope(|| tracing::debug!("duplicate skipped"));
                                 settled.push(delivery);
+                            }
+                            Verdict::Conflict(reason) => {
+                                dead_letter(&delivery, "conflicting_event", &reason)
+                                    .instrument(span)
+                                    .await?;
                             }
                             Verdict::Poison(reason) => {
                                 dead_letter(&delivery, "unprojectable", &reason)
@@ -332,6 +349,22 @@ async fn acknowledge(mut settled: Vec<Delivery>, alone: bool) -> Result<(), lapi
         delivery.ack(BasicAckOptions::default()).await?;
     }
     Ok(())
+}
+
+/// Why a message does not come from `publisher`, if it does not: its `user_id`
+/// (which the broker guarantees is the publishing connection's user) is missing or
+/// names someone else.
+fn untrusted(delivery: &Delivery, publisher: &str) -> Option<String> {
+    match delivery.properties.user_id() {
+        Some(user) if user.as_str() == publisher => None,
+        Some(user) => Some(format!(
+            "published by broker user {:?}, not by the publisher {publisher:?}",
+            user.as_str()
+        )),
+        None => Some(format!(
+            "the message has no user_id; only the publisher {publisher:?} is trusted"
+        )),
+    }
 }
 
 /// Reads a message into a candidate, within a span carrying its correlation id.

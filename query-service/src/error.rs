@@ -1,6 +1,7 @@
 //! The REST API's one error type, mapped once to problem documents.
 
 use axum::response::{IntoResponse, Response};
+use service_kit::auth::AuthRejection;
 use service_kit::{ErrorCode, Problem};
 use uuid::Uuid;
 
@@ -9,6 +10,8 @@ use crate::store::is_unavailable;
 /// Why a query failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApiError {
+    #[error("{0:?}")]
+    Auth(AuthRejection),
     #[error("{0}")]
     Invalid(String),
     #[error("account {0} does not exist")]
@@ -39,9 +42,16 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<AuthRejection> for ApiError {
+    fn from(rejection: AuthRejection) -> Self {
+        Self::Auth(rejection)
+    }
+}
+
 impl ApiError {
     pub(crate) fn problem(&self) -> Problem {
         match self {
+            Self::Auth(rejection) => rejection.problem(),
             Self::Invalid(detail) => Problem::invalid(detail.clone()),
             Self::NotFound(_) => Problem::not_found(self.to_string()),
             Self::NotYetProjected { .. } => {
@@ -61,6 +71,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        self.problem().into_response()
+        match self {
+            Self::Auth(rejection) => rejection.into_response(),
+            other => other.problem().into_response(),
+        }
     }
 }

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::projection::{ProjectionError, Projector};
 use crate::settings::Settings;
-use crate::source::CommandClient;
+use crate::source::{CommandClient, TokenSource};
 use crate::store::{REBUILD, ReadStore};
 use crate::watch::ProjectionWatch;
 
@@ -29,20 +29,22 @@ const PAGE_SIZE: u32 = 1000;
 const PAGE_ATTEMPTS: u32 = 8;
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
-const PREPARE: [&str; 5] = [
-    "DROP TABLE IF EXISTS accounts_rebuild, operations_rebuild, projection_checkpoint_rebuild",
-    "DROP TABLE IF EXISTS accounts_old, operations_old, projection_checkpoint_old",
+const PREPARE: [&str; 6] = [
+    "DROP TABLE IF EXISTS accounts_rebuild, operations_rebuild, account_versions_rebuild, projection_checkpoint_rebuild",
+    "DROP TABLE IF EXISTS accounts_old, operations_old, account_versions_old, projection_checkpoint_old",
     "CREATE TABLE accounts_rebuild LIKE accounts",
     "CREATE TABLE operations_rebuild LIKE operations",
+    "CREATE TABLE account_versions_rebuild LIKE account_versions",
     "CREATE TABLE projection_checkpoint_rebuild LIKE projection_checkpoint",
 ];
 const WRITE_CHECKPOINT: &str = "INSERT INTO projection_checkpoint_rebuild (name, generation, position, updated_at) \
      VALUES ('feed', ?, ?, UTC_TIMESTAMP(6))";
 const SWAP: &str = "RENAME TABLE accounts TO accounts_old, accounts_rebuild TO accounts, \
      operations TO operations_old, operations_rebuild TO operations, \
+     account_versions TO account_versions_old, account_versions_rebuild TO account_versions, \
      projection_checkpoint TO projection_checkpoint_old, projection_checkpoint_rebuild TO projection_checkpoint";
-const DROP_OLD: &str =
-    "DROP TABLE IF EXISTS accounts_old, operations_old, projection_checkpoint_old";
+const DROP_OLD: &str = "DROP TABLE IF EXISTS accounts_old, operations_old, account_versions_old, \
+     projection_checkpoint_old";
 const LOCK: &str = "SELECT GET_LOCK(CONCAT('query-service-rebuild:', DATABASE()), 0)";
 
 /// What a rebuild did.
@@ -63,6 +65,8 @@ pub async fn run(
     settings: &Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RebuildReport> {
+    let token = TokenSource::from_settings(settings)
+        .context("cannot authenticate to the command service")?;
     let store = ReadStore::open(&settings.database_url, settings.database_max_connections)
         .await
         .with_context(|| format!("cannot open the read model at {:?}", settings.database_url))?;
@@ -79,7 +83,7 @@ pub async fn run(
     if locked != Some(1) {
         bail!("another rebuild of this read model is running");
     }
-    let outcome = rebuild_locked(settings, &store, &mut lock, &shutdown).await;
+    let outcome = rebuild_locked(settings, token, &store, &mut lock, &shutdown).await;
     let _ = lock.close().await;
     store.pool().close().await;
     outcome
@@ -87,6 +91,7 @@ pub async fn run(
 
 async fn rebuild_locked(
     settings: &Settings,
+    token: TokenSource,
     store: &ReadStore,
     connection: &mut MySqlConnection,
     shutdown: &CancellationToken,
@@ -97,7 +102,7 @@ async fn rebuild_locked(
             .await
             .with_context(|| format!("cannot prepare the rebuild tables ({statement})"))?;
     }
-    let source = CommandClient::new(&settings.command_service_url)?;
+    let source = CommandClient::new(&settings.command_service_url, token)?;
     let projector = Projector::new(store.clone(), &REBUILD, source, ProjectionWatch::default());
     tracing::info!(command_service = %settings.command_service_url, "rebuilding the read model from the global feed");
     let started = Instant::now();
@@ -123,7 +128,7 @@ async fn rebuild_locked(
         let outcome = outcome?;
         report.events += events;
         report.applied += outcome.applied;
-        report.skipped += outcome.poisoned;
+        report.skipped += outcome.poisoned + outcome.conflicts;
         report.position = position;
         if progress_at.elapsed() >= PROGRESS_EVERY {
             progress_at = Instant::now();

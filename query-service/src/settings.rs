@@ -1,10 +1,15 @@
 //! Typed settings of the query service; each field is set by the environment
 //! variable of the same name in upper case (`DATABASE_URL`, `HTTP_PORT`, ...).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use service_kit::auth::AuthSettings;
+use service_kit::http::ConnectionLimits;
 use service_kit::settings::SecretUrl;
+
+use crate::source::ServiceToken;
 
 /// Settings of the query service and of its `rebuild` command.
 #[derive(Debug, Clone, Deserialize)]
@@ -34,6 +39,21 @@ pub struct Settings {
     pub feed_poll_interval_ms: u64,
     /// Events asked of the global feed per request (1..=1000).
     pub feed_batch_size: u32,
+    /// `COMMAND_SERVICE_TOKEN`: the bearer token the query service sends the command
+    /// service (it needs `events:read`).
+    pub command_service_token: Option<ServiceToken>,
+    /// `COMMAND_SERVICE_TOKEN_FILE`: the same token read from a file, re-read when it
+    /// changes (a mounted secret that is rotated); surrounding whitespace is ignored.
+    pub command_service_token_file: Option<PathBuf>,
+    /// `AMQP_PUBLISHER_USER`: the broker user whose messages are applied (the command
+    /// service's relay); others are dead-lettered. Default: the user of `AMQP_URL`.
+    pub amqp_publisher_user: Option<String>,
+    /// Bearer-token authentication of the REST API.
+    #[serde(flatten)]
+    pub auth: AuthSettings,
+    /// Limits on HTTP connections and requests in flight.
+    #[serde(flatten)]
+    pub connections: ConnectionLimits,
 }
 
 impl Default for Settings {
@@ -52,6 +72,11 @@ impl Default for Settings {
             feed_follow_enabled: true,
             feed_poll_interval_ms: 1000,
             feed_batch_size: 500,
+            command_service_token: None,
+            command_service_token_file: None,
+            amqp_publisher_user: None,
+            auth: AuthSettings::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -70,6 +95,24 @@ impl Settings {
     /// Durable queue that keeps the dead letters for inspection.
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dlq", self.amqp_exchange)
+    }
+
+    /// The broker user whose messages the projection trusts: `AMQP_PUBLISHER_USER`,
+    /// else the user of `AMQP_URL` (`guest` when it names none).
+    pub fn publisher_user(&self) -> Result<String, String> {
+        if let Some(user) = self
+            .amqp_publisher_user
+            .as_deref()
+            .map(str::trim)
+            .filter(|user| !user.is_empty())
+        {
+            return Ok(user.to_owned());
+        }
+        self.amqp_url
+            .expose()
+            .parse::<lapin::uri::AMQPUri>()
+            .map(|uri| uri.authority.userinfo.username)
+            .map_err(|error| format!("AMQP_URL is not an AMQP URL: {error}"))
     }
 
     /// Pause of the feed follower once caught up.

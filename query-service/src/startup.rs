@@ -12,10 +12,12 @@ use crate::follower::FeedFollower;
 use crate::http::{AppState, router};
 use crate::projection::Projector;
 use crate::settings::Settings;
-use crate::source::CommandClient;
+use crate::source::{CommandClient, TokenSource};
 use crate::store::{LIVE, ReadStore};
 use crate::watch::ProjectionWatch;
 use service_kit::amqp::BrokerStatus;
+use service_kit::auth::Authenticator;
+use service_kit::http::ConnectionLimits;
 
 /// How long the consumer may take to finish its in-flight messages on shutdown.
 const CONSUMER_GRACE: Duration = Duration::from_secs(7);
@@ -28,20 +30,28 @@ pub struct Application {
     store: ReadStore,
     consumer: Consumer,
     follower: Option<FeedFollower>,
+    limits: ConnectionLimits,
     stop: CancellationToken,
 }
 
 impl Application {
     /// Opens (creating and migrating) the read model and binds the HTTP port. The
     /// broker is not needed yet: the consumer connects, and reconnects, in the background.
+    /// Refuses to start without a key source for bearer tokens or a token for the
+    /// command service.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let authenticator =
+            Authenticator::new(&settings.auth).context("cannot check bearer tokens")?;
+        let token = TokenSource::from_settings(&settings)
+            .context("cannot authenticate to the command service")?;
+        let publisher = settings.publisher_user().map_err(|e| anyhow!(e))?;
         let topology = Topology::from_settings(&settings).map_err(|e| anyhow!(e))?;
         let store = ReadStore::open(&settings.database_url, settings.database_max_connections)
             .await
             .with_context(|| {
                 format!("cannot open the read model at {:?}", settings.database_url)
             })?;
-        let source = CommandClient::new(&settings.command_service_url)
+        let source = CommandClient::new(&settings.command_service_url, token)
             .context("cannot build the command service client")?;
         let watch = ProjectionWatch::default();
         let projector = Projector::new(store.clone(), &LIVE, source, watch.clone());
@@ -51,6 +61,7 @@ impl Application {
             settings.amqp_url.expose(),
             topology,
             settings.amqp_prefetch,
+            publisher,
             broker.clone(),
         );
         let follower = settings.feed_follow_enabled.then(|| {
@@ -69,10 +80,11 @@ impl Application {
         let listener = service_kit::http::bind(&settings.http_host, settings.http_port).await?;
         Ok(Self {
             listener,
-            router: router(state, broker),
+            router: router(state, broker, authenticator),
             store,
             consumer,
             follower,
+            limits: settings.connections,
             stop,
         })
     }
@@ -99,9 +111,14 @@ impl Application {
         });
         let consumer = tokio::spawn(self.consumer.run(stop.clone()));
         let follower = self.follower.map(|f| tokio::spawn(f.run(stop.clone())));
-        let served = service_kit::http::serve(self.listener, self.router, stop.clone())
-            .await
-            .context("HTTP server failed");
+        let served = service_kit::http::serve_with_limits(
+            self.listener,
+            self.router,
+            stop.clone(),
+            &self.limits,
+        )
+        .await
+        .context("HTTP server failed");
         stop.cancel();
         link.abort();
         if tokio::time::timeout(CONSUMER_GRACE, consumer)

@@ -10,10 +10,29 @@ use super::{Accepted, CommandContext, Outcome, Reply};
 use crate::error::CommandError;
 
 /// A client's `Idempotency-Key` and the fingerprint of the request it came with.
+///
+/// Keys are scoped to the caller: the record is stored under `key`, which names the
+/// caller's `sub` as well as the client's key, so that another caller reusing a key
+/// makes a different request and never sees the first caller's reply.
 #[derive(Debug, Clone)]
 pub(crate) struct IdempotencyKey {
+    /// The key the record is stored under ([`IdempotencyKey::scoped`]).
     pub(crate) key: String,
+    /// The key as the client sent it, recorded in the events' metadata.
+    pub(crate) client_key: String,
     pub(crate) fingerprint: Vec<u8>,
+}
+
+impl IdempotencyKey {
+    /// The key of `sub`'s request `client_key`: the length of `sub` first, so that no
+    /// two (sub, key) pairs share a stored key.
+    pub(crate) fn scoped(sub: &str, client_key: &str, fingerprint: Vec<u8>) -> Self {
+        Self {
+            key: format!("{}:{sub}:{client_key}", sub.len()),
+            client_key: client_key.to_owned(),
+            fingerprint,
+        }
+    }
 }
 
 /// A reply as the HTTP layer shapes it, kept under an idempotency key.
@@ -91,4 +110,21 @@ pub(super) fn replay(stored: StoredResponse, idempotency: &IdempotencyKey) -> Ou
         status: stored.status,
         body: stored.body,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_key_of_two_callers_is_stored_apart() {
+        let alice = IdempotencyKey::scoped("alice", "k1", vec![1]);
+        let bob = IdempotencyKey::scoped("bob", "k1", vec![1]);
+        assert_ne!(alice.key, bob.key);
+        assert_eq!(alice.client_key, "k1");
+        assert_ne!(
+            IdempotencyKey::scoped("a:1", "b", vec![]).key,
+            IdempotencyKey::scoped("a", "1:b", vec![]).key
+        );
+    }
 }

@@ -19,12 +19,13 @@ mod writer;
 use std::sync::Arc;
 
 use event_store::EventStore;
-use shared_events::{AccountId, Money};
+use shared_events::{AccountId, Actor, Money};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 pub(crate) use idempotency::{IdempotencyKey, ReplyEncoder, StoredReply};
 
-use crate::domain::AccountCommand;
+use crate::domain::{Account, AccountCommand, Requester};
 use crate::error::CommandError;
 use writer::Job;
 
@@ -33,11 +34,29 @@ const WRITERS: usize = 4;
 /// Most commands decided and committed together.
 const MAX_BATCH: usize = 256;
 
-/// Who asked, and under which idempotency key.
-#[derive(Debug, Clone, Default)]
+/// Who asked, through which client, under which idempotency key, and until when
+/// the answer is awaited.
+#[derive(Debug, Clone)]
 pub(crate) struct CommandContext {
+    pub(crate) requester: Requester,
+    /// The token's `azp` or `client_id`, recorded with the events.
+    pub(crate) client_id: Option<String>,
     pub(crate) correlation_id: Option<String>,
     pub(crate) idempotency: Option<IdempotencyKey>,
+    /// When the caller stops waiting. A command not yet committed by then is
+    /// dropped before its transaction starts, never committed later; one whose
+    /// transaction is under way is answered `outcome_unknown`.
+    pub(crate) deadline: Instant,
+}
+
+impl CommandContext {
+    /// The actor recorded in the metadata of the events the command causes.
+    pub(crate) fn actor(&self) -> Actor {
+        Actor {
+            sub: self.requester.sub.clone(),
+            client_id: self.client_id.clone(),
+        }
+    }
 }
 
 /// What an accepted command left its account at.
@@ -86,7 +105,9 @@ impl CommandHandler {
         Self { store, writers }
     }
 
-    /// Runs one command on account `id`.
+    /// Runs one command on account `id`. When `context.deadline` passes first, the
+    /// answer is [`CommandError::OutcomeUnknown`]: the command may still commit (a
+    /// retry with the same idempotency key tells), or it is dropped unwritten.
     pub(crate) async fn execute(
         &self,
         id: AccountId,
@@ -94,7 +115,15 @@ impl CommandHandler {
         context: CommandContext,
     ) -> Outcome {
         let name = command.name();
-        let outcome = self.submit(id, command, context).await;
+        let deadline = context.deadline;
+        let outcome = tokio::time::timeout_at(deadline, self.submit(id, command, context))
+            .await
+            .unwrap_or_else(|_| {
+                tracing::warn!(account_id = %id, command = name, "command deadline passed");
+                Err(CommandError::OutcomeUnknown(
+                    "the command did not finish in time".into(),
+                ))
+            });
         metrics::counter!(
             "commands_total",
             "command" => name,
@@ -102,6 +131,7 @@ impl CommandHandler {
                 Ok(Reply::Replayed(_)) => "replayed",
                 Ok(Reply::Accepted(_)) => "accepted",
                 Err(error) if error.is_final() => "refused",
+                Err(CommandError::OutcomeUnknown(_)) => "unknown",
                 Err(_) => "failed",
             }
         )
@@ -136,5 +166,12 @@ impl CommandHandler {
         answer
             .await
             .map_err(|_| CommandError::Unavailable("the command was dropped".into()))?
+    }
+
+    /// The account `id` as the event store holds it now (`None`: no such account).
+    pub(crate) async fn account(&self, id: AccountId) -> Result<Option<Account>, CommandError> {
+        let mut loaded = rehydrate::load(&self.store, &[id.as_uuid()]).await?;
+        rehydrate::rebuild(id, loaded.remove(&id.as_uuid()))
+            .map_err(|message| CommandError::CorruptStream(id.as_uuid(), message))
     }
 }

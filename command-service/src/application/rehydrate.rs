@@ -1,13 +1,39 @@
-//! Rebuilds an account from its stream: the latest snapshot, then the events after it.
+//! Rebuilds an account from its stream: the latest snapshot, then the events after it;
+//! or, when the snapshot was written by an older release (another
+//! [`SNAPSHOT_SCHEMA`]), every event of the stream from the first.
 
-use event_store::LoadedStream;
+use std::collections::HashMap;
+
+use event_store::{EventStore, LoadedStream, StoreError};
 use serde_json::Value;
 use shared_events::{AccountEvent, AccountId};
+use uuid::Uuid;
 
 use crate::domain::{Account, evolve};
 
-/// Version of the serialised [`Account`] kept as the stream snapshot.
-pub(super) const SNAPSHOT_SCHEMA: i32 = 1;
+/// Version of the serialised [`Account`] kept as the stream snapshot. 2: with `owner`.
+pub(super) const SNAPSHOT_SCHEMA: i32 = 2;
+
+/// The streams `ids` as needed to rebuild their accounts: a stream whose snapshot is
+/// missing or of another schema comes with all its events and no snapshot.
+pub(super) async fn load(
+    store: &EventStore,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, LoadedStream>, StoreError> {
+    let mut loaded = store.load_many(ids).await?;
+    for (id, stream) in &mut loaded {
+        if stream
+            .snapshot
+            .as_ref()
+            .is_some_and(|snapshot| snapshot.schema_version == SNAPSHOT_SCHEMA)
+        {
+            continue;
+        }
+        stream.snapshot = None;
+        stream.events = store.read_stream(*id, 1).await?.unwrap_or_default();
+    }
+    Ok(loaded)
+}
 
 /// The account a stream holds (`None`: no such stream), or why it cannot be read back.
 pub(super) fn rebuild(
@@ -18,11 +44,17 @@ pub(super) fn rebuild(
         return Ok(None);
     };
     let mut account = match stream.snapshot {
-        Some(snapshot) if snapshot.schema_version == SNAPSHOT_SCHEMA => {
+        Some(snapshot) if snapshot.schema_version == SNAPSHOT_SCHEMA => Some(
             serde_json::from_value::<Account>(snapshot.state)
-                .map_err(|e| format!("snapshot of {id}: {e}"))?
+                .map_err(|e| format!("snapshot of {id}: {e}"))?,
+        ),
+        Some(snapshot) => {
+            return Err(format!(
+                "stream {id} has a snapshot of schema {}, not {SNAPSHOT_SCHEMA}",
+                snapshot.schema_version
+            ));
         }
-        _ => return Err(format!("stream {id} has no usable snapshot")),
+        None => None,
     };
     for recorded in &stream.events {
         let event = AccountEvent::decode(
@@ -31,9 +63,11 @@ pub(super) fn rebuild(
             &recorded.data,
         )
         .map_err(|e| format!("event {} of {id}: {e}", recorded.version))?;
-        account =
-            evolve(Some(account), &event).ok_or_else(|| format!("stream {id} lost its account"))?;
+        account = evolve(account, &event);
     }
+    let Some(account) = account else {
+        return Err(format!("stream {id} holds no account"));
+    };
     if i64::try_from(account.version).ok() != Some(stream.version) {
         return Err(format!(
             "stream {id} rebuilds to version {} not {}",

@@ -9,6 +9,7 @@ use serde_json::Value;
 use service_kit::backoff::Backoff;
 use shared_events::{AccountEvent, AccountId, EventMetadata};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::idempotency::{self, ReplyEncoder};
@@ -107,14 +108,14 @@ impl Writer {
     /// jobs of the accounts that were written concurrently.
     async fn attempt(&self, jobs: Vec<Job>) -> Result<Vec<Job>, TakenKey> {
         let mut groups: Vec<(AccountId, Vec<Job>)> = Vec::new();
-        for job in jobs {
+        for job in drop_abandoned(jobs) {
             match groups.iter_mut().find(|(id, _)| *id == job.id) {
                 Some((_, group)) => group.push(job),
                 None => groups.push((job.id, vec![job])),
             }
         }
         let ids: Vec<Uuid> = groups.iter().map(|(id, _)| id.as_uuid()).collect();
-        let mut loaded = match self.store.load_many(&ids).await {
+        let mut loaded = match rehydrate::load(&self.store, &ids).await {
             Ok(loaded) => loaded,
             Err(error) => {
                 fail_all(groups.into_iter().flat_map(|(_, jobs)| jobs), &error);
@@ -166,6 +167,15 @@ impl Writer {
                 Ok(jobs_of(conflicted).collect())
             }
             Err(StoreError::IdempotencyKeyTaken(_)) => Err(TakenKey(jobs_of(plans).collect())),
+            Err(error) if error.outcome_unknown() => {
+                tracing::error!(error = %error, "the connection broke during an append");
+                for job in jobs_of(plans) {
+                    let _ = job
+                        .reply
+                        .send(Err(CommandError::OutcomeUnknown(error.to_string())));
+                }
+                Ok(Vec::new())
+            }
             Err(error) => {
                 fail_all(jobs_of(plans), &error);
                 Ok(Vec::new())
@@ -189,7 +199,7 @@ impl Writer {
                 decided.push((job, outcome));
                 continue;
             }
-            let result = match decide(account.as_ref(), &job.command) {
+            let result = match decide(account.as_ref(), &job.context.requester, &job.command) {
                 Ok(new_events) => {
                     let after = new_events.iter().fold(account.take(), evolve);
                     let accepted = after
@@ -223,6 +233,28 @@ impl Writer {
     }
 }
 
+/// The jobs whose caller still waits and whose deadline has not passed; the others
+/// are dropped before any transaction starts, so they are never committed.
+fn drop_abandoned(jobs: Vec<Job>) -> Vec<Job> {
+    let now = Instant::now();
+    let (waiting, abandoned): (Vec<Job>, Vec<Job>) = jobs
+        .into_iter()
+        .partition(|job| !job.reply.is_closed() && job.context.deadline > now);
+    if !abandoned.is_empty() {
+        metrics::counter!("commands_abandoned_total").increment(abandoned.len() as u64);
+        tracing::warn!(
+            count = abandoned.len(),
+            "dropped commands whose caller stopped waiting"
+        );
+    }
+    for job in abandoned {
+        let _ = job.reply.send(Err(CommandError::Unavailable(
+            "the command's deadline passed before it was written".into(),
+        )));
+    }
+    waiting
+}
+
 fn fail_all(jobs: impl IntoIterator<Item = Job>, error: &StoreError) {
     tracing::error!(error = %error, "event store unavailable");
     for job in jobs {
@@ -250,8 +282,8 @@ fn to_new_events(events: &[AccountEvent], context: &CommandContext) -> Vec<NewEv
     let metadata = EventMetadata {
         correlation_id: context.correlation_id.clone(),
         causation_id: Some(Uuid::now_v7().to_string()),
-        idempotency_key: context.idempotency.as_ref().map(|i| i.key.clone()),
-        actor: None,
+        idempotency_key: context.idempotency.as_ref().map(|i| i.client_key.clone()),
+        actor: Some(context.actor()),
     };
     let metadata = serde_json::to_value(&metadata).unwrap_or(Value::Null);
     events

@@ -9,11 +9,30 @@ pub(crate) struct Account {
     pub(crate) balance: Money,
     /// Number of events in the account's stream.
     pub(crate) version: u64,
+    /// The `sub` that owns the account; `None` for an account opened before
+    /// identities existed, which only admins may act on.
+    pub(crate) owner: Option<String>,
 }
 
 impl Account {
     pub(crate) fn currency(&self) -> Currency {
         self.balance.currency()
+    }
+}
+
+/// Who asks for a command: the caller's `sub`, and whether it may act on every
+/// account (`accounts:admin`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Requester {
+    pub(crate) sub: String,
+    pub(crate) admin: bool,
+}
+
+impl Requester {
+    /// Whether the requester may act on `account`: an admin on any, anyone else on
+    /// the accounts it owns.
+    pub(crate) fn may_act_on(&self, account: &Account) -> bool {
+        self.admin || account.owner.as_deref() == Some(self.sub.as_str())
     }
 }
 
@@ -25,6 +44,8 @@ pub(crate) enum AccountCommand {
     Create {
         initial_balance: Decimal,
         currency: Currency,
+        /// The `sub` the account will belong to.
+        owner: String,
     },
     Activate,
     Credit {
@@ -83,9 +104,12 @@ pub(crate) enum DomainError {
     InvalidAmount(#[from] MoneyError),
 }
 
-/// Decides which events a command causes on an account (`None`: no such account yet).
+/// Decides which events a command of `requester` causes on an account (`None`: no
+/// such account yet). An account the requester may not act on is, to it, an account
+/// that does not exist.
 pub(crate) fn decide(
     account: Option<&Account>,
+    requester: &Requester,
     command: &AccountCommand,
 ) -> Result<Vec<AccountEvent>, DomainError> {
     let Some(account) = account else {
@@ -93,13 +117,17 @@ pub(crate) fn decide(
             AccountCommand::Create {
                 initial_balance,
                 currency,
+                owner,
             } => Ok(vec![AccountEvent::Created {
                 initial_balance: Money::opening_balance(*initial_balance, *currency)?,
-                owner: None,
+                owner: Some(owner.clone()),
             }]),
             _ => Err(DomainError::NotFound),
         };
     };
+    if !matches!(command, AccountCommand::Create { .. }) && !requester.may_act_on(account) {
+        return Err(DomainError::NotFound);
+    }
     let require = |allowed: &[AccountStatus]| {
         if allowed.contains(&account.status) {
             Ok(())
@@ -181,17 +209,20 @@ pub(crate) fn evolve(account: Option<Account>, event: &AccountEvent) -> Option<A
         status,
         balance,
         version: account.version + 1,
+        owner: account.owner,
     };
     match (account, event) {
         (
             None,
             AccountEvent::Created {
-                initial_balance, ..
+                initial_balance,
+                owner,
             },
         ) => Some(Account {
             status: AccountStatus::Created,
             balance: *initial_balance,
             version: 1,
+            owner: owner.clone(),
         }),
         (None, _) => None,
         (Some(account), event) => Some(match event {

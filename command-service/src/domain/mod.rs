@@ -2,4 +2,4 @@
 
 mod account;
 
-pub(crate) use account::{Account, AccountCommand, DomainError, decide, evolve};
+pub(crate) use account::{Account, AccountCommand, DomainError, Requester, decide, evolve};

@@ -1,13 +1,19 @@
-//! The command endpoints: parse, run through the [`CommandHandler`], answer.
+//! The command endpoints: authorise, parse, run through the [`CommandHandler`], answer.
+//!
+//! The order of the checks is the contract's: a token (401), then the scope the
+//! operation needs (403), then the request (400, 413, 415), then the account, which
+//! is `not_found` to a caller who neither owns it nor is an admin (the domain's rule).
 
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use service_kit::Problem;
+use service_kit::auth::{AuthRejection, Caller, Scope};
 use service_kit::extract::{JsonBody, OptionalJsonBody, PathId};
 use sha2::{Digest, Sha256};
 use shared_events::AccountId;
+use tokio::time::Instant;
 
 use super::dto::{
     BalanceResponse, CreateAccountRequest, EmptyRequest, MovementRequest, SuspendRequest,
@@ -15,21 +21,23 @@ use super::dto::{
 };
 use super::{AppState, reply};
 use crate::application::{CommandContext, IdempotencyKey};
-use crate::domain::AccountCommand;
+use crate::domain::{AccountCommand, Requester};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_REASON_CHARS: usize = 500;
+const MAX_OWNER_CHARS: usize = 255;
 
-/// Runs one command for a request and turns the outcome into the response.
+/// Runs one command of `caller` for a request and turns the outcome into the response.
 async fn run(
     state: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
     id: AccountId,
     route: &str,
     body: &impl Serialize,
     command: AccountCommand,
 ) -> Response {
-    let context = match context(headers, route, body) {
+    let context = match context(state, caller, headers, route, body) {
         Ok(context) => context,
         Err(problem) => return problem.into_response(),
     };
@@ -37,6 +45,8 @@ async fn run(
 }
 
 fn context(
+    state: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
     route: &str,
     body: &impl Serialize,
@@ -54,43 +64,104 @@ fn context(
                     Problem::invalid("Idempotency-Key must be 1 to 128 visible ASCII characters")
                 })?;
             let request = serde_json::to_vec(&(route, body)).map_err(|e| Problem::internal(&e))?;
-            Some(IdempotencyKey {
-                key: key.to_owned(),
-                fingerprint: Sha256::digest(&request).to_vec(),
-            })
+            Some(IdempotencyKey::scoped(
+                &caller.sub,
+                key,
+                Sha256::digest(&request).to_vec(),
+            ))
         }
     };
     Ok(CommandContext {
+        requester: Requester {
+            sub: caller.sub.clone(),
+            admin: caller.is_admin(),
+        },
+        client_id: caller.client_id.clone(),
         correlation_id: service_kit::http::request_id(headers),
         idempotency,
+        deadline: Instant::now() + state.command_timeout,
     })
 }
 
-/// Opens an account with an initial balance in one currency.
+/// Why a request was refused before its command was built.
+enum Refused {
+    /// The caller lacks the operation's scope (or an admin's right to name an owner).
+    Scope(AuthRejection),
+    /// The path or the body is not a valid request.
+    Request(Box<Problem>),
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Scope(rejection) => rejection.into_response(),
+            Self::Request(problem) => problem.into_response(),
+        }
+    }
+}
+
+/// The request's parts once the caller is known to hold `scope`: the scope is
+/// checked before the path and the body are looked at.
+fn authorised<T>(caller: &Caller, scope: Scope, request: Result<T, Problem>) -> Result<T, Refused> {
+    caller.require(scope).map_err(Refused::Scope)?;
+    request.map_err(|problem| Refused::Request(Box::new(problem)))
+}
+
+/// Opens an account with an initial balance in one currency, owned by the caller
+/// (or, for an admin, by the `owner` it names).
 #[utoipa::path(
     post, path = "/accounts", tag = "accounts",
     request_body = CreateAccountRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "1..=128 visible ASCII characters")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1..=128 visible ASCII characters, scoped to the caller")),
     responses(
         (status = 201, body = VersionResponse, headers(("Location" = String))),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "unauthorized: no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "forbidden: needs accounts:write (accounts:admin to name another owner)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "account_exists", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "outcome_unknown: retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn create_account(
+    caller: Caller,
     State(state): State<AppState>,
     headers: HeaderMap,
-    JsonBody(request): JsonBody<CreateAccountRequest>,
+    request: Result<JsonBody<CreateAccountRequest>, Problem>,
 ) -> Response {
+    let JsonBody(request) = match authorised(&caller, Scope::AccountsWrite, request) {
+        Ok(request) => request,
+        Err(refused) => return refused.into_response(),
+    };
+    let owner = match request.owner.as_deref() {
+        None => caller.sub.clone(),
+        Some(owner) if owner != caller.sub && !caller.is_admin() => {
+            return AuthRejection::InsufficientScope(Scope::AccountsAdmin).into_response();
+        }
+        Some(owner) if owner.is_empty() || owner.chars().count() > MAX_OWNER_CHARS => {
+            return Problem::invalid(format!("owner must be 1 to {MAX_OWNER_CHARS} characters"))
+                .into_response();
+        }
+        Some(owner) => owner.to_owned(),
+    };
     let id = request.id.map_or_else(AccountId::generate, AccountId::from);
     let command = AccountCommand::Create {
         initial_balance: request.initial_balance.0,
         currency: request.currency,
+        owner,
     };
-    run(&state, &headers, id, "/accounts", &request, command).await
+    run(
+        &state,
+        &caller,
+        &headers,
+        id,
+        "/accounts",
+        &request,
+        command,
+    )
+    .await
 }
 
 macro_rules! lifecycle_command {
@@ -100,26 +171,38 @@ macro_rules! lifecycle_command {
             post, path = $route, tag = "accounts",
             params(
                 ("id" = String, Path, format = Uuid),
-                ("Idempotency-Key" = Option<String>, Header, description = "1..=128 visible ASCII characters"),
+                ("Idempotency-Key" = Option<String>, Header, description = "1..=128 visible ASCII characters, scoped to the caller"),
             ),
             request_body(content = Option<EmptyRequest>, description = "none or {}"),
             responses(
                 (status = 200, body = VersionResponse),
                 (status = 400, body = Problem, content_type = "application/problem+json"),
+                (status = 401, description = "unauthorized: no valid bearer token", body = Problem, content_type = "application/problem+json"),
+                (status = 403, description = "forbidden: needs accounts:admin", body = Problem, content_type = "application/problem+json"),
                 (status = 404, body = Problem, content_type = "application/problem+json"),
                 (status = 409, description = "invalid_state or concurrency_conflict", body = Problem, content_type = "application/problem+json"),
                 (status = 415, body = Problem, content_type = "application/problem+json"),
                 (status = 422, description = "idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
+                (status = 503, description = "outcome_unknown: retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json"),
             )
         )]
         pub(crate) async fn $name(
+            caller: Caller,
             State(state): State<AppState>,
-            PathId(id): PathId,
+            id: Result<PathId, Problem>,
             headers: HeaderMap,
-            OptionalJsonBody(request): OptionalJsonBody<EmptyRequest>,
+            request: Result<OptionalJsonBody<EmptyRequest>, Problem>,
         ) -> Response {
+            let (PathId(id), OptionalJsonBody(request)) = match authorised(
+                &caller,
+                Scope::AccountsAdmin,
+                id.and_then(|id| Ok((id, request?))),
+            ) {
+                Ok(parts) => parts,
+                Err(refused) => return refused.into_response(),
+            };
             let route = format!(concat!(stringify!($name), " {}"), id);
-            run(&state, &headers, id.into(), &route, &request, $command).await
+            run(&state, &caller, &headers, id.into(), &route, &request, $command).await
         }
     };
 }
@@ -127,44 +210,56 @@ macro_rules! lifecycle_command {
 lifecycle_command!(
     activate,
     "/accounts/{id}/activate",
-    "Activates a created account.",
+    "Activates a created account (accounts:admin).",
     AccountCommand::Activate
 );
 lifecycle_command!(
     reactivate,
     "/accounts/{id}/reactivate",
-    "Reactivates a suspended account.",
+    "Reactivates a suspended account (accounts:admin).",
     AccountCommand::Reactivate
 );
 lifecycle_command!(
     close,
     "/accounts/{id}/close",
-    "Closes an active or suspended account whose balance is zero.",
+    "Closes an active or suspended account whose balance is zero (accounts:admin).",
     AccountCommand::Close
 );
 
-/// Suspends an active account.
+/// Suspends an active account (accounts:admin).
 #[utoipa::path(
     post, path = "/accounts/{id}/suspend", tag = "accounts",
     params(
         ("id" = String, Path, format = Uuid),
-        ("Idempotency-Key" = Option<String>, Header, description = "1..=128 visible ASCII characters"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1..=128 visible ASCII characters, scoped to the caller"),
     ),
     request_body(content = Option<SuspendRequest>),
     responses(
         (status = 200, body = VersionResponse),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "unauthorized: no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "forbidden: needs accounts:admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "outcome_unknown: retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn suspend(
+    caller: Caller,
     State(state): State<AppState>,
-    PathId(id): PathId,
+    id: Result<PathId, Problem>,
     headers: HeaderMap,
-    OptionalJsonBody(request): OptionalJsonBody<SuspendRequest>,
+    request: Result<OptionalJsonBody<SuspendRequest>, Problem>,
 ) -> Response {
+    let (PathId(id), OptionalJsonBody(request)) = match authorised(
+        &caller,
+        Scope::AccountsAdmin,
+        id.and_then(|id| Ok((id, request?))),
+    ) {
+        Ok(parts) => parts,
+        Err(refused) => return refused.into_response(),
+    };
     if request
         .reason
         .as_ref()
@@ -179,7 +274,16 @@ pub(super) async fn suspend(
     let command = AccountCommand::Suspend {
         reason: request.reason.clone(),
     };
-    run(&state, &headers, id.into(), &route, &request, command).await
+    run(
+        &state,
+        &caller,
+        &headers,
+        id.into(),
+        &route,
+        &request,
+        command,
+    )
+    .await
 }
 
 macro_rules! movement_command {
@@ -189,31 +293,43 @@ macro_rules! movement_command {
             post, path = $route, tag = "accounts",
             params(
                 ("id" = String, Path, format = Uuid),
-                ("Idempotency-Key" = Option<String>, Header, description = "1..=128 visible ASCII characters"),
+                ("Idempotency-Key" = Option<String>, Header, description = "1..=128 visible ASCII characters, scoped to the caller"),
             ),
             request_body = MovementRequest,
             responses(
                 (status = 200, body = BalanceResponse),
                 (status = 400, body = Problem, content_type = "application/problem+json"),
-                (status = 404, body = Problem, content_type = "application/problem+json"),
+                (status = 401, description = "unauthorized: no valid bearer token", body = Problem, content_type = "application/problem+json"),
+                (status = 403, description = "forbidden: needs accounts:write", body = Problem, content_type = "application/problem+json"),
+                (status = 404, description = "not_found: no such account, or not the caller's", body = Problem, content_type = "application/problem+json"),
                 (status = 409, description = "invalid_state or concurrency_conflict", body = Problem, content_type = "application/problem+json"),
                 (status = 413, body = Problem, content_type = "application/problem+json"),
                 (status = 415, body = Problem, content_type = "application/problem+json"),
                 (status = 422, description = "insufficient_funds, currency_mismatch, balance_limit_exceeded or idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
+                (status = 503, description = "outcome_unknown: retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json"),
             )
         )]
         pub(crate) async fn $name(
+            caller: Caller,
             State(state): State<AppState>,
-            PathId(id): PathId,
+            id: Result<PathId, Problem>,
             headers: HeaderMap,
-            JsonBody(request): JsonBody<MovementRequest>,
+            request: Result<JsonBody<MovementRequest>, Problem>,
         ) -> Response {
+            let (PathId(id), JsonBody(request)) = match authorised(
+                &caller,
+                Scope::AccountsWrite,
+                id.and_then(|id| Ok((id, request?))),
+            ) {
+                Ok(parts) => parts,
+                Err(refused) => return refused.into_response(),
+            };
             let route = format!(concat!(stringify!($name), " {}"), id);
             let command = AccountCommand::$variant {
                 amount: request.amount.0,
                 currency: request.currency,
             };
-            run(&state, &headers, id.into(), &route, &request, command).await
+            run(&state, &caller, &headers, id.into(), &route, &request, command).await
         }
     };
 }
@@ -221,12 +337,12 @@ macro_rules! movement_command {
 movement_command!(
     credit,
     "/accounts/{id}/credit",
-    "Adds money to an active account.",
+    "Adds money to an active account of the caller's (any account for accounts:admin).",
     Credit
 );
 movement_command!(
     debit,
     "/accounts/{id}/debit",
-    "Takes money from an active account, never below zero.",
+    "Takes money from an active account of the caller's, never below zero.",
     Debit
 );

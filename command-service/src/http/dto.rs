@@ -42,6 +42,10 @@ pub(super) struct CreateAccountRequest {
     /// Id to give the account; generated (UUID v7) when absent.
     #[schema(value_type = Option<String>, format = Uuid)]
     pub(super) id: Option<Uuid>,
+    /// The `sub` the account belongs to: the caller when absent; naming anyone else
+    /// needs `accounts:admin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) owner: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]

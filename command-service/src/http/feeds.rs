@@ -2,8 +2,11 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use service_kit::Problem;
+use service_kit::auth::{Caller, Scope};
 use service_kit::extract::{PathId, QueryParams};
+use shared_events::AccountId;
 
 use super::AppState;
 use super::dto::{AccountEventsQuery, AccountEventsResponse, FeedQuery, FeedResponse};
@@ -12,20 +15,57 @@ use crate::envelope::to_envelope;
 const DEFAULT_FEED_LIMIT: u32 = 500;
 const MAX_FEED_LIMIT: u32 = 1000;
 
-/// The events of one account in version order.
+/// The events of one account in version order: for `events:read` or
+/// `accounts:admin` any account's, for `accounts:read` the caller's own.
 #[utoipa::path(
     get, path = "/accounts/{id}/events", tag = "feeds",
     params(("id" = String, Path, format = Uuid), AccountEventsQuery),
     responses(
         (status = 200, body = AccountEventsResponse),
         (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "unauthorized: no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "forbidden: needs accounts:read, events:read or accounts:admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "not_found: no such account, or not the caller's", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn account_events(
+    caller: Caller,
     State(state): State<AppState>,
-    PathId(id): PathId,
-    QueryParams(query): QueryParams<AccountEventsQuery>,
+    id: Result<PathId, Problem>,
+    query: Result<QueryParams<AccountEventsQuery>, Problem>,
+) -> Response {
+    let sees_every_account = caller.is_admin() || caller.has(Scope::EventsRead);
+    if !sees_every_account && let Err(rejection) = caller.require(Scope::AccountsRead) {
+        return rejection.into_response();
+    }
+    let result = async {
+        let (PathId(id), QueryParams(query)) = (id?, query?);
+        if !sees_every_account {
+            owned_by(&state, id.into(), &caller.sub).await?;
+        }
+        read_account_events(&state, id, query).await
+    };
+    result.await.into_response()
+}
+
+/// `Ok` when `sub` owns account `id`; else `not_found`, exactly as for an account
+/// that does not exist.
+async fn owned_by(state: &AppState, id: AccountId, sub: &str) -> Result<(), Problem> {
+    let account = state
+        .handler
+        .account(id)
+        .await
+        .map_err(|error| Problem::internal(&error))?;
+    match account {
+        Some(account) if account.owner.as_deref() == Some(sub) => Ok(()),
+        _ => Err(Problem::not_found(format!("account {id} does not exist"))),
+    }
+}
+
+async fn read_account_events(
+    state: &AppState,
+    id: uuid::Uuid,
+    query: AccountEventsQuery,
 ) -> Result<Json<AccountEventsResponse>, Problem> {
     let from_version = i64::try_from(query.from_version.unwrap_or(1).max(1))
         .map_err(|_| Problem::invalid("from_version is too large"))?;
@@ -48,12 +88,25 @@ pub(super) async fn account_events(
     responses(
         (status = 200, body = FeedResponse),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "unauthorized: no valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "forbidden: needs events:read", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn all_events(
+    caller: Caller,
     State(state): State<AppState>,
-    QueryParams(query): QueryParams<FeedQuery>,
-) -> Result<Json<FeedResponse>, Problem> {
+    query: Result<QueryParams<FeedQuery>, Problem>,
+) -> Response {
+    if let Err(rejection) = caller.require(Scope::EventsRead) {
+        return rejection.into_response();
+    }
+    match query {
+        Ok(QueryParams(query)) => read_feed(&state, query).await.into_response(),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn read_feed(state: &AppState, query: FeedQuery) -> Result<Json<FeedResponse>, Problem> {
     let limit = query.limit.unwrap_or(DEFAULT_FEED_LIMIT);
     if !(1..=MAX_FEED_LIMIT).contains(&limit) {
         return Err(Problem::invalid(format!(

@@ -5,9 +5,12 @@ mod dto;
 mod feeds;
 mod reply;
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::routing::{get, post};
 use event_store::EventStore;
+use service_kit::auth::Authenticator;
 use utoipa::OpenApi;
 
 use crate::application::CommandHandler;
@@ -20,6 +23,8 @@ pub(crate) use reply::encode_reply;
 pub(crate) struct AppState {
     pub(crate) handler: CommandHandler,
     pub(crate) store: EventStore,
+    /// How long a command's caller waits for its outcome.
+    pub(crate) command_timeout: Duration,
 }
 
 #[derive(OpenApi)]
@@ -43,8 +48,13 @@ pub(crate) struct AppState {
 )]
 struct ApiDoc;
 
-/// The whole HTTP application: contract routes, operational routes, common layers.
-pub(crate) fn router(state: AppState, broker: BrokerStatus) -> Router {
+/// The whole HTTP application: contract routes behind bearer authentication,
+/// operational routes (open), common layers.
+pub(crate) fn router(
+    state: AppState,
+    broker: BrokerStatus,
+    authenticator: Authenticator,
+) -> Router {
     let api = Router::new()
         .route("/accounts", post(commands::create_account))
         .route("/accounts/{id}/activate", post(commands::activate))
@@ -55,6 +65,7 @@ pub(crate) fn router(state: AppState, broker: BrokerStatus) -> Router {
         .route("/accounts/{id}/close", post(commands::close))
         .route("/accounts/{id}/events", get(feeds::account_events))
         .route("/events", get(feeds::all_events))
+        .layer(authenticator.layer())
         .with_state(state.clone());
     let store = state.store;
     let probe = service_kit::ops::database_and_broker(
@@ -64,5 +75,12 @@ pub(crate) fn router(state: AppState, broker: BrokerStatus) -> Router {
         },
         broker,
     );
-    service_kit::http::application(api, probe, ApiDoc::openapi())
+    service_kit::http::application(api, probe, openapi())
+}
+
+/// The OpenAPI document, with the bearer scheme every contract operation needs.
+fn openapi() -> utoipa::openapi::OpenApi {
+    let mut openapi = ApiDoc::openapi();
+    service_kit::auth::add_bearer_scheme(&mut openapi);
+    openapi
 }

@@ -165,12 +165,16 @@ fn problem(error: &CommandError) -> Problem {
         CommandError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
         CommandError::Conflict => ErrorCode::ConcurrencyConflict,
         CommandError::Unavailable(_) => ErrorCode::ServiceUnavailable,
+        CommandError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
         CommandError::CorruptStream(..) | CommandError::Store(_) => {
             return Problem::internal(error);
         }
     };
     let detail = match error {
         CommandError::Unavailable(_) => "the event store is unavailable; retry later".to_owned(),
+        CommandError::OutcomeUnknown(_) => "the command may or may not have been committed; \
+             retry with the same Idempotency-Key to learn its outcome"
+            .to_owned(),
         _ => error.to_string(),
     };
     Problem::new(code, detail)

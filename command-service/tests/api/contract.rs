@@ -60,7 +60,7 @@ async fn an_account_lives_through_its_whole_lifecycle() {
     );
     assert_eq!(
         events[0]["data"],
-        json!({"initial_balance": "100.50", "currency": "MAD"})
+        json!({"initial_balance": "100.50", "currency": "MAD", "owner": "admin"})
     );
     assert_eq!(
         events[2]["data"],
@@ -70,9 +70,14 @@ async fn an_account_lives_through_its_whole_lifecycle() {
     for (index, event) in events.iter().enumerate() {
         assert_eq!(event["version"], index as u64 + 1);
         assert_eq!(event["account_id"], id);
-        assert_eq!(event["schema_version"], 1);
+        let schema_version = if index == 0 { 2 } else { 1 };
+        assert_eq!(event["schema_version"], schema_version);
         assert!(event["occurred_at"].as_str().unwrap().ends_with('Z'));
         assert!(event["metadata"]["correlation_id"].is_string());
+        assert_eq!(
+            event["metadata"]["actor"],
+            json!({"sub": "admin", "client_id": null})
+        );
     }
     let (_, tail) = app
         .get(&format!("/accounts/{id}/events?from_version=6"))

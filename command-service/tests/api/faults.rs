@@ -13,7 +13,8 @@ use test_support::TcpProxy;
 use test_support::servers::{Server, amqp_url};
 
 use crate::helpers::{
-    Process, TestApp, bind_queue, fresh_database_url, fresh_exchange, spawn_app_on, spawn_app_with,
+    Process, TestApp, admin_client, bind_queue, fresh_database_url, fresh_exchange, spawn_app_on,
+    spawn_app_with,
 };
 
 #[tokio::test]
@@ -144,7 +145,7 @@ async fn a_command_service_killed_mid_load_loses_no_acknowledged_command() {
     let exchange = fresh_exchange();
     let mut queue = bind_queue(&exchange).await;
     let mut first = Process::start(&database_url, &exchange).await;
-    let client = reqwest::Client::new();
+    let client = admin_client();
     let id = active_account_on(&client, &first.address).await;
 
     let credit_url = format!("{}/accounts/{id}/credit", first.address);
@@ -253,7 +254,7 @@ const IN_FLIGHT: usize = 24;
 async fn sigterm_answers_every_request_in_flight_and_exits_cleanly_within_ten_seconds() {
     let database_url = fresh_database_url();
     let mut process = Process::start(&database_url, &fresh_exchange()).await;
-    let client = reqwest::Client::new();
+    let client = admin_client();
     let id = active_account_on(&client, &process.address).await;
 
     let mut holder = sqlx::PgConnection::connect(&database_url).await.unwrap();

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use command_service::{Application, Settings};
 use serde_json::{Value, json};
+use service_kit::auth::{AuthSettings, JwtSecret};
 use service_kit::settings::SecretUrl;
+use test_support::auth::{TEST_JWT_SECRET, admin_token};
 use test_support::servers::{Server, amqp_url, free_port, postgres_url, require};
 use test_support::{Api, Broker, Subscription, names};
 use tokio_util::sync::CancellationToken;
@@ -20,13 +22,45 @@ pub(crate) fn fresh_exchange() -> String {
     names::fresh_exchange("test")
 }
 
-/// A running command service.
+/// A running command service. `client` and the request helpers act as an admin
+/// holding every scope; [`TestApp::as_caller`] acts with another token.
 pub(crate) struct TestApp {
     pub address: String,
     pub exchange: String,
     pub client: reqwest::Client,
     api: Api,
     shutdown: CancellationToken,
+}
+
+/// An HTTP client that sends an admin's bearer token (every scope) with each request.
+pub(crate) fn admin_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", admin_token()))
+        .unwrap_or_else(|error| panic!("a bearer header: {error}"));
+    headers.insert(reqwest::header::AUTHORIZATION, bearer);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap_or_else(|error| panic!("an HTTP client: {error}"))
+}
+
+/// The settings of a test's command service: its database and exchange, the test
+/// suite's token secret.
+pub(crate) fn test_settings(database_url: &str, exchange: &str, amqp_url: &str) -> Settings {
+    Settings {
+        database_url: SecretUrl::new(database_url),
+        amqp_url: SecretUrl::new(amqp_url),
+        amqp_exchange: exchange.to_owned(),
+        http_host: "127.0.0.1".into(),
+        http_port: 0,
+        database_max_connections: 4,
+        auth: AuthSettings {
+            auth_jwt_secret: Some(JwtSecret::new(TEST_JWT_SECRET)),
+            ..AuthSettings::default()
+        },
+        ..Settings::default()
+    }
 }
 
 impl Drop for TestApp {
@@ -46,32 +80,44 @@ pub(crate) async fn spawn_app_with(amqp_url: &str) -> TestApp {
 /// A command service on a given database and exchange (several can share them, as
 /// replicas do).
 pub(crate) async fn spawn_app_on(database_url: &str, exchange: &str, amqp_url: &str) -> TestApp {
+    spawn_app_with_settings(test_settings(database_url, exchange, amqp_url)).await
+}
+
+/// A command service built from `settings`.
+pub(crate) async fn spawn_app_with_settings(settings: Settings) -> TestApp {
     require(&[Server::Postgres]);
-    let settings = Settings {
-        database_url: SecretUrl::new(database_url),
-        amqp_url: SecretUrl::new(amqp_url),
-        amqp_exchange: exchange.to_owned(),
-        http_host: "127.0.0.1".into(),
-        http_port: 0,
-        database_max_connections: 4,
-        ..Settings::default()
-    };
+    let exchange = settings.amqp_exchange.clone();
     let app = Application::build(settings)
         .await
         .unwrap_or_else(|error| panic!("cannot start the command service: {error:?}"));
-    let api = Api::new(&format!("http://127.0.0.1:{}", app.port()));
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let api = Api::new(&address).with_token(admin_token());
     let shutdown = CancellationToken::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     TestApp {
-        address: api.base.clone(),
-        exchange: exchange.to_owned(),
-        client: api.http().clone(),
+        address,
+        exchange,
+        client: admin_client(),
         api,
         shutdown,
     }
 }
 
 impl TestApp {
+    /// A client of this service sending `token` (none: no `Authorization` header).
+    pub(crate) fn as_caller(&self, token: Option<&str>) -> Api {
+        let api = Api::new(&self.address);
+        match token {
+            Some(token) => api.with_token(token),
+            None => api,
+        }
+    }
+
+    /// The admin's client of this service.
+    pub(crate) fn admin(&self) -> &Api {
+        &self.api
+    }
+
     pub(crate) async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.post_with(path, body, &[]).await
     }
@@ -150,6 +196,7 @@ impl Process {
             .env("AMQP_EXCHANGE", exchange)
             .env("HTTP_HOST", "127.0.0.1")
             .env("HTTP_PORT", port.to_string())
+            .env("AUTH_JWT_SECRET", TEST_JWT_SECRET)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

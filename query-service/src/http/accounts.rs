@@ -5,6 +5,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use service_kit::Problem;
+use service_kit::auth::{Caller, Scope};
 use service_kit::extract::{PathId, QueryParams};
 use shared_events::{AccountStatus, Currency};
 use tokio::time::Instant;
@@ -17,12 +18,21 @@ use super::dto::{
     OperationPage, PageQuery,
 };
 use crate::error::ApiError;
-use crate::store::AccountFilter;
+use crate::store::{AccountFilter, Reach};
 
 const DEFAULT_WAIT_MS: u64 = 2000;
 const MAX_WAIT_MS: u64 = 10_000;
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
+
+/// The accounts `caller` may see: all for an admin, else its own.
+fn reach(caller: &Caller) -> Reach<'_> {
+    if caller.is_admin() {
+        Reach::All
+    } else {
+        Reach::OwnedBy(&caller.sub)
+    }
+}
 
 fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     let limit = limit.unwrap_or(DEFAULT_LIMIT);
@@ -35,26 +45,32 @@ fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
-/// One account. With `min_version`, waits (at most `wait_ms`) until the projection
-/// holds that version; the projection wakes the wait, nothing polls.
+/// One account (`accounts:read`; the caller's own, any for `accounts:admin`; another's
+/// is a 404 like an unknown one). With `min_version`, waits (at most `wait_ms`) until
+/// the projection holds that version; the projection wakes the wait, nothing polls.
 #[utoipa::path(
     get, path = "/accounts/{id}", tag = "accounts",
     params(("id" = String, Path, format = Uuid), AccountQuery),
     responses(
         (status = 200, body = Account),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "unauthorized: no bearer token, or an invalid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "forbidden: the token lacks the scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "not_yet_projected", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn get_account(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId,
     QueryParams(query): QueryParams<AccountQuery>,
 ) -> Result<Json<Account>, ApiError> {
+    caller.require(Scope::AccountsRead)?;
+    let reach = reach(&caller);
     // `min_version=0` waits for nothing: an unknown account is a 404 at once.
     let Some(min_version) = query.min_version.filter(|&version| version > 0) else {
-        let account = state.store.account(id).await?;
+        let account = state.store.account(id, reach).await?;
         return account.ok_or(ApiError::NotFound(id))?.try_into().map(Json);
     };
     let wanted = i64::try_from(min_version)
@@ -63,7 +79,7 @@ pub(super) async fn get_account(
     let deadline = Instant::now() + wait;
     let mut subscription = state.watch.subscribe(id);
     loop {
-        let account = state.store.account(id).await?;
+        let account = state.store.account(id, reach).await?;
         let projected = account.as_ref().map_or(0, |a| a.version);
         if projected >= wanted
             && let Some(account) = account
@@ -76,7 +92,7 @@ pub(super) async fn get_account(
             () = state.shutdown.cancelled() => true,
         };
         if gave_up {
-            let account = state.store.account(id).await?;
+            let account = state.store.account(id, reach).await?;
             return match account {
                 Some(account) if account.version >= wanted => account.try_into().map(Json),
                 other => Err(ApiError::NotYetProjected {
@@ -89,19 +105,24 @@ pub(super) async fn get_account(
     }
 }
 
-/// Accounts in id order, optionally of one status and currency.
+/// Accounts in id order, optionally of one status and currency (`accounts:read`: the
+/// caller's own accounts; every account for `accounts:admin`).
 #[utoipa::path(
     get, path = "/accounts", tag = "accounts",
     params(ListQuery),
     responses(
         (status = 200, body = AccountPage),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "unauthorized: no bearer token, or an invalid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "forbidden: the token lacks the scope", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn list_accounts(
     State(state): State<AppState>,
+    caller: Caller,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<AccountPage>, ApiError> {
+    caller.require(Scope::AccountsRead)?;
     let limit = page_limit(query.limit)?;
     let status = query
         .status
@@ -120,7 +141,11 @@ pub(super) async fn list_accounts(
         .as_deref()
         .map(cursor::decode_account)
         .transpose()?;
-    let filter = AccountFilter { status, currency };
+    let filter = AccountFilter {
+        reach: reach(&caller),
+        status,
+        currency,
+    };
     let mut records = state.store.accounts(&filter, after, limit + 1).await?;
     let more = records.len() > limit as usize;
     records.truncate(limit as usize);
@@ -134,21 +159,26 @@ pub(super) async fn list_accounts(
     Ok(Json(AccountPage { accounts, next }))
 }
 
-/// The credits and debits of an account, oldest first.
+/// The credits and debits of an account, oldest first (`accounts:read`, as for the
+/// account itself).
 #[utoipa::path(
     get, path = "/accounts/{id}/operations", tag = "accounts",
     params(("id" = String, Path, format = Uuid), PageQuery),
     responses(
         (status = 200, body = OperationPage),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "unauthorized: no bearer token, or an invalid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "forbidden: the token lacks the scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn list_operations(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId,
     QueryParams(query): QueryParams<PageQuery>,
 ) -> Result<Json<OperationPage>, ApiError> {
+    caller.require(Scope::AccountsRead)?;
     let limit = page_limit(query.limit)?;
     let after = query
         .after
@@ -156,7 +186,7 @@ pub(super) async fn list_operations(
         .map(cursor::decode_operation)
         .transpose()?
         .unwrap_or(0);
-    ensure_exists(&state, id).await?;
+    ensure_visible(&state, id, reach(&caller)).await?;
     let mut records = state.store.operations(id, after, limit + 1).await?;
     let more = records.len() > limit as usize;
     records.truncate(limit as usize);
@@ -174,21 +204,29 @@ pub(super) async fn list_operations(
     Ok(Json(OperationPage { operations, next }))
 }
 
-async fn ensure_exists(state: &AppState, id: Uuid) -> Result<(), ApiError> {
-    match state.store.account(id).await? {
+/// A 404 unless the account exists and `reach` covers it.
+async fn ensure_visible(state: &AppState, id: Uuid, reach: Reach<'_>) -> Result<(), ApiError> {
+    match state.store.account(id, reach).await? {
         Some(_) => Ok(()),
         None => Err(ApiError::NotFound(id)),
     }
 }
 
-/// Balance totals per currency over every account that is not closed.
+/// Balance totals per currency over every account that is not closed
+/// (`accounts:admin`).
 #[utoipa::path(
     get, path = "/balance-sheet", tag = "accounts",
-    responses((status = 200, body = BalanceSheet))
+    responses(
+        (status = 200, body = BalanceSheet),
+        (status = 401, description = "unauthorized: no bearer token, or an invalid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "forbidden: the token lacks the scope", body = Problem, content_type = "application/problem+json"),
+    )
 )]
 pub(super) async fn balance_sheet(
     State(state): State<AppState>,
+    caller: Caller,
 ) -> Result<Json<BalanceSheet>, ApiError> {
+    caller.require(Scope::AccountsAdmin)?;
     let totals = state
         .store
         .balance_sheet()

@@ -12,6 +12,7 @@ use utoipa::OpenApi;
 use crate::store::ReadStore;
 use crate::watch::ProjectionWatch;
 use service_kit::amqp::BrokerStatus;
+use service_kit::auth::{Authenticator, add_bearer_scheme};
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -38,13 +39,19 @@ pub(crate) struct AppState {
 )]
 struct ApiDoc;
 
-/// The whole HTTP application: contract routes, operational routes, common layers.
-pub(crate) fn router(state: AppState, broker: BrokerStatus) -> Router {
+/// The whole HTTP application: contract routes (bearer token required),
+/// operational routes (open), common layers.
+pub(crate) fn router(
+    state: AppState,
+    broker: BrokerStatus,
+    authenticator: Authenticator,
+) -> Router {
     let api = Router::new()
         .route("/accounts", get(accounts::list_accounts))
         .route("/accounts/{id}", get(accounts::get_account))
         .route("/accounts/{id}/operations", get(accounts::list_operations))
         .route("/balance-sheet", get(accounts::balance_sheet))
+        .layer(authenticator.layer())
         .with_state(state.clone());
     let store = state.store;
     let probe = service_kit::ops::database_and_broker(
@@ -54,5 +61,7 @@ pub(crate) fn router(state: AppState, broker: BrokerStatus) -> Router {
         },
         broker,
     );
-    service_kit::http::application(api, probe, ApiDoc::openapi())
+    let mut openapi = ApiDoc::openapi();
+    add_bearer_scheme(&mut openapi);
+    service_kit::http::application(api, probe, openapi)
 }

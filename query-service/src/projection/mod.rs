@@ -1,7 +1,8 @@
 //! The projection: applies each account's events to the read model exactly once and
 //! in version order, whatever order and however many times they arrive.
 //!
-//! An event at or below the account's projected version is a duplicate. The next
+//! An event at or below the account's projected version is a duplicate when the read
+//! model holds that very event there (`account_versions`), a conflict otherwise. The next
 //! version is applied in one transaction whose `UPDATE ... WHERE version = ?` (or the
 //! account's primary key, for its first event) makes concurrent writers (other
 //! replicas, the feed follower) lose cleanly and look again. A version further ahead
@@ -54,6 +55,8 @@ pub struct BatchOutcome {
     pub applied: u64,
     pub duplicates: u64,
     pub poisoned: u64,
+    /// Events at a version the read model holds with another event id.
+    pub conflicts: u64,
 }
 
 /// Applies events to one set of tables.
@@ -140,6 +143,17 @@ impl Projector {
                         match verdict {
                             Verdict::Applied => outcome.applied += 1,
                             Verdict::Duplicate => outcome.duplicates += 1,
+                            Verdict::Conflict(reason) => {
+                                tracing::error!(
+                                    event_id = %candidate.envelope.event_id,
+                                    account = %candidate.account(),
+                                    version = candidate.envelope.version,
+                                    path,
+                                    %reason,
+                                    "skipping an event that conflicts with the projected one"
+                                );
+                                outcome.conflicts += 1;
+                            }
                             Verdict::Poison(reason) => {
                                 tracing::error!(
                                     event_id = %candidate.envelope.event_id,
@@ -243,11 +257,16 @@ impl Projector {
         let mut settled = Vec::new();
         let mut runs = Vec::new();
         let (mut opened, mut moved, mut operations) = (Vec::new(), Vec::new(), Vec::new());
+        let mut versions = Vec::new();
         for (index, (account, candidates)) in accounts.iter().enumerate() {
             let row = rows.get(account);
             let head = row.map(AccountRow::head);
             let projected = head.as_ref().map_or(0, |h| h.version);
             let mut decided = Decisions::new(candidates);
+            let unknown = decided.unknown_up_to(projected);
+            if !unknown.is_empty() {
+                decided.learn(batch.projected_ids(*account, &unknown).await?);
+            }
             decided.settle_up_to(projected);
             let pending = decided.pending();
             let Some(&highest) = pending.last() else {
@@ -268,6 +287,7 @@ impl Projector {
                 continue;
             };
             operations.extend(mutation.operations.iter().map(|op| (*account, op.clone())));
+            versions.extend(mutation.versions.iter().map(|row| (*account, row.clone())));
             if row.is_some() {
                 moved.push(after);
             } else {
@@ -276,7 +296,7 @@ impl Projector {
             runs.push((index, decided, run, mutation.to_version));
         }
         if !runs.is_empty() {
-            batch.write(&opened, &moved, &operations).await?;
+            batch.write(&opened, &moved, &operations, &versions).await?;
         }
         batch.commit().await?;
         let mut done = Vec::with_capacity(settled.len() + runs.len());
@@ -331,6 +351,14 @@ impl Projector {
             let head = self.store.head(self.tables, account).await?;
             let projected = head.as_ref().map_or(0, |h| h.version);
             self.watch.publish(account, projected);
+            let unknown = decided.unknown_up_to(projected);
+            if !unknown.is_empty() {
+                decided.learn(
+                    self.store
+                        .projected_ids(self.tables, account, &unknown)
+                        .await?,
+                );
+            }
             decided.settle_up_to(projected);
             let pending = decided.pending();
             let Some(&highest) = pending.last() else {
@@ -410,6 +438,7 @@ fn count_verdicts(verdicts: &[Verdict], path: &'static str) {
         let outcome = match verdict {
             Verdict::Applied => "applied",
             Verdict::Duplicate => "duplicate",
+            Verdict::Conflict(_) => "conflict",
             Verdict::Poison(_) => "poison",
         };
         metrics::counter!("projection_events_total", "path" => path, "outcome" => outcome)

@@ -2,12 +2,15 @@
 //! which verdict each candidate gets. No clock, no I/O: the orchestration in
 //! [`super`] reads the read model, asks here, and writes what comes back.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use rust_decimal::Decimal;
 use shared_events::{AccountEvent, AccountStatus, Currency, EventEnvelope};
 use uuid::Uuid;
+
+/// Longest owner (`sub`) the read model's `owner` column holds.
+const MAX_OWNER_CHARS: usize = 512;
 
 /// Where a candidate event came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,8 +60,10 @@ impl Candidate {
 pub(crate) enum Verdict {
     /// Its effect is now in the read model.
     Applied,
-    /// The read model already held this version.
+    /// The read model already held this very event.
     Duplicate,
+    /// The read model holds another event at this version: a forgery or corruption.
+    Conflict(String),
     /// It can never be applied, for the reason given.
     Poison(String),
 }
@@ -68,6 +73,8 @@ pub(crate) enum Verdict {
 pub(crate) struct Head {
     pub(crate) version: i64,
     pub(crate) currency: String,
+    pub(crate) status: AccountStatus,
+    pub(crate) balance: Decimal,
 }
 
 /// A credit or a debit.
@@ -100,6 +107,8 @@ pub(crate) struct Mutation {
     pub(crate) balance: Option<Decimal>,
     pub(crate) updated_at: DateTime<Utc>,
     pub(crate) operations: Vec<OperationRow>,
+    /// One per event of the run.
+    pub(crate) versions: Vec<VersionRow>,
 }
 
 /// The columns only an account's first event sets.
@@ -107,6 +116,19 @@ pub(crate) struct Mutation {
 pub(crate) struct Opening {
     pub(crate) currency: &'static str,
     pub(crate) created_at: DateTime<Utc>,
+    /// `None` for an account opened before owners existed (admins only).
+    pub(crate) owner: Option<String>,
+}
+
+/// One projected version: the event that made it and the account after it.
+#[derive(Debug, Clone)]
+pub(crate) struct VersionRow {
+    pub(crate) version: i64,
+    pub(crate) event_id: Uuid,
+    pub(crate) kind: &'static str,
+    pub(crate) status: AccountStatus,
+    pub(crate) balance: Decimal,
+    pub(crate) occurred_at: DateTime<Utc>,
 }
 
 /// One credit or debit.
@@ -125,6 +147,7 @@ pub(crate) struct OperationRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AccountRow {
     pub(crate) id: Uuid,
+    pub(crate) owner: Option<String>,
     pub(crate) status: AccountStatus,
     pub(crate) currency: String,
     pub(crate) balance: Decimal,
@@ -139,19 +162,26 @@ impl AccountRow {
         Head {
             version: self.version,
             currency: self.currency.clone(),
+            status: self.status,
+            balance: self.balance,
         }
     }
 
     /// The row after `mutation`, which starts at this row (or opens the account when
     /// there is none); `None` when a mutation without an opening has no row to start from.
     pub(crate) fn after(current: Option<&Self>, mutation: &Mutation) -> Option<Self> {
-        let (currency, created_at) = match (&mutation.opening, current) {
-            (Some(opening), _) => (opening.currency.to_owned(), opening.created_at),
-            (None, Some(row)) => (row.currency.clone(), row.created_at),
+        let (currency, created_at, owner) = match (&mutation.opening, current) {
+            (Some(opening), _) => (
+                opening.currency.to_owned(),
+                opening.created_at,
+                opening.owner.clone(),
+            ),
+            (None, Some(row)) => (row.currency.clone(), row.created_at, row.owner.clone()),
             (None, None) => return None,
         };
         Some(Self {
             id: mutation.account,
+            owner,
             status: mutation
                 .status
                 .or_else(|| current.map(|row| row.status))
@@ -197,6 +227,8 @@ pub(crate) struct Decisions<'a> {
     candidates: &'a [Candidate],
     verdicts: Vec<Option<Verdict>>,
     applied: HashSet<Uuid>,
+    /// The event id the read model holds at each version known so far.
+    projected_ids: HashMap<i64, Uuid>,
 }
 
 impl<'a> Decisions<'a> {
@@ -205,24 +237,61 @@ impl<'a> Decisions<'a> {
             candidates,
             verdicts: vec![None; candidates.len()],
             applied: HashSet::new(),
+            projected_ids: HashMap::new(),
         }
     }
 
     /// Records that this projector committed these events.
     pub(crate) fn committed(&mut self, run: &[Candidate]) {
-        self.applied
-            .extend(run.iter().map(|candidate| candidate.envelope.event_id));
+        for candidate in run {
+            self.applied.insert(candidate.envelope.event_id);
+            self.projected_ids
+                .insert(candidate.version(), candidate.envelope.event_id);
+        }
+    }
+
+    /// Records the event ids the read model holds at some versions.
+    pub(crate) fn learn(&mut self, projected_ids: impl IntoIterator<Item = (i64, Uuid)>) {
+        self.projected_ids.extend(projected_ids);
+    }
+
+    /// Versions of open candidates at or below `projected` whose projected event id is
+    /// not known yet: what to look up before [`Decisions::settle_up_to`].
+    pub(crate) fn unknown_up_to(&self, projected: i64) -> Vec<i64> {
+        let mut versions: Vec<i64> = self
+            .candidates
+            .iter()
+            .zip(&self.verdicts)
+            .filter(|(candidate, verdict)| {
+                verdict.is_none()
+                    && candidate.version() <= projected
+                    && !self.projected_ids.contains_key(&candidate.version())
+            })
+            .map(|(candidate, _)| candidate.version())
+            .collect();
+        versions.sort_unstable();
+        versions.dedup();
+        versions
     }
 
     /// Settles every open candidate the projection now covers: applied if this
-    /// projector committed that very event, else a duplicate.
+    /// projector committed that very event, a conflict if the read model holds another
+    /// event at its version, else a duplicate (also when the version predates the
+    /// record of event ids).
     pub(crate) fn settle_up_to(&mut self, projected: i64) {
         for (candidate, verdict) in self.candidates.iter().zip(&mut self.verdicts) {
             if verdict.is_none() && candidate.version() <= projected {
-                *verdict = Some(if self.applied.remove(&candidate.envelope.event_id) {
+                let event_id = candidate.envelope.event_id;
+                *verdict = Some(if self.applied.remove(&event_id) {
                     Verdict::Applied
                 } else {
-                    Verdict::Duplicate
+                    match self.projected_ids.get(&candidate.version()) {
+                        Some(&held) if held != event_id => Verdict::Conflict(format!(
+                            "version {} of this account is event {held}, not {event_id}",
+                            candidate.version()
+                        )),
+                        _ => Verdict::Duplicate,
+                    }
                 });
             }
         }
@@ -278,6 +347,9 @@ pub(crate) fn plan(
 ) -> (Option<Mutation>, Option<(usize, String)>) {
     let projected = head.map_or(0, |h| h.version);
     let mut currency: Option<Currency> = head.and_then(|h| Currency::parse(&h.currency).ok());
+    let mut current_status = head.map_or(AccountStatus::Created, |h| h.status);
+    let mut current_balance = head.map_or(Decimal::ZERO, |h| h.balance);
+    let mut versions = Vec::new();
     let mut opened = head.is_some();
     let mut opening = None;
     let mut status = None;
@@ -289,18 +361,27 @@ pub(crate) fn plan(
         let occurred_at = candidate.envelope.occurred_at.trunc_subsecs(6);
         let refusal = match &candidate.event {
             AccountEvent::Created {
-                initial_balance, ..
+                initial_balance,
+                owner,
             } => {
                 if opened {
                     Some("the account is already opened".to_owned())
                 } else if candidate.version() != 1 {
                     Some("an account is opened by its first event only".to_owned())
+                } else if owner
+                    .as_ref()
+                    .is_some_and(|owner| owner.chars().count() > MAX_OWNER_CHARS)
+                {
+                    Some(format!(
+                        "its owner is longer than the {MAX_OWNER_CHARS} characters the read model keeps"
+                    ))
                 } else {
                     opened = true;
                     currency = Some(initial_balance.currency());
                     opening = Some(Opening {
                         currency: initial_balance.currency().code(),
                         created_at: occurred_at,
+                        owner: owner.clone(),
                     });
                     status = Some(AccountStatus::Created);
                     balance = Some(initial_balance.amount());
@@ -356,6 +437,16 @@ pub(crate) fn plan(
             invalid = Some((index, reason));
             break;
         }
+        current_status = status.unwrap_or(current_status);
+        current_balance = balance.unwrap_or(current_balance);
+        versions.push(VersionRow {
+            version: candidate.version(),
+            event_id: candidate.envelope.event_id,
+            kind: candidate.event.event_type().as_str(),
+            status: current_status,
+            balance: current_balance,
+            occurred_at,
+        });
         last = Some((candidate.version(), occurred_at));
     }
     let mutation =
@@ -369,6 +460,7 @@ pub(crate) fn plan(
                 balance,
                 updated_at,
                 operations,
+                versions,
             });
     (mutation, invalid)
 }

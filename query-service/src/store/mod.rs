@@ -22,7 +22,7 @@ use sqlx::{MySql, MySqlPool};
 
 pub(crate) use self::projection::Applied;
 pub(crate) use self::queries::{
-    AccountFilter, AccountRecord, CurrencyTotalRecord, OperationRecord,
+    AccountFilter, AccountRecord, CurrencyTotalRecord, OperationRecord, Reach,
 };
 
 /// The statements of the projection, for one set of tables.
@@ -32,6 +32,8 @@ pub struct Tables {
     insert_account: &'static str,
     update_account: &'static str,
     insert_operations: &'static str,
+    insert_versions: &'static str,
+    projected_ids: &'static str,
     lock_accounts: &'static str,
     insert_accounts: &'static str,
     read_checkpoint: &'static str,
@@ -39,13 +41,17 @@ pub struct Tables {
 }
 
 macro_rules! tables {
-    ($accounts:literal, $operations:literal, $checkpoint:literal) => {
+    ($accounts:literal, $operations:literal, $versions:literal, $checkpoint:literal) => {
         Tables {
-            head: concat!("SELECT version, currency FROM ", $accounts, " WHERE id = ?"),
+            head: concat!(
+                "SELECT version, currency, status, balance FROM ",
+                $accounts,
+                " WHERE id = ?"
+            ),
             insert_account: concat!(
                 "INSERT INTO ",
                 $accounts,
-                " (id, status, currency, balance, version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " (id, owner, status, currency, balance, version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             ),
             update_account: concat!(
                 "UPDATE ",
@@ -58,15 +64,25 @@ macro_rules! tables {
                 $operations,
                 " (event_id, account_id, version, type, amount, currency, balance_after, occurred_at) "
             ),
+            insert_versions: concat!(
+                "INSERT INTO ",
+                $versions,
+                " (account_id, version, event_id, type, status, balance, occurred_at) "
+            ),
+            projected_ids: concat!(
+                "SELECT version, event_id FROM ",
+                $versions,
+                " WHERE account_id = "
+            ),
             lock_accounts: concat!(
-                "SELECT id, status, currency, balance, version, created_at, updated_at FROM ",
+                "SELECT id, owner, status, currency, balance, version, created_at, updated_at FROM ",
                 $accounts,
                 " WHERE id IN "
             ),
             insert_accounts: concat!(
                 "INSERT INTO ",
                 $accounts,
-                " (id, status, currency, balance, version, created_at, updated_at) "
+                " (id, owner, status, currency, balance, version, created_at, updated_at) "
             ),
             read_checkpoint: concat!(
                 "SELECT generation, position FROM ",
@@ -91,11 +107,17 @@ const UPDATE_LOCKED_ACCOUNTS: &str = " ON DUPLICATE KEY UPDATE status = VALUES(s
 const ROWS_PER_STATEMENT: usize = 500;
 
 /// The tables the service reads and the live projection writes.
-pub const LIVE: Tables = tables!("accounts", "operations", "projection_checkpoint");
+pub const LIVE: Tables = tables!(
+    "accounts",
+    "operations",
+    "account_versions",
+    "projection_checkpoint"
+);
 /// The tables a rebuild fills before swapping them in.
 pub const REBUILD: Tables = tables!(
     "accounts_rebuild",
     "operations_rebuild",
+    "account_versions_rebuild",
     "projection_checkpoint_rebuild"
 );
 

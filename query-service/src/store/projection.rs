@@ -3,14 +3,14 @@
 use std::collections::HashMap;
 
 use shared_events::AccountStatus;
-use sqlx::{MySql, QueryBuilder, Row};
+use sqlx::{Executor, MySql, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
     ROWS_PER_STATEMENT, ReadStore, Tables, UPDATE_LOCKED_ACCOUNTS, is_retryable,
     is_unique_violation,
 };
-use crate::projection::plan::{AccountRow, Head, Mutation, OperationRow};
+use crate::projection::plan::{AccountRow, Head, Mutation, OperationRow, VersionRow};
 
 /// What became of a guarded write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +63,7 @@ impl Batch {
                     id,
                     AccountRow {
                         id,
+                        owner: row.try_get("owner")?,
                         status: row
                             .try_get::<String, _>("status")?
                             .parse::<AccountStatus>()
@@ -82,20 +83,31 @@ impl Batch {
         Ok(rows)
     }
 
+    /// The event ids held at `versions` of `account`, read in the batch's transaction.
+    pub(crate) async fn projected_ids(
+        &mut self,
+        account: Uuid,
+        versions: &[i64],
+    ) -> Result<Vec<(i64, Uuid)>, sqlx::Error> {
+        projected_ids(&mut *self.tx, self.tables, account, versions).await
+    }
+
     /// Inserts the `opened` accounts (a plain insert: an account someone else opened
     /// meanwhile fails the batch), overwrites the `moved` ones (rows this batch holds
-    /// locked) and inserts the operations.
+    /// locked) and inserts the operations and the versions.
     pub(crate) async fn write(
         &mut self,
         opened: &[AccountRow],
         moved: &[AccountRow],
         operations: &[(Uuid, OperationRow)],
+        versions: &[(Uuid, VersionRow)],
     ) -> Result<(), sqlx::Error> {
         for (rows, suffix) in [(opened, ""), (moved, UPDATE_LOCKED_ACCOUNTS)] {
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 let mut insert = QueryBuilder::<MySql>::new(self.tables.insert_accounts);
                 insert.push_values(chunk, |mut row, account| {
                     row.push_bind(account.id.hyphenated().to_string())
+                        .push_bind(account.owner.clone())
                         .push_bind(account.status.as_str())
                         .push_bind(account.currency.clone())
                         .push_bind(account.balance)
@@ -109,6 +121,12 @@ impl Batch {
         }
         for chunk in operations.chunks(ROWS_PER_STATEMENT) {
             insert_operations(self.tables, chunk.iter().map(|(id, op)| (*id, op)))
+                .build()
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        for chunk in versions.chunks(ROWS_PER_STATEMENT) {
+            insert_versions(self.tables, chunk.iter().map(|(id, row)| (*id, row)))
                 .build()
                 .execute(&mut *self.tx)
                 .await?;
@@ -140,8 +158,73 @@ fn insert_operations<'a>(
     insert
 }
 
+/// A multi-row insert of projected versions, each with its account.
+fn insert_versions<'a>(
+    tables: &Tables,
+    versions: impl IntoIterator<Item = (Uuid, &'a VersionRow)>,
+) -> QueryBuilder<MySql> {
+    let mut insert = QueryBuilder::<MySql>::new(tables.insert_versions);
+    insert.push_values(versions, |mut row, (account, version)| {
+        row.push_bind(account.hyphenated().to_string())
+            .push_bind(version.version)
+            .push_bind(version.event_id.hyphenated().to_string())
+            .push_bind(version.kind)
+            .push_bind(version.status.as_str())
+            .push_bind(version.balance)
+            .push_bind(version.occurred_at);
+    });
+    insert
+}
+
+/// The event ids recorded at `versions` of `account` (versions without a record, such
+/// as those projected before the record existed, are absent).
+async fn projected_ids<'e>(
+    executor: impl Executor<'e, Database = MySql>,
+    tables: &Tables,
+    account: Uuid,
+    versions: &[i64],
+) -> Result<Vec<(i64, Uuid)>, sqlx::Error> {
+    if versions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut select = QueryBuilder::<MySql>::new(tables.projected_ids);
+    select
+        .push_bind(account.hyphenated().to_string())
+        .push(" AND version IN (");
+    let mut list = select.separated(", ");
+    for version in versions {
+        list.push_bind(*version);
+    }
+    select.push(")");
+    select
+        .build()
+        .fetch_all(executor)
+        .await?
+        .into_iter()
+        .map(|row| {
+            let event_id: String = row.try_get("event_id")?;
+            let event_id =
+                Uuid::parse_str(&event_id).map_err(|error| sqlx::Error::ColumnDecode {
+                    index: "event_id".to_owned(),
+                    source: Box::new(error),
+                })?;
+            Ok((row.try_get("version")?, event_id))
+        })
+        .collect()
+}
+
 impl ReadStore {
-    /// The projected version and currency of an account; `None` before its first event.
+    /// The event ids recorded at `versions` of `account`.
+    pub(crate) async fn projected_ids(
+        &self,
+        tables: &Tables,
+        account: Uuid,
+        versions: &[i64],
+    ) -> Result<Vec<(i64, Uuid)>, sqlx::Error> {
+        projected_ids(&self.pool, tables, account, versions).await
+    }
+
+    /// Where the projection of an account stands; `None` before its first event.
     pub(crate) async fn head(
         &self,
         tables: &Tables,
@@ -155,6 +238,14 @@ impl ReadStore {
             Ok(Head {
                 version: row.try_get("version")?,
                 currency: row.try_get("currency")?,
+                status: row
+                    .try_get::<String, _>("status")?
+                    .parse::<AccountStatus>()
+                    .map_err(|error| sqlx::Error::ColumnDecode {
+                        index: "status".to_owned(),
+                        source: error.into(),
+                    })?,
+                balance: row.try_get("balance")?,
             })
         })
         .transpose()
@@ -171,6 +262,7 @@ impl ReadStore {
         let moved = match &mutation.opening {
             Some(opening) => sqlx::query(tables.insert_account)
                 .bind(&id)
+                .bind(opening.owner.as_deref())
                 .bind(mutation.status.unwrap_or(AccountStatus::Created).as_str())
                 .bind(opening.currency)
                 .bind(mutation.balance.unwrap_or_default())
@@ -209,6 +301,20 @@ impl ReadStore {
                 Ok(_) => {}
                 Err(error) if is_unique_violation(&error) => return Ok(Applied::DuplicateEventId),
                 Err(error) if is_retryable(&error) => return Ok(Applied::Conflict),
+                Err(error) => return Err(error),
+            }
+        }
+        if !mutation.versions.is_empty() {
+            let versions = mutation.versions.iter().map(|row| (mutation.account, row));
+            match insert_versions(tables, versions)
+                .build()
+                .execute(&mut *tx)
+                .await
+            {
+                Ok(_) => {}
+                Err(error) if is_retryable(&error) || is_unique_violation(&error) => {
+                    return Ok(Applied::Conflict);
+                }
                 Err(error) => return Err(error),
             }
         }

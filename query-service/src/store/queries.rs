@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use sqlx::{MySql, QueryBuilder};
 use uuid::Uuid;
 
 use super::ReadStore;
@@ -39,57 +40,67 @@ pub(crate) struct CurrencyTotalRecord {
     pub(crate) accounts: i64,
 }
 
+/// Which accounts a reader may see: every account (an admin), or those a `sub` owns.
+/// An account without an owner (opened before owners existed) is seen by admins only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reach<'a> {
+    All,
+    OwnedBy(&'a str),
+}
+
 /// Filters of the account listing.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct AccountFilter {
+#[derive(Debug, Clone)]
+pub(crate) struct AccountFilter<'a> {
+    pub(crate) reach: Reach<'a>,
     pub(crate) status: Option<&'static str>,
     pub(crate) currency: Option<&'static str>,
 }
 
-macro_rules! list_accounts {
-    ($where:literal) => {
-        concat!(
-            "SELECT id, status, currency, balance, version, created_at, updated_at FROM accounts WHERE ",
-            $where,
-            " id > ? ORDER BY id LIMIT ?"
-        )
-    };
-}
+const ACCOUNT_COLUMNS: &str =
+    "SELECT id, status, currency, balance, version, created_at, updated_at FROM accounts WHERE ";
 
 impl ReadStore {
-    /// One account.
-    pub(crate) async fn account(&self, id: Uuid) -> Result<Option<AccountRecord>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT id, status, currency, balance, version, created_at, updated_at FROM accounts WHERE id = ?",
-        )
-        .bind(id.hyphenated().to_string())
-        .fetch_optional(&self.pool)
-        .await
+    /// One account, if `reach` covers it.
+    pub(crate) async fn account(
+        &self,
+        id: Uuid,
+        reach: Reach<'_>,
+    ) -> Result<Option<AccountRecord>, sqlx::Error> {
+        let mut query = QueryBuilder::<MySql>::new(ACCOUNT_COLUMNS);
+        if let Reach::OwnedBy(owner) = reach {
+            query.push("owner = ").push_bind(owner).push(" AND ");
+        }
+        query.push("id = ").push_bind(id.hyphenated().to_string());
+        query.build_query_as().fetch_optional(&self.pool).await
     }
 
-    /// Up to `limit` accounts with an id above `after`, in id order.
+    /// Up to `limit` accounts with an id above `after`, in id order. Each combination
+    /// of filters has an index that leads with its columns and ends with `id`.
     pub(crate) async fn accounts(
         &self,
-        filter: &AccountFilter,
+        filter: &AccountFilter<'_>,
         after: Option<Uuid>,
         limit: u32,
     ) -> Result<Vec<AccountRecord>, sqlx::Error> {
         let after = after
             .map(|id| id.hyphenated().to_string())
             .unwrap_or_default();
-        let query = match (filter.status, filter.currency) {
-            (None, None) => sqlx::query_as(list_accounts!("")),
-            (Some(status), None) => sqlx::query_as(list_accounts!("status = ? AND")).bind(status),
-            (None, Some(currency)) => {
-                sqlx::query_as(list_accounts!("currency = ? AND")).bind(currency)
-            }
-            (Some(status), Some(currency)) => {
-                sqlx::query_as(list_accounts!("status = ? AND currency = ? AND"))
-                    .bind(status)
-                    .bind(currency)
-            }
-        };
-        query.bind(after).bind(limit).fetch_all(&self.pool).await
+        let mut query = QueryBuilder::<MySql>::new(ACCOUNT_COLUMNS);
+        if let Reach::OwnedBy(owner) = filter.reach {
+            query.push("owner = ").push_bind(owner).push(" AND ");
+        }
+        if let Some(status) = filter.status {
+            query.push("status = ").push_bind(status).push(" AND ");
+        }
+        if let Some(currency) = filter.currency {
+            query.push("currency = ").push_bind(currency).push(" AND ");
+        }
+        query
+            .push("id > ")
+            .push_bind(after)
+            .push(" ORDER BY id LIMIT ")
+            .push_bind(limit);
+        query.build_query_as().fetch_all(&self.pool).await
     }
 
     /// Up to `limit` operations of an account with a version above `after`, oldest first.

@@ -8,7 +8,7 @@
 )]
 
 use query_service::projection::{BatchOutcome, Projector};
-use query_service::source::CommandClient;
+use query_service::source::{CommandClient, TokenSource};
 use query_service::store::{LIVE, ReadStore};
 use query_service::watch::ProjectionWatch;
 use serde_json::{Value, json};
@@ -30,7 +30,11 @@ async fn projector(app: &TestApp) -> Projector {
     let store = ReadStore::open(&SecretUrl::new(app.mysql_url.clone()), 4)
         .await
         .unwrap();
-    let source = CommandClient::new(&app.command).unwrap();
+    let source = CommandClient::new(
+        &app.command,
+        TokenSource::from_settings(&app.settings).unwrap(),
+    )
+    .unwrap();
     Projector::new(store, &LIVE, source, ProjectionWatch::default())
 }
 
@@ -142,6 +146,7 @@ async fn a_mixed_batch_over_many_accounts_applies_each_event_once_in_order() {
             applied: expected_new as u64 - 1,
             duplicates: (already.len() + accounts[1].1.len()) as u64,
             poisoned: 2,
+            conflicts: 0,
         }
     );
     assert_matches_streams(&app, &accounts).await;

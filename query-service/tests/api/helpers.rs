@@ -4,10 +4,13 @@
 
 use std::time::Duration;
 
+use query_service::source::ServiceToken;
 use serde_json::{Value, json};
+use service_kit::auth::{AuthSettings, JwtSecret};
 use service_kit::settings::SecretUrl;
 use sqlx::Connection as _;
-use test_support::amqp::{correlation_header, json_properties};
+use test_support::amqp::{correlation_header, json_properties, routing_key};
+use test_support::auth::{TEST_JWT_SECRET, admin_token, token};
 use test_support::servers::{Server, amqp_url, mysql_server, postgres_url, require};
 use test_support::{Api, Broker, Leftovers, Reply, names};
 use tokio::task::JoinHandle;
@@ -41,8 +44,10 @@ impl Default for Options {
 
 /// A running pair of services.
 pub(crate) struct TestApp {
+    /// Base URL of the query service.
     pub query: String,
     pub command: String,
+    /// A plain HTTP client (no token).
     pub client: reqwest::Client,
     /// The query service's settings (for `rebuild`).
     pub settings: query_service::Settings,
@@ -64,6 +69,19 @@ impl Drop for TestApp {
             leftovers.remove_blocking();
         }
     }
+}
+
+/// Bearer tokens signed with the test secret, as every test service checks them.
+pub(crate) fn test_auth() -> AuthSettings {
+    AuthSettings {
+        auth_jwt_secret: Some(JwtSecret::new(TEST_JWT_SECRET)),
+        ..AuthSettings::default()
+    }
+}
+
+/// The query service's own token for the command service.
+pub(crate) fn query_service_token() -> String {
+    token("query-service", "events:read")
 }
 
 pub(crate) async fn spawn_app() -> TestApp {
@@ -107,6 +125,8 @@ pub(crate) async fn spawn_app_with(options: Options) -> TestApp {
         command_service_url: command.clone(),
         feed_follow_enabled: options.follow_feed,
         feed_poll_interval_ms: options.feed_poll_ms,
+        command_service_token: Some(ServiceToken::new(query_service_token())),
+        auth: test_auth(),
         ..query_service::Settings::default()
     };
     let query_app = query_service::Application::build(settings.clone())
@@ -125,7 +145,10 @@ pub(crate) async fn spawn_app_with(options: Options) -> TestApp {
         mysql_databases: vec![format!("qs_test_{id}")],
         postgres_databases: vec![format!("qs_cmd_{id}")],
     };
-    let (command_api, query_api) = (Api::new(&command), Api::new(&query));
+    let (command_api, query_api) = (
+        Api::new(&command).with_token(admin_token()),
+        Api::new(&query).with_token(admin_token()),
+    );
     let app = TestApp {
         client: query_api.http().clone(),
         query,
@@ -173,8 +196,18 @@ impl TestApp {
             .expect(200, &format!("GET {path}"))
     }
 
+    /// A read of the query service as an admin.
     pub(crate) async fn query_get(&self, path: &str) -> Reply {
         self.query_api.get(path).await
+    }
+
+    /// A read of the query service with `token` (`None`: no `Authorization` header).
+    pub(crate) async fn query_as(&self, token: Option<&str>, path: &str) -> Reply {
+        let api = Api::new(&self.query);
+        match token {
+            Some(token) => api.with_token(token).get(path).await,
+            None => api.get(path).await,
+        }
     }
 
     /// The account once projected up to `version` (fails the test otherwise).
@@ -355,10 +388,93 @@ impl Publisher {
             .await;
     }
 
-    /// Publishes an event (a feed or stream item) as the relay would.
+    /// Publishes an event (a feed or stream item) as the relay does, `user_id`
+    /// included (the test's broker user, whom the query service trusts).
     pub(crate) async fn publish_event(&self, event: &Value) {
-        self.broker.publish_event(&self.exchange, event).await;
+        self.publish_event_as(Some(&broker_user()), event).await;
     }
+
+    /// Publishes an event as the relay would, but with the `user_id` given (the
+    /// broker refuses one that is not the connection's user).
+    pub(crate) async fn publish_event_as(&self, user_id: Option<&str>, event: &Value) {
+        let kind = event["type"].as_str().unwrap_or("Unknown");
+        let mut properties = json_properties()
+            .with_message_id(event["event_id"].as_str().unwrap_or_default().into())
+            .with_type(kind.into());
+        if let Some(user_id) = user_id {
+            properties = properties.with_user_id(user_id.into());
+        }
+        if let Some(correlation_id) = event["metadata"]["correlation_id"].as_str() {
+            properties = properties.with_headers(correlation_header(correlation_id));
+        }
+        let body = serde_json::to_vec(event).unwrap_or_else(|error| panic!("{error}"));
+        self.broker
+            .publish(&self.exchange, &routing_key(kind), &body, properties)
+            .await;
+    }
+}
+
+/// The broker user of the test's AMQP URL: the query service's default publisher user.
+pub(crate) fn broker_user() -> String {
+    amqp_url()
+        .parse::<lapin::uri::AMQPUri>()
+        .map(|uri| uri.authority.userinfo.username)
+        .unwrap_or_else(|error| panic!("{} is not an AMQP URL: {error}", amqp_url()))
+}
+
+/// Opens an account by publishing its `AccountCreated` (schema version 2 with an
+/// owner, or version 1 without) and a credit, as the relay would; waits until both
+/// are projected and returns its id.
+pub(crate) async fn seed(app: &TestApp, owner: Option<&str>, currency: &str) -> String {
+    let id = uuid::Uuid::now_v7().to_string();
+    let (schema_version, data) = match owner {
+        Some(owner) => (
+            2,
+            json!({"initial_balance": "10.00", "currency": currency, "owner": owner}),
+        ),
+        None => (1, json!({"initial_balance": "10.00", "currency": currency})),
+    };
+    let event = |version, kind, schema_version, data| {
+        synthetic_event(&id, version, kind, schema_version, data)
+    };
+    let publisher = app.publisher().await;
+    publisher
+        .publish_event(&event(1, "AccountCreated", schema_version, data))
+        .await;
+    publisher
+        .publish_event(&event(2, "AccountActivated", 1, json!({})))
+        .await;
+    publisher
+        .publish_event(&event(
+            3,
+            "AccountCredited",
+            1,
+            json!({"amount": "5.00", "currency": currency, "balance": "15.00"}),
+        ))
+        .await;
+    app.account_at(&id, 3).await;
+    id
+}
+
+/// An event of `account` as the command service would publish it.
+pub(crate) fn synthetic_event(
+    account: &str,
+    version: u64,
+    kind: &str,
+    schema_version: i32,
+    data: Value,
+) -> Value {
+    json!({
+        "event_id": uuid::Uuid::new_v4(),
+        "account_id": account,
+        "version": version,
+        "position": version,
+        "type": kind,
+        "schema_version": schema_version,
+        "occurred_at": "2026-12-01T10:00:00.000001Z",
+        "data": data,
+        "metadata": {},
+    })
 }
 
 /// Retries `check` until it holds or `within` passes.

@@ -1,6 +1,7 @@
 //! The query service end to end, against the real MySQL/MariaDB, RabbitMQ, and a real
 //! command service on Postgres; every test on its own databases, exchange and queue.
 
+mod auth;
 mod batch;
 mod broker;
 mod helpers;
@@ -8,3 +9,4 @@ mod outages;
 mod reads;
 mod rebuild;
 mod shutdown;
+mod trust;

@@ -298,7 +298,12 @@ async fn unknown_accounts_and_unreached_versions_are_problems() {
         let client = app.client.clone();
         let url = format!("{}/accounts/{id}?min_version=3&wait_ms=10000", app.query);
         tokio::spawn(async move {
-            let response = client.get(url).send().await.unwrap();
+            let response = client
+                .get(url)
+                .bearer_auth(test_support::auth::admin_token())
+                .send()
+                .await
+                .unwrap();
             (response.status().as_u16(), Instant::now())
         })
     };

@@ -126,6 +126,7 @@ async fn events_committed_during_a_rebuild_reach_the_new_model() {
                 for (index, id) in ids.iter().enumerate() {
                     let reply: serde_json::Value = client
                         .post(format!("{command}/accounts/{id}/credit"))
+                        .bearer_auth(test_support::auth::admin_token())
                         .json(&json!({"amount": "1.00"}))
                         .send()
                         .await

@@ -19,6 +19,11 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
         .env("HTTP_HOST", "127.0.0.1")
         .env("HTTP_PORT", port.to_string())
         .env("COMMAND_SERVICE_URL", "http://127.0.0.1:9")
+        .env("AUTH_JWT_SECRET", test_support::auth::TEST_JWT_SECRET)
+        .env(
+            "COMMAND_SERVICE_TOKEN",
+            crate::helpers::query_service_token(),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -48,7 +53,14 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
             "{address}/accounts/{}?min_version=1&wait_ms=10000",
             uuid::Uuid::new_v4()
         );
-        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+        async move {
+            client
+                .get(url)
+                .bearer_auth(test_support::auth::admin_token())
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
 

@@ -34,8 +34,20 @@ fn debit(text: &str) -> AccountCommand {
 fn created(balance: &str) -> AccountEvent {
     AccountEvent::Created {
         initial_balance: money(balance),
-        owner: None,
+        owner: Some("alice".to_owned()),
     }
+}
+
+fn requester(sub: &str, admin: bool) -> Requester {
+    Requester {
+        sub: sub.to_owned(),
+        admin,
+    }
+}
+
+/// The owner of the accounts [`created`] opens.
+fn alice() -> Requester {
+    requester("alice", false)
 }
 
 /// Given these events, when this command is decided, then these events (or this error).
@@ -47,7 +59,7 @@ fn when(
     events: &[AccountEvent],
     command: AccountCommand,
 ) -> Result<Vec<AccountEvent>, DomainError> {
-    decide(given(events).as_ref(), &command)
+    decide(given(events).as_ref(), &alice(), &command)
 }
 
 #[test]
@@ -57,6 +69,7 @@ fn creating_an_account_records_its_opening_balance() {
         AccountCommand::Create {
             initial_balance: amount("100.5"),
             currency: mad(),
+            owner: "alice".to_owned(),
         },
     );
     assert_eq!(then, Ok(vec![created("100.50")]));
@@ -73,6 +86,7 @@ fn an_account_cannot_be_created_twice() {
         AccountCommand::Create {
             initial_balance: amount("1"),
             currency: mad(),
+            owner: "alice".to_owned(),
         },
     );
     assert_eq!(then, Err(DomainError::AccountExists));
@@ -82,6 +96,64 @@ fn an_account_cannot_be_created_twice() {
 fn commands_on_a_missing_account_are_not_found() {
     assert_eq!(when(&[], credit("1")), Err(DomainError::NotFound));
     assert_eq!(when(&[], AccountCommand::Close), Err(DomainError::NotFound));
+}
+
+#[test]
+fn an_account_belongs_to_the_owner_its_creation_names() {
+    let account = given(&[created("1")]).unwrap();
+    assert_eq!(account.owner.as_deref(), Some("alice"));
+}
+
+#[test]
+fn to_anyone_but_its_owner_or_an_admin_an_account_does_not_exist() {
+    let active = given(&[created("10"), AccountEvent::Activated]);
+    let commands = [
+        credit("1"),
+        debit("1"),
+        AccountCommand::Activate,
+        AccountCommand::Suspend { reason: None },
+        AccountCommand::Reactivate,
+        AccountCommand::Close,
+    ];
+    for command in &commands {
+        assert_eq!(
+            decide(active.as_ref(), &requester("mallory", false), command),
+            Err(DomainError::NotFound),
+            "{command:?}"
+        );
+    }
+    assert!(decide(active.as_ref(), &alice(), &debit("1")).is_ok());
+    assert!(decide(active.as_ref(), &requester("ops", true), &debit("1")).is_ok());
+}
+
+#[test]
+fn ownership_is_decided_before_the_state_so_a_stranger_learns_nothing() {
+    let closed = given(&[created("0"), AccountEvent::Activated, AccountEvent::Closed]);
+    assert_eq!(
+        decide(closed.as_ref(), &requester("mallory", false), &credit("1")),
+        Err(DomainError::NotFound)
+    );
+    assert!(matches!(
+        decide(closed.as_ref(), &alice(), &credit("1")),
+        Err(DomainError::InvalidState { .. })
+    ));
+}
+
+#[test]
+fn an_account_opened_before_identities_existed_is_for_admins_only() {
+    let legacy = given(&[
+        AccountEvent::Created {
+            initial_balance: money("10"),
+            owner: None,
+        },
+        AccountEvent::Activated,
+    ]);
+    assert_eq!(legacy.as_ref().unwrap().owner, None);
+    assert_eq!(
+        decide(legacy.as_ref(), &alice(), &credit("1")),
+        Err(DomainError::NotFound)
+    );
+    assert!(decide(legacy.as_ref(), &requester("ops", true), &credit("1")).is_ok());
 }
 
 #[test]
@@ -277,10 +349,10 @@ proptest! {
         commands in proptest::collection::vec(command(), 0..60),
     ) {
         let opening = Money::new(Decimal::new(opening, 2), mad()).unwrap();
-        let mut state = evolve(None, &AccountEvent::Created { initial_balance: opening, owner: None });
+        let mut state = evolve(None, &AccountEvent::Created { initial_balance: opening, owner: Some("alice".into()) });
         let mut expected = opening.amount();
         for command in commands {
-            if let Ok(events) = decide(state.as_ref(), &command) {
+            if let Ok(events) = decide(state.as_ref(), &alice(), &command) {
                 for event in &events {
                     match event {
                         AccountEvent::Credited { amount, .. } => expected += amount.amount(),
@@ -300,16 +372,35 @@ proptest! {
     fn every_decided_event_bumps_the_version_by_one(
         commands in proptest::collection::vec(command(), 0..40),
     ) {
-        let mut state = evolve(None, &AccountEvent::Created { initial_balance: money("10"), owner: None });
+        let mut state = evolve(None, &AccountEvent::Created { initial_balance: money("10"), owner: Some("alice".into()) });
         let mut count = 1;
         for command in commands {
-            if let Ok(events) = decide(state.as_ref(), &command) {
+            if let Ok(events) = decide(state.as_ref(), &alice(), &command) {
                 for event in &events {
                     state = evolve(state, event);
                     count += 1;
                 }
             }
             prop_assert_eq!(state.as_ref().unwrap().version, count);
+        }
+    }
+
+    #[test]
+    fn a_stranger_never_gets_anything_but_not_found(
+        commands in proptest::collection::vec(command(), 0..40),
+        strangers in proptest::collection::vec(command(), 1..10),
+    ) {
+        let mut state = evolve(None, &created("10"));
+        for command in commands {
+            if let Ok(events) = decide(state.as_ref(), &alice(), &command) {
+                state = events.iter().fold(state, evolve);
+            }
+        }
+        for command in strangers {
+            prop_assert_eq!(
+                decide(state.as_ref(), &requester("mallory", false), &command),
+                Err(DomainError::NotFound)
+            );
         }
     }
 }

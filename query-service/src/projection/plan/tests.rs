@@ -55,6 +55,8 @@ fn head(version: i64) -> Head {
     Head {
         version,
         currency: "MAD".to_owned(),
+        status: AccountStatus::Active,
+        balance: Decimal::new(1000, 2),
     }
 }
 
@@ -136,6 +138,7 @@ fn a_mutation_folds_into_the_row_it_starts_from() {
     let account = Uuid::new_v4();
     let row = AccountRow {
         id: account,
+        owner: Some("alice".to_owned()),
         status: AccountStatus::Active,
         currency: "MAD".to_owned(),
         balance: Decimal::new(1000, 2),
@@ -241,4 +244,87 @@ fn the_next_run_is_the_consecutive_versions_after_the_projection() {
         [3, 4]
     );
     assert!(next_run(&candidates, &decided.pending(), 4).is_empty());
+}
+
+#[test]
+fn the_owner_comes_from_a_version_2_creation_and_a_version_1_one_has_none() {
+    // Given a creation at schema version 2 naming alice, and one stored at version 1
+    let account = Uuid::new_v4();
+    let mut v2 = created(account, "5.00").envelope;
+    v2.schema_version = 2;
+    v2.data = json!({"initial_balance": "5.00", "currency": "MAD", "owner": "alice"});
+    let v2 = Candidate::decode(v2, Origin::Delivered).unwrap();
+    let mut v1 = created(account, "5.00").envelope;
+    v1.schema_version = 1;
+    let v1 = Candidate::decode(v1, Origin::Delivered).unwrap();
+    // When each is planned
+    // Then the opening carries alice's ownership, or none
+    let owner = |run: &[Candidate]| {
+        plan(account, None, run)
+            .0
+            .and_then(|mutation| mutation.opening)
+            .and_then(|opening| opening.owner)
+    };
+    assert_eq!(owner(&[v2]), Some("alice".to_owned()));
+    assert_eq!(owner(&[v1]), None);
+}
+
+#[test]
+fn every_event_of_a_run_records_its_version_with_the_state_after_it() {
+    // Given an account at version 2 (ACTIVE, 10.00)
+    let account = Uuid::new_v4();
+    let run = [
+        credited(account, 3, "5.00", "MAD", "15.00"),
+        candidate(account, 4, "AccountSuspended", json!({"reason": null})),
+    ];
+    // When a credit and a suspension are planned
+    let (mutation, invalid) = plan(account, Some(&head(2)), &run);
+    // Then each version names its event, type, status and balance after it
+    assert!(invalid.is_none());
+    let versions: Vec<_> = mutation
+        .unwrap()
+        .versions
+        .into_iter()
+        .map(|row| (row.version, row.event_id, row.kind, row.status, row.balance))
+        .collect();
+    assert_eq!(
+        versions,
+        vec![
+            (
+                3,
+                run[0].envelope.event_id,
+                "AccountCredited",
+                AccountStatus::Active,
+                Decimal::new(1500, 2)
+            ),
+            (
+                4,
+                run[1].envelope.event_id,
+                "AccountSuspended",
+                AccountStatus::Suspended,
+                Decimal::new(1500, 2)
+            ),
+        ]
+    );
+}
+
+#[test]
+fn another_event_at_a_projected_version_is_a_conflict_not_a_duplicate() {
+    // Given version 3 projected as one event, and candidates at version 3: that very
+    // event, another one, and one at a version without a record
+    let account = Uuid::new_v4();
+    let held = credited(account, 3, "5.00", "MAD", "15.00");
+    let forged = credited(account, 3, "1000000.00", "MAD", "1000015.00");
+    let unrecorded = credited(account, 2, "5.00", "MAD", "10.00");
+    let candidates = [held.clone(), forged, unrecorded];
+    let mut decided = Decisions::new(&candidates);
+    // When the projected ids are learnt and the candidates settled
+    assert_eq!(decided.unknown_up_to(3), vec![2, 3]);
+    decided.learn([(3, held.envelope.event_id)]);
+    decided.settle_up_to(3);
+    // Then the same event is a duplicate, the other a conflict, the unrecorded a duplicate
+    let verdicts = decided.finish();
+    assert_eq!(verdicts[0], Verdict::Duplicate);
+    assert!(matches!(&verdicts[1], Verdict::Conflict(reason) if reason.contains("version 3")));
+    assert_eq!(verdicts[2], Verdict::Duplicate);
 }
