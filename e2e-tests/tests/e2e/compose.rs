@@ -430,11 +430,11 @@ async fn the_compose_configuration_runs_a_smoke_scenario_on_the_local_servers() 
         ],
     );
     stack.use_tokens(&admin, &customer);
-    for api in [stack.command(), stack.query()] {
-        let refused = api_without_token(api).get("/accounts").await;
+    for (api, path) in [(stack.command(), "/events"), (stack.query(), "/accounts")] {
+        let refused = api_without_token(api).get(path).await;
         assert_eq!(
             refused.status, 401,
-            "{}: no token, {}",
+            "GET {}{path} without a token: {}",
             api.base, refused.body
         );
     }
@@ -605,4 +605,29 @@ fn a_compose_file_without_the_command_service_url_for_the_query_service_is_refus
 #[should_panic(expected = "no longer passes [\"DATABASE_URL\"] to command-service")]
 fn a_compose_file_without_the_event_store_url_is_refused() {
     environment(&compose_without("DATABASE_URL"), "command-service");
+}
+
+#[test]
+#[should_panic(
+    expected = "no longer passes [\"AUTH_JWT_SECRET | AUTH_JWT_SECRET_FILE | AUTH_JWKS_FILE\"] to command-service"
+)]
+fn a_compose_file_without_a_key_source_is_refused() {
+    environment(&compose_without("AUTH_JWT_SECRET_FILE"), "command-service");
+}
+
+#[test]
+#[should_panic(
+    expected = "no longer passes [\"AMQP_PUBLISHER_USER\", \"COMMAND_SERVICE_TOKEN | COMMAND_SERVICE_TOKEN_FILE\"] to query-service"
+)]
+fn a_compose_file_without_the_publisher_user_and_the_query_services_token_is_refused() {
+    let text = std::fs::read_to_string(compose_path()).unwrap_or_default();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            let line = line.trim_start();
+            !line.starts_with("AMQP_PUBLISHER_USER") && !line.starts_with("COMMAND_SERVICE_TOKEN")
+        })
+        .collect();
+    let compose = ComposeFile::parse(&kept.join("\n")).unwrap_or_else(|error| panic!("{error}"));
+    environment(&compose, "query-service");
 }
