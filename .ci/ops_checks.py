@@ -13,8 +13,16 @@ import yaml
 
 REQUIRED_ENV = {
     "command-service": {"DATABASE_URL", "AMQP_URL", "HTTP_PORT"},
-    "query-service": {"DATABASE_URL", "AMQP_URL", "HTTP_PORT", "COMMAND_SERVICE_URL"},
+    "query-service": {"DATABASE_URL", "AMQP_URL", "HTTP_PORT", "COMMAND_SERVICE_URL", "AMQP_PUBLISHER_USER"},
 }
+# At least one variable of each group: a key source to check tokens, and the query service's own token.
+KEY_SOURCE = ("AUTH_JWT_SECRET", "AUTH_JWT_SECRET_FILE", "AUTH_JWKS_FILE")
+REQUIRED_ANY = {
+    "command-service": [KEY_SOURCE],
+    "query-service": [KEY_SOURCE, ("COMMAND_SERVICE_TOKEN", "COMMAND_SERVICE_TOKEN_FILE")],
+}
+# Variables naming a file that must be mounted from a secret.
+FILE_VARS = ("AUTH_JWT_SECRET_FILE", "AUTH_JWKS_FILE", "COMMAND_SERVICE_TOKEN_FILE")
 URL_SCHEMES = {
     ("command-service", "DATABASE_URL"): ("postgres://", "postgresql://"),
     ("query-service", "DATABASE_URL"): ("mysql://", "mariadb://"),
@@ -34,22 +42,66 @@ def check_env(where, service, env, errors):
     missing = sorted(REQUIRED_ENV[service] - {k for k, v in env.items() if v not in (None, "")})
     if missing:
         errors.append(f"{where}: missing {', '.join(missing)}")
+    for group in REQUIRED_ANY[service]:
+        if not any(env.get(k) not in (None, "") for k in group):
+            errors.append(f"{where}: missing one of {', '.join(group)}")
     for (svc, key), schemes in URL_SCHEMES.items():
         value = env.get(key)
         if svc == service and value and not value.startswith(schemes):
             errors.append(f"{where}: {key} should start with {' or '.join(schemes)}")
 
 
+def amqp_user(env):
+    try:
+        return urlsplit(env.get("AMQP_URL") or "").username
+    except ValueError:
+        return None
+
+
+def check_broker_users(where, envs, errors):
+    """One broker user per service; the query service trusts only the command service's."""
+    command_user = amqp_user(envs.get("command-service") or {})
+    query_env = envs.get("query-service") or {}
+    if not command_user or not query_env:
+        return
+    if query_env.get("AMQP_PUBLISHER_USER") != command_user:
+        errors.append(f"{where}: query-service AMQP_PUBLISHER_USER={query_env.get('AMQP_PUBLISHER_USER')} "
+                      f"is not the command service's broker user {command_user}")
+    if amqp_user(query_env) == command_user:
+        errors.append(f"{where}: both services log in to the broker as {command_user}; each needs its own user")
+
+
+def compose_secret_targets(svc):
+    targets = set()
+    for secret in svc.get("secrets") or []:
+        target = secret.get("target") or secret["source"]
+        targets.add(target if target.startswith("/") else f"/run/secrets/{target}")
+    return targets
+
+
 def check_compose(path):
     errors = []
-    services = json.load(open(path, encoding="utf-8"))["services"]
+    document = json.load(open(path, encoding="utf-8"))
+    services = document["services"]
+    defined_secrets = set(document.get("secrets") or {})
+    envs = {}
     built = {}
     for name, svc in services.items():
         target = (svc.get("build") or {}).get("args", {}).get("SERVICE") or service_of(svc.get("image"))
         if not target:
             continue
         built[name] = target
-        check_env(f"compose service {name} ({target})", target, svc.get("environment") or {}, errors)
+        env = svc.get("environment") or {}
+        check_env(f"compose service {name} ({target})", target, env, errors)
+        if name == target:
+            envs[name] = env
+        mounted = compose_secret_targets(svc)
+        for var in FILE_VARS:
+            if env.get(var) and env[var] not in mounted:
+                errors.append(f"compose service {name}: {var}={env[var]} is not a secret mounted in it")
+        for secret in svc.get("secrets") or []:
+            if secret["source"] not in defined_secrets:
+                errors.append(f"compose service {name}: secret {secret['source']} is not defined")
         if not svc.get("read_only"):
             errors.append(f"compose service {name}: read_only should be true")
         for dep, cond in (svc.get("depends_on") or {}).items():
@@ -60,6 +112,7 @@ def check_compose(path):
     for name in ("command-service", "query-service"):
         if built.get(name) != name:
             errors.append(f"compose: no service {name} built with SERVICE={name}")
+    check_broker_users("compose", envs, errors)
     rebuild = [n for n, s in services.items() if s.get("command") == ["rebuild"]]
     if not rebuild:
         errors.append("compose: no one-shot service running `query-service rebuild`")
@@ -94,6 +147,37 @@ def container_env(container, values, where, errors):
     for var in container.get("env") or []:
         env[var["name"]] = var.get("value", "<from valueFrom>" if "valueFrom" in var else None)
     return env
+
+
+def check_secret_files(where, container, spec, env, values, errors):
+    """Each *_FILE variable names a file inside a volume mounted from a Secret that holds that key."""
+    volumes = {v["name"]: v for v in spec.get("volumes") or []}
+    for var in FILE_VARS:
+        path = env.get(var)
+        if not path:
+            continue
+        found = False
+        for mount in container.get("volumeMounts") or []:
+            base = mount["mountPath"].rstrip("/")
+            if mount.get("subPath"):
+                key = mount["subPath"] if path == base else None
+            else:
+                key = path[len(base) + 1:] if path.startswith(base + "/") else None
+            if not key:
+                continue
+            secret = (volumes.get(mount["name"]) or {}).get("secret")
+            if not secret:
+                errors.append(f"{where}: {var}={path} is mounted from {mount['name']}, which is no Secret volume")
+            else:
+                keys = {item["path"]: item["key"] for item in secret.get("items") or []}
+                data = values.get(("Secret", secret["secretName"]))
+                if data is None:
+                    errors.append(f"{where}: {var}: Secret {secret['secretName']} is not in the rendered output")
+                elif keys.get(key, key) not in data:
+                    errors.append(f"{where}: {var}: Secret {secret['secretName']} has no key {keys.get(key, key)}")
+            found = True
+        if not found:
+            errors.append(f"{where}: {var}={path} is in no mounted volume")
 
 
 def check_pod(where, spec, workload_kind, errors):
@@ -152,6 +236,7 @@ def check_k8s(name, path):
     deployments = {d["metadata"]["name"]: d for d in by_kind.get("Deployment", [])}
     services = {d["metadata"]["name"] for d in by_kind.get("Service", [])}
     seen = set()
+    envs = {}
     for doc in docs:
         if doc["kind"] not in ("Deployment", "StatefulSet", "Job"):
             continue
@@ -164,12 +249,16 @@ def check_k8s(name, path):
             seen.add(service)
             env = container_env(c, values, where, errors)
             check_env(f"{where}/{c['name']}", service, env, errors)
+            check_secret_files(f"{where}/{c['name']}", c, spec, env, values, errors)
             check_hosts(f"{where}/{c['name']}", env, services, errors)
+            if doc["kind"] == "Deployment":
+                envs[service] = env
             check_pod(where, spec, doc["kind"], errors)
             if doc["kind"] == "Deployment" and doc["spec"].get("replicas", 1) < 2:
                 errors.append(f"{where}: replicas should be at least 2")
             if doc["kind"] == "Deployment" and not spec.get("terminationGracePeriodSeconds"):
                 errors.append(f"{where}: terminationGracePeriodSeconds should be set")
+    check_broker_users(name, envs, errors)
     for service in REQUIRED_ENV:
         if service not in seen:
             errors.append(f"{name}: no workload runs {service}")

@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
 # Builds and runs both services against the local Postgres, MariaDB/MySQL and RabbitMQ, waits until
-# both are ready, prints their URLs, and stops both on Ctrl-C.
+# both are ready, prints their URLs and ready-to-paste bearer tokens, and stops both on Ctrl-C.
+#
+# Identity: an HS256 secret is generated once into target/run-local/jwt-secret (mode 600; delete it
+# to get a new one, which invalidates every token minted with the old) and passed to both services as
+# AUTH_JWT_SECRET_FILE. The query service's own token (scope events:read) is minted with
+# `command-service token` into target/run-local/command-service-token (COMMAND_SERVICE_TOKEN_FILE).
+# The local RabbitMQ has only `guest`, so both services keep using it here (no per-service broker
+# users as in compose and Kubernetes); the query service then trusts `guest`, its own AMQP_URL's
+# user, as the publisher (AMQP_PUBLISHER_USER unset).
 #
 # Logs go to target/run-local/<service>.log and, prefixed, to the terminal (RUN_LOCAL_QUIET=1: files only).
 # Optional overrides (unset: the services' own defaults):
@@ -8,6 +16,8 @@
 #   QUERY_HTTP_PORT, QUERY_DATABASE_URL       query service (default 8082, mysql://root@127.0.0.1:3306/bank_read)
 #   AMQP_URL, COMMAND_SERVICE_URL, RUST_LOG, LOG_FORMAT, CONFIG_FILE are passed through as they are.
 #   READY_TIMEOUT (seconds, default 120)
+#   TOKEN_TTL (seconds, default 43200) for the printed tokens; SERVICE_TOKEN_TTL (default 604800) for
+#   the query service's. AUTH_ISSUER, AUTH_AUDIENCE, AUTH_JWKS_FILE are passed through as they are.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -16,6 +26,10 @@ LOG_DIR=$ROOT/target/run-local
 READY_TIMEOUT=${READY_TIMEOUT:-120}
 COMMAND_PORT=${COMMAND_HTTP_PORT:-8081}
 QUERY_PORT=${QUERY_HTTP_PORT:-8082}
+SECRET_FILE=$LOG_DIR/jwt-secret
+SERVICE_TOKEN_FILE=$LOG_DIR/command-service-token
+TOKEN_TTL=${TOKEN_TTL:-43200}
+SERVICE_TOKEN_TTL=${SERVICE_TOKEN_TTL:-604800}
 
 NAMES=()
 PIDS=()
@@ -69,7 +83,8 @@ start() {
         die "something already answers on port $port; stop it (or set ${prefix^^}_HTTP_PORT)"
     fi
     : >"$log_file"
-    env -u HTTP_PORT -u DATABASE_URL "$@" "$ROOT/target/release/$name" >>"$log_file" 2>&1 &
+    env -u HTTP_PORT -u DATABASE_URL -u AUTH_JWT_SECRET -u COMMAND_SERVICE_TOKEN \
+        AUTH_JWT_SECRET_FILE="$SECRET_FILE" "$@" "$ROOT/target/release/$name" >>"$log_file" 2>&1 &
     PIDS+=("$!")
     NAMES+=("$name")
     if [[ ${RUN_LOCAL_QUIET:-0} != 1 ]]; then
@@ -94,9 +109,39 @@ wait_ready() {
     log "$name is ready"
 }
 
+# The HS256 secret, created once: 48 random bytes, base64 (64 characters).
+ensure_secret() {
+    [[ -s $SECRET_FILE ]] && return 0
+    (
+        umask 077
+        if command -v openssl >/dev/null; then
+            openssl rand -base64 48
+        else
+            head -c 48 /dev/urandom | base64
+        fi | tr -d '\n' >"$SECRET_FILE.tmp"
+    )
+    mv "$SECRET_FILE.tmp" "$SECRET_FILE"
+    log "generated the HS256 secret ${SECRET_FILE#"$ROOT"/}"
+}
+
+# mint SUB SCOPES TTL [ARG...]: prints a token signed with the local secret.
+mint() {
+    local sub=$1 scopes=$2 ttl=$3
+    shift 3
+    env -u AUTH_JWT_SECRET AUTH_JWT_SECRET_FILE="$SECRET_FILE" \
+        "$ROOT/target/release/command-service" token --sub "$sub" --scope "$scopes" --ttl "$ttl" "$@" ||
+        die "command-service token failed (sub $sub)"
+}
+
 log "building (cargo build --release -p command-service -p query-service)"
 cargo build --release -p command-service -p query-service
 mkdir -p "$LOG_DIR"
+ensure_secret
+(
+    umask 077
+    mint query-service events:read "$SERVICE_TOKEN_TTL" --client-id query-service >"$SERVICE_TOKEN_FILE.tmp"
+)
+mv "$SERVICE_TOKEN_FILE.tmp" "$SERVICE_TOKEN_FILE"
 
 command_env=()
 [[ -n ${COMMAND_HTTP_PORT:-} ]] && command_env+=("HTTP_PORT=$COMMAND_HTTP_PORT")
@@ -104,7 +149,7 @@ command_env=()
 start command-service "$COMMAND_PORT" "${command_env[@]}"
 wait_ready command-service "$COMMAND_PORT" "${PIDS[0]}"
 
-query_env=()
+query_env=("COMMAND_SERVICE_TOKEN_FILE=$SERVICE_TOKEN_FILE")
 [[ -n ${QUERY_HTTP_PORT:-} ]] && query_env+=("HTTP_PORT=$QUERY_HTTP_PORT")
 [[ -n ${QUERY_DATABASE_URL:-} ]] && query_env+=("DATABASE_URL=$QUERY_DATABASE_URL")
 if [[ -z ${COMMAND_SERVICE_URL:-} && -n ${COMMAND_HTTP_PORT:-} ]]; then
@@ -113,12 +158,28 @@ fi
 start query-service "$QUERY_PORT" "${query_env[@]}"
 wait_ready query-service "$QUERY_PORT" "${PIDS[1]}"
 
+customer_token=$(mint alice "accounts:read accounts:write" "$TOKEN_TTL" --client-id run-local)
+admin_token=$(mint admin "accounts:admin accounts:read accounts:write events:read" "$TOKEN_TTL" --client-id run-local)
+secret_path=${SECRET_FILE#"$ROOT"/}
+
 cat <<EOF
 
   command service  http://127.0.0.1:$COMMAND_PORT   docs http://127.0.0.1:$COMMAND_PORT/docs   metrics http://127.0.0.1:$COMMAND_PORT/metrics
   query service    http://127.0.0.1:$QUERY_PORT   docs http://127.0.0.1:$QUERY_PORT/docs   metrics http://127.0.0.1:$QUERY_PORT/metrics
   logs             ${LOG_DIR#"$ROOT"/}/
-  rebuild the read model: target/release/query-service rebuild
+  rebuild the read model:
+    AUTH_JWT_SECRET_FILE=$secret_path COMMAND_SERVICE_TOKEN_FILE=${SERVICE_TOKEN_FILE#"$ROOT"/} target/release/query-service rebuild
+
+  Tokens, valid ${TOKEN_TTL} s (more: AUTH_JWT_SECRET_FILE=$secret_path target/release/command-service token --sub SUB --scope "SCOPES"):
+    customer alice (accounts:read accounts:write):
+      export CUSTOMER_TOKEN=$customer_token
+    admin (accounts:admin accounts:read accounts:write events:read):
+      export ADMIN_TOKEN=$admin_token
+
+  curl -H "Authorization: Bearer \$CUSTOMER_TOKEN" http://127.0.0.1:$QUERY_PORT/accounts
+  curl -H "Authorization: Bearer \$CUSTOMER_TOKEN" -H 'Content-Type: application/json' \\
+       -d '{"initial_balance": "100.00", "currency": "MAD"}' http://127.0.0.1:$COMMAND_PORT/accounts
+  curl -H "Authorization: Bearer \$ADMIN_TOKEN" http://127.0.0.1:$QUERY_PORT/balance-sheet
 
   Ctrl-C stops both.
 

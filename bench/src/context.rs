@@ -9,11 +9,13 @@ use anyhow::Context as _;
 use sqlx::{MySqlPool, PgPool};
 
 use crate::broker::Broker;
+use crate::load::Target;
 use crate::options::Options;
 use crate::peers::python::Peer;
 use crate::phases::rss::Peaks;
 use crate::plan::Plan;
 use crate::procs::Service;
+use crate::tokens::Tokens;
 use crate::{mariadb, pg};
 
 /// Roles of the service processes.
@@ -30,6 +32,9 @@ pub(crate) struct Ctx {
     pub(crate) plan: Plan,
     pub(crate) run: String,
     pub(crate) dir: PathBuf,
+    /// The services' secret and the tokens the load sends.
+    pub(crate) tokens: Tokens,
+    /// Sends the operator's token with every request.
     pub(crate) http: reqwest::Client,
     pub(crate) broker: Option<Broker>,
     pub(crate) pg_databases: Vec<String>,
@@ -54,6 +59,12 @@ impl Ctx {
         run: String,
         dir: PathBuf,
     ) -> anyhow::Result<Self> {
+        let tokens = Tokens::generate()?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", tokens.admin).parse()?,
+        );
         Ok(Self {
             has_query: opts.bin_dir.join("query-service").is_file(),
             opts,
@@ -62,7 +73,9 @@ impl Ctx {
             dir,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                .default_headers(headers)
                 .build()?,
+            tokens,
             broker: None,
             pg_databases: Vec::new(),
             mysql_databases: Vec::new(),
@@ -126,6 +139,11 @@ impl Ctx {
             .with_context(|| format!("{role} is not running (an earlier step failed)"))
     }
 
+    /// Where a load sends its requests to the service `role`, with the operator's token.
+    pub(crate) fn target(&self, role: &str) -> anyhow::Result<Target> {
+        Target::new(self.service(role)?.addr(), &self.tokens.admin)
+    }
+
     pub(crate) async fn start_command(
         &mut self,
         role: &'static str,
@@ -139,6 +157,7 @@ impl Ctx {
             ),
             ("AMQP_URL", self.opts.amqp.clone()),
             ("AMQP_EXCHANGE", exchange.to_owned()),
+            ("AUTH_JWT_SECRET", self.tokens.secret().to_owned()),
         ];
         let log = self.dir.join(format!("{}.log", role.replace(' ', "-")));
         let mut service = Service::start(role, &self.binary("command-service"), &[], &env, &log)?;
@@ -159,6 +178,8 @@ impl Ctx {
             ("AMQP_EXCHANGE", self.exchange()),
             ("AMQP_QUEUE", self.queue()),
             ("COMMAND_SERVICE_URL", self.service(COMMAND)?.base_url()),
+            ("COMMAND_SERVICE_TOKEN", self.tokens.query_service.clone()),
+            ("AUTH_JWT_SECRET", self.tokens.secret().to_owned()),
         ])
     }
 

@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, header};
 use hyper_util::rt::TokioIo;
 use rand::rngs::StdRng;
@@ -24,14 +25,34 @@ use crate::stats::{Sample, micros};
 
 const CREDIT_BODY: &[u8] = br#"{"amount": "1.00"}"#;
 
+/// A service a load is sent to, and the bearer token it sends.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    authorization: HeaderValue,
+}
+
+impl Target {
+    pub(crate) fn new(addr: SocketAddr, token: &str) -> anyhow::Result<Self> {
+        let authorization = HeaderValue::try_from(format!("Bearer {token}"))
+            .context("the token is not a valid header value")?;
+        Ok(Self {
+            addr,
+            authorization,
+        })
+    }
+}
+
 /// One HTTP/1.1 connection.
 #[derive(Debug)]
 pub(crate) struct Conn {
     sender: SendRequest<Full<Bytes>>,
+    authorization: HeaderValue,
 }
 
 impl Conn {
-    pub(crate) async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+    pub(crate) async fn open(target: &Target) -> anyhow::Result<Self> {
+        let addr = target.addr;
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("cannot connect to {addr}"))?;
@@ -42,7 +63,10 @@ impl Conn {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        Ok(Self { sender })
+        Ok(Self {
+            sender,
+            authorization: target.authorization.clone(),
+        })
     }
 
     pub(crate) async fn request(
@@ -55,7 +79,8 @@ impl Conn {
         let mut request = Request::builder()
             .method(method)
             .uri(path)
-            .header(header::HOST, "127.0.0.1");
+            .header(header::HOST, "127.0.0.1")
+            .header(header::AUTHORIZATION, self.authorization.clone());
         if body.is_some() {
             request = request.header(header::CONTENT_TYPE, "application/json");
         }
@@ -102,7 +127,7 @@ impl Accounts {
 /// Credits by `clients` closed-loop clients; requests started within the window after
 /// `warmup` count. Non-200 answers are errors.
 pub(crate) async fn closed_loop(
-    addr: SocketAddr,
+    target: &Target,
     accounts: &Accounts,
     clients: usize,
     warmup: Duration,
@@ -110,7 +135,7 @@ pub(crate) async fn closed_loop(
 ) -> anyhow::Result<Sample> {
     let mut connections = Vec::with_capacity(clients);
     for _ in 0..clients {
-        connections.push(Conn::open(addr).await?);
+        connections.push(Conn::open(target).await?);
     }
     let start = Instant::now();
     let window_start = start + warmup;
@@ -118,6 +143,7 @@ pub(crate) async fn closed_loop(
     let body = Bytes::from_static(CREDIT_BODY);
     let mut workers = JoinSet::new();
     for mut conn in connections {
+        let target = target.clone();
         let accounts = accounts.clone();
         let body = body.clone();
         workers.spawn(async move {
@@ -153,7 +179,7 @@ pub(crate) async fn closed_loop(
                             first_error.get_or_insert_with(|| format!("{error:#}"));
                         }
                         tokio::time::sleep(Duration::from_millis(10)).await;
-                        match Conn::open(addr).await {
+                        match Conn::open(&target).await {
                             Ok(fresh) => conn = fresh,
                             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                         }
@@ -210,7 +236,7 @@ struct Job {
 /// Credits arriving at `rate` per second for `duration`, served by `connections`
 /// connections; requests wait in line when all are busy.
 pub(crate) async fn open_loop(
-    addr: SocketAddr,
+    target: &Target,
     accounts: &Accounts,
     rate: f64,
     duration: Duration,
@@ -222,7 +248,7 @@ pub(crate) async fn open_loop(
     }
     let mut conns = Vec::with_capacity(connections);
     for _ in 0..connections {
-        conns.push(Conn::open(addr).await?);
+        conns.push(Conn::open(target).await?);
     }
     let (jobs, queue) = mpsc::channel::<Job>(1 << 20);
     let queue = Arc::new(Mutex::new(queue));
@@ -231,6 +257,7 @@ pub(crate) async fn open_loop(
     let body = Bytes::from_static(CREDIT_BODY);
     let mut workers = JoinSet::new();
     for mut conn in conns {
+        let target = target.clone();
         let queue = queue.clone();
         let accounts = accounts.clone();
         let body = body.clone();
@@ -275,7 +302,7 @@ pub(crate) async fn open_loop(
                     Ok(_) => errors += 1,
                     Err(_) => {
                         errors += 1;
-                        if let Ok(fresh) = Conn::open(addr).await {
+                        if let Ok(fresh) = Conn::open(&target).await {
                             conn = fresh;
                         }
                     }

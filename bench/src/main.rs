@@ -46,6 +46,7 @@ mod plan;
 mod procs;
 mod report;
 mod stats;
+mod tokens;
 
 use crate::context::Ctx;
 use crate::options::Options;

@@ -104,14 +104,23 @@ impl ComposeFile {
 
     /// The service's `command` as a list of arguments (empty when it has none).
     pub fn command(&self, service: &str) -> Result<Vec<String>, String> {
-        match self.service(service)?.get("command") {
+        self.arguments(service, "command")
+    }
+
+    /// The service's `entrypoint` as a list of arguments (empty when it has none).
+    pub fn entrypoint(&self, service: &str) -> Result<Vec<String>, String> {
+        self.arguments(service, "entrypoint")
+    }
+
+    fn arguments(&self, service: &str, key: &str) -> Result<Vec<String>, String> {
+        match self.service(service)?.get(key) {
             None | Some(Value::Null) => Ok(Vec::new()),
             Some(Value::Sequence(arguments)) => arguments
                 .iter()
-                .map(|argument| scalar(argument).ok_or_else(|| format!("{service}: odd command")))
+                .map(|argument| scalar(argument).ok_or_else(|| format!("{service}: odd {key}")))
                 .collect(),
             Some(Value::String(line)) => Ok(line.split_whitespace().map(str::to_owned).collect()),
-            Some(other) => Err(format!("{service}: odd command {other:?}")),
+            Some(other) => Err(format!("{service}: odd {key} {other:?}")),
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{Value, json};
+use test_support::auth::{TEST_JWT_SECRET, admin_token, customer_token, token};
 use test_support::servers::{Server, amqp_url, free_port, mysql_url, postgres_url, require};
 use test_support::{Api, Broker, Leftovers, names};
 
@@ -22,6 +23,15 @@ use crate::process::{Env, Service};
 pub const WAIT_MS: u64 = 10_000;
 /// How long a test waits at most for the projection to reach a version.
 pub const CATCH_UP: Duration = Duration::from_secs(30);
+/// The `sub` of the customer who opens and moves the accounts of a stack's helpers.
+pub const CUSTOMER: &str = "e2e-customer";
+/// The `sub` of the query service's token at the command service.
+pub const QUERY_SERVICE_SUB: &str = "query-service";
+
+/// The query service's `COMMAND_SERVICE_TOKEN`: `events:read`, as operators mint it.
+pub fn query_service_token() -> String {
+    token(QUERY_SERVICE_SUB, "events:read")
+}
 
 /// The names that isolate one stack on the shared servers.
 #[derive(Debug, Clone)]
@@ -95,6 +105,7 @@ impl StackConfig {
             ("HTTP_PORT".into(), free_port().to_string()),
             // The suite runs many stacks beside other crates' tests on one Postgres.
             ("DATABASE_MAX_CONNECTIONS".into(), "8".into()),
+            ("AUTH_JWT_SECRET".into(), TEST_JWT_SECRET.into()),
             ("RUST_LOG".into(), rust_log.clone()),
         ]);
         let query_names = names.clone();
@@ -107,6 +118,8 @@ impl StackConfig {
                 ("HTTP_HOST".into(), "127.0.0.1".into()),
                 ("HTTP_PORT".into(), free_port().to_string()),
                 ("COMMAND_SERVICE_URL".into(), command_url.to_owned()),
+                ("COMMAND_SERVICE_TOKEN".into(), query_service_token()),
+                ("AUTH_JWT_SECRET".into(), TEST_JWT_SECRET.into()),
                 ("RUST_LOG".into(), rust_log),
             ]);
             env.extend(self.query_extra);
@@ -116,7 +129,8 @@ impl StackConfig {
     }
 }
 
-/// A running platform.
+/// A running platform, with two clients of each service: an operator's (every scope,
+/// `sub` `admin`) and a customer's ([`CUSTOMER`], `accounts:read accounts:write`).
 #[derive(Debug)]
 pub struct Stack {
     pub names: Names,
@@ -126,6 +140,18 @@ pub struct Stack {
     logs: PathBuf,
     command_api: Api,
     query_api: Api,
+    customer_command_api: Api,
+    customer_query_api: Api,
+}
+
+/// A client of the service at `url` sending the admin token.
+fn admin_client(url: &str) -> Api {
+    Api::new(url).with_token(admin_token())
+}
+
+/// A client of the service at `url` sending the token of [`CUSTOMER`].
+fn customer_client(url: &str) -> Api {
+    Api::new(url).with_token(customer_token(CUSTOMER))
 }
 
 impl Stack {
@@ -159,8 +185,10 @@ impl Stack {
         )
         .await;
         Self {
-            command_api: Api::new(&command.url),
-            query_api: Api::new(&query.url),
+            command_api: admin_client(&command.url),
+            query_api: admin_client(&query.url),
+            customer_command_api: customer_client(&command.url),
+            customer_query_api: customer_client(&query.url),
             query_env: query.env.clone(),
             names,
             command,
@@ -169,13 +197,47 @@ impl Stack {
         }
     }
 
+    /// The command service, as an operator (every scope).
     pub fn command(&self) -> &Api {
         &self.command_api
     }
 
+    /// The query service, as an operator (every scope).
     pub fn query(&self) -> &Api {
         assert!(self.query.is_some(), "the query service is not running");
         &self.query_api
+    }
+
+    /// The command service, as [`CUSTOMER`], who opens the helpers' accounts.
+    pub fn customer_command(&self) -> &Api {
+        &self.customer_command_api
+    }
+
+    /// The query service, as [`CUSTOMER`].
+    pub fn customer_query(&self) -> &Api {
+        assert!(self.query.is_some(), "the query service is not running");
+        &self.customer_query_api
+    }
+
+    /// From now on the stack's own clients send these tokens: `admin`'s for the
+    /// operator's calls, `customer`'s (whose `sub` must be [`CUSTOMER`]) for the owner's.
+    /// For services started with another secret than the tests' own.
+    pub fn use_tokens(&mut self, admin: &str, customer: &str) {
+        self.command_api = Api::new(&self.command.url).with_token(admin);
+        self.customer_command_api = Api::new(&self.command.url).with_token(customer);
+        let query_url = self.query_api.base.clone();
+        self.query_api = Api::new(&query_url).with_token(admin);
+        self.customer_query_api = Api::new(&query_url).with_token(customer);
+    }
+
+    /// A client of the command service sending `token` (none when `None`).
+    pub fn command_with(&self, token: Option<&str>) -> Api {
+        with_token(&self.command.url, token)
+    }
+
+    /// A client of the query service sending `token` (none when `None`).
+    pub fn query_with(&self, token: Option<&str>) -> Api {
+        with_token(&self.query().base, token)
     }
 
     pub fn command_service(&self) -> &Service {
@@ -205,7 +267,8 @@ impl Stack {
             &self.logs.join("query-service.log"),
         )
         .await;
-        self.query_api = Api::new(&query.url);
+        self.query_api = admin_client(&query.url);
+        self.customer_query_api = customer_client(&query.url);
         self.query_env = query.env.clone();
         self.query = Some(query);
     }
@@ -221,7 +284,7 @@ impl Stack {
             &self.logs.join("query-service-replica.log"),
         )
         .await;
-        let api = Api::new(&replica.url);
+        let api = admin_client(&replica.url);
         (replica, api)
     }
 
@@ -273,19 +336,22 @@ impl Stack {
 
     // ---- the command service, as a client uses it ----
 
-    /// `POST /accounts`; returns the id and version of the acknowledged creation.
+    /// `POST /accounts` as [`CUSTOMER`], who owns the account; returns the id and
+    /// version of the acknowledged creation.
     pub async fn create(&self, initial_balance: &str, currency: &str) -> Ack {
         let body = json!({"initial_balance": initial_balance, "currency": currency});
-        let reply = self.command_api.post("/accounts", &body).await;
+        let reply = self.customer_command_api.post("/accounts", &body).await;
         Ack::from(reply.expect(201, "create"))
     }
 
-    /// `POST /accounts/{id}/{verb}`, which must succeed.
+    /// `POST /accounts/{id}/{verb}`, which must succeed: credits and debits as the
+    /// owner, [`CUSTOMER`]; the lifecycle (activate, suspend, ...) as an operator.
     pub async fn act(&self, id: &str, verb: &str, body: Value) -> Ack {
-        let reply = self
-            .command_api
-            .post(&format!("/accounts/{id}/{verb}"), &body)
-            .await;
+        let client = match verb {
+            "credit" | "debit" => &self.customer_command_api,
+            _ => &self.command_api,
+        };
+        let reply = client.post(&format!("/accounts/{id}/{verb}"), &body).await;
         Ack::from(reply.expect(200, verb))
     }
 
@@ -295,10 +361,10 @@ impl Stack {
         self.act(&created.id, "activate", json!({})).await
     }
 
-    /// The account's full stream at the command service.
+    /// The account's full stream at the command service, as read by its owner.
     pub async fn events(&self, id: &str) -> Vec<Value> {
         let mut stream = self
-            .command_api
+            .customer_command_api
             .get(&format!("/accounts/{id}/events"))
             .await
             .expect(200, "account events");
@@ -308,21 +374,22 @@ impl Stack {
         }
     }
 
-    /// The whole global feed of the command service.
+    /// The whole global feed of the command service (`events:read`, the operator's).
     pub async fn feed(&self) -> Vec<Value> {
         self.command_api.feed().await
     }
 
     // ---- the query service, as a client uses it ----
 
-    /// `GET /accounts/{id}?min_version=..&wait_ms=10000`, which must answer 200. A
+    /// `GET /accounts/{id}?min_version=..&wait_ms=10000` as the owner, [`CUSTOMER`],
+    /// which must answer 200. A
     /// `504 not_yet_projected` is asked again until [`CATCH_UP`] has passed, so that a
     /// slow machine does not fail a test that only needs the projection to catch up.
     pub async fn read(&self, id: &str, min_version: u64) -> Value {
         let path = format!("/accounts/{id}?min_version={min_version}&wait_ms={WAIT_MS}");
         let deadline = Instant::now() + CATCH_UP;
         loop {
-            let reply = self.query().get(&path).await;
+            let reply = self.customer_query().get(&path).await;
             match reply.status {
                 200 => return reply.body,
                 504 if Instant::now() < deadline => continue,
@@ -335,9 +402,11 @@ impl Stack {
         }
     }
 
-    /// Every operation of an account, following `next` with pages of `limit`.
+    /// Every operation of an account as its owner sees them, following `next` with
+    /// pages of `limit`.
     pub async fn operations(&self, id: &str, limit: u32) -> Vec<Value> {
-        self.pages(
+        self.pages_of(
+            self.customer_query(),
             &format!("/accounts/{id}/operations?limit={limit}"),
             "operations",
         )
@@ -347,8 +416,14 @@ impl Stack {
         .collect()
     }
 
-    /// Every page of a listing (`path` has a query string), following `next` to null.
+    /// Every page of a listing as an operator sees it (`path` has a query string),
+    /// following `next` to null.
     pub async fn pages(&self, path: &str, items: &str) -> Vec<Vec<Value>> {
+        self.pages_of(self.query(), path, items).await
+    }
+
+    /// Every page of a listing as `client` sees it, following `next` to null.
+    pub async fn pages_of(&self, client: &Api, path: &str, items: &str) -> Vec<Vec<Value>> {
         let mut pages = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -356,7 +431,7 @@ impl Stack {
                 Some(after) => format!("{path}&after={after}"),
                 None => path.to_owned(),
             };
-            let mut page = self.query().get(&url).await.expect(200, &url);
+            let mut page = client.get(&url).await.expect(200, &url);
             let batch = match page[items].take() {
                 Value::Array(batch) => batch,
                 other => panic!("GET {url}: no {items} array: {other}"),
@@ -411,6 +486,13 @@ impl Stack {
             crate::process::tail(&query_log, 25)
         ));
         text
+    }
+}
+
+fn with_token(url: &str, token: Option<&str>) -> Api {
+    match token {
+        Some(token) => Api::new(url).with_token(token),
+        None => Api::new(url),
     }
 }
 

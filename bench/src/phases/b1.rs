@@ -34,6 +34,19 @@ impl Figures {
         Some((median_sample(&pair.b1)?, median_sample(&pair.service)?))
     }
 
+    /// The command service's median CPU time per credit at `clients`, µs.
+    pub(crate) fn cpu_per_command(&self, clients: usize) -> Option<f64> {
+        let pair = self.pairs.iter().find(|p| p.clients == clients)?;
+        let us = median(pair.service_cpu_us.iter().copied());
+        (us.is_finite() && us > 0.0).then_some(us)
+    }
+
+    /// The service's median throughput at `clients`.
+    pub(crate) fn throughput(&self, clients: usize) -> Option<f64> {
+        let pair = self.pairs.iter().find(|p| p.clients == clients)?;
+        median_sample(&pair.service).map(|sample| sample.throughput)
+    }
+
     /// Highest median service throughput over the client counts.
     pub(crate) fn peak(&self) -> Option<f64> {
         self.pairs
@@ -79,10 +92,11 @@ pub(crate) async fn b1_vs_service(ctx: &mut Ctx, results: &mut Results) -> anyho
                     );
                     pair.b1.push(sample);
                 } else {
+                    let target = ctx.target(COMMAND)?;
                     let service = ctx.service(COMMAND)?;
                     let cpu_before = service.cpu_time();
                     let sample = load::closed_loop(
-                        service.addr(),
+                        &target,
                         &accounts,
                         clients,
                         timing.warmup,

@@ -110,9 +110,9 @@ async fn append_rate(
             [BIG, SMALL]
         };
         for role in order {
-            let addr = ctx.service(role)?.addr();
+            let target = ctx.target(role)?;
             let sample =
-                load::closed_loop(addr, &all, clients, timing.warmup, timing.measure).await?;
+                load::closed_loop(&target, &all, clients, timing.warmup, timing.measure).await?;
             progress!(
                 "{role}: {:.0} cmd/s p50 {:.2} ms p99 {:.2} ms, {} errors",
                 sample.throughput,
@@ -136,14 +136,14 @@ async fn append_rate(
 async fn long_stream_latency(ctx: &Ctx, results: &mut Results) -> anyhow::Result<()> {
     let lengths = ctx.plan.long_streams.clone();
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); lengths.len()];
-    let addr = ctx.service(BIG)?.addr();
+    let target = ctx.target(BIG)?;
     let growth = ctx.plan.growth_timing;
     for repeat in 0..ctx.plan.repeats {
         for step in 0..lengths.len() {
             let which = (step + repeat) % lengths.len();
             let account = Accounts::new(vec![pg::account_id(LONG_FIRST + which as u64)])?;
             let sample =
-                load::closed_loop(addr, &account, 1, growth.warmup, growth.measure).await?;
+                load::closed_loop(&target, &account, 1, growth.warmup, growth.measure).await?;
             progress!(
                 "credit on a stream of {} events: p50 {:.2} ms p99 {:.2} ms, {} errors",
                 lengths[which],

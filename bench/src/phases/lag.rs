@@ -59,9 +59,9 @@ pub(crate) async fn projection_lag(ctx: &mut Ctx, results: &mut Results) -> anyh
             every: to_usize(rate / 40.0).max(1),
             timeout: Duration::from_secs(15),
         };
-        let addr = ctx.service(COMMAND)?.addr();
+        let target = ctx.target(COMMAND)?;
         let outcome =
-            load::open_loop(addr, &accounts, rate, ctx.plan.lag_run, 64, Some(probe)).await?;
+            load::open_loop(&target, &accounts, rate, ctx.plan.lag_run, 64, Some(probe)).await?;
         let lag = Lag {
             fraction,
             offered: rate,

@@ -15,6 +15,7 @@ pub(crate) mod lag;
 pub(crate) mod peer;
 mod prepare;
 pub(crate) mod rss;
+pub(crate) mod token_check;
 
 use crate::context::Ctx;
 use crate::elapsed;
@@ -29,6 +30,8 @@ pub(crate) enum Phase {
     LiveProjectionVsB3,
     /// B1 (pgbench) against the command service at each client count.
     B1VsService,
+    /// `Authenticator::verify` on one core, against the command's CPU B1 measured.
+    TokenCheck,
     /// B3 against `query-service rebuild`.
     RebuildVsB3,
     /// Acknowledged → visible in the query service, at fractions of the peak.
@@ -41,10 +44,11 @@ pub(crate) enum Phase {
 
 impl Phase {
     /// Every phase, in the order of the run.
-    pub(crate) const ALL: [Self; 7] = [
+    pub(crate) const ALL: [Self; 8] = [
         Self::RelayVsB2,
         Self::LiveProjectionVsB3,
         Self::B1VsService,
+        Self::TokenCheck,
         Self::RebuildVsB3,
         Self::ProjectionLag,
         Self::CostGrowth,
@@ -57,6 +61,7 @@ impl Phase {
             Self::RelayVsB2 => "relay vs B2",
             Self::LiveProjectionVsB3 => "live projection vs B3",
             Self::B1VsService => "B1 vs service",
+            Self::TokenCheck => "token check",
             Self::RebuildVsB3 => "rebuild vs B3",
             Self::ProjectionLag => "projection lag",
             Self::CostGrowth => "cost growth",
@@ -76,7 +81,7 @@ impl Phase {
     fn optional(self) -> bool {
         !matches!(
             self,
-            Self::RelayVsB2 | Self::LiveProjectionVsB3 | Self::B1VsService
+            Self::RelayVsB2 | Self::LiveProjectionVsB3 | Self::B1VsService | Self::TokenCheck
         )
     }
 
@@ -85,6 +90,7 @@ impl Phase {
             Self::RelayVsB2 => Box::pin(b2::relay_vs_b2(ctx, results)).await,
             Self::LiveProjectionVsB3 => Box::pin(b3::live_vs_b3(ctx, results)).await,
             Self::B1VsService => Box::pin(b1::b1_vs_service(ctx, results)).await,
+            Self::TokenCheck => Box::pin(token_check::token_check(ctx, results)).await,
             Self::RebuildVsB3 => Box::pin(b3::rebuild_vs_b3(ctx, results)).await,
             Self::ProjectionLag => Box::pin(lag::projection_lag(ctx, results)).await,
             Self::CostGrowth => Box::pin(growth::cost_growth(ctx, results)).await,

@@ -67,9 +67,9 @@ pub(crate) async fn peer_vs_service(ctx: &mut Ctx, results: &mut Results) -> any
                     );
                     peer_samples.push(sample);
                 } else {
-                    let addr = ctx.service(SMALL)?.addr();
+                    let target = ctx.target(SMALL)?;
                     let sample = load::closed_loop(
-                        addr,
+                        &target,
                         &service_accounts,
                         clients,
                         timing.warmup,

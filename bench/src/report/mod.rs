@@ -12,7 +12,7 @@ mod tests;
 use std::time::Duration;
 
 use crate::machine::Machine;
-use crate::phases::{b1, b2, b3, growth, lag, peer, rss};
+use crate::phases::{b1, b2, b3, growth, lag, peer, rss, token_check};
 pub(crate) use format::MISSING;
 pub(crate) use markdown::Markdown;
 
@@ -29,6 +29,7 @@ pub(crate) struct Results {
     pub(crate) warmup: Duration,
     pub(crate) measure: Duration,
     pub(crate) b1: b1::Figures,
+    pub(crate) tokens: token_check::Figures,
     pub(crate) b2: b2::Figures,
     pub(crate) b3: b3::Figures,
     pub(crate) lag: lag::Figures,
@@ -66,8 +67,9 @@ impl Part {
 }
 
 /// The phases' sections and method bullets, in the report's order.
-const SECTIONS: [&Part; 7] = [
+const SECTIONS: [&Part; 8] = [
     &b1::REPORT,
+    &token_check::REPORT,
     &b2::REPORT,
     &b3::REPORT,
     &lag::REPORT,
@@ -77,8 +79,9 @@ const SECTIONS: [&Part; 7] = [
 ];
 
 /// The phases' rows of the targets table, in order (the memory limits last).
-const TARGETS: [&Part; 7] = [
+const TARGETS: [&Part; 8] = [
     &b1::REPORT,
+    &token_check::REPORT,
     &b2::REPORT,
     &b3::REPORT,
     &lag::REPORT,
@@ -88,7 +91,7 @@ const TARGETS: [&Part; 7] = [
 ];
 
 /// How the services are set up, before each phase's method.
-const GENERAL_METHOD: &str = "Every process gets fresh databases, exchanges and queues named `bench_<run>_*` / `bench.<run>.*`, dropped at the end. The services run from their release binaries with their default settings (`RUST_LOG=info`, JSON logs to `target/bench/<run>/`). Accounts are seeded with SQL (valid streams: created with 1000.00 MAD, activated, credits of 1.00; each stream row carries the `Account` snapshot the command service would have stored).";
+const GENERAL_METHOD: &str = "Every process gets fresh databases, exchanges and queues named `bench_<run>_*` / `bench.<run>.*`, dropped at the end. The services run from their release binaries with their default settings (`RUST_LOG=info`, JSON logs to `target/bench/<run>/`) and an HS256 secret of the run's own (`AUTH_JWT_SECRET`); every request carries a bearer token signed with it (an operator's: the seeded accounts have no owner), and the query service reads the feed with an `events:read` token. Accounts are seeded with SQL (valid streams: created with 1000.00 MAD, activated, credits of 1.00; each stream row carries the `Account` snapshot the command service would have stored).";
 
 /// Whether a target was met.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use crate::machine::Machine;
 use crate::phases::b1::Pair;
 use crate::phases::lag::Lag;
 use crate::phases::peer::PeerPair;
-use crate::phases::{b1, b2, b3, growth, lag, peer, rss};
+use crate::phases::{b1, b2, b3, growth, lag, peer, rss, token_check};
 use crate::stats::{Drain, Sample};
 
 fn sample(throughput: f64, p50_ms: f64, p99_ms: f64) -> Sample {
@@ -62,7 +62,7 @@ fn fixture() -> Results {
                     clients: 16,
                     b1: vec![sample(1500.0, 10.0, 19.0)],
                     service: vec![sample(2100.0, 6.9, 17.7)],
-                    service_cpu_us: Vec::new(),
+                    service_cpu_us: vec![300.0],
                 },
                 Pair {
                     clients: 64,
@@ -71,6 +71,9 @@ fn fixture() -> Results {
                     service_cpu_us: Vec::new(),
                 },
             ],
+        },
+        tokens: token_check::Figures {
+            verify_us: vec![4.0, 5.0, 4.5],
         },
         b2: b2::Figures {
             raw: vec![13_000.0, 14_000.0],

@@ -12,8 +12,13 @@
 //!   `postgres`, trust auth); the password stays (trust auth never asks for it);
 //! - MariaDB: user `bank` with password `bank` becomes `root` without a password (the
 //!   local server's only account);
-//! - RabbitMQ: user `bank`/`bank` becomes `guest`/`guest` (the local broker's only user,
-//!   allowed from loopback);
+//! - RabbitMQ: the per-service users (`command-service`, `query-service`) become
+//!   `guest`/`guest` (the local broker's only user, allowed from loopback), and so does
+//!   `AMQP_PUBLISHER_USER`, once checked to name the command service's broker user;
+//! - `AUTH_JWT_SECRET_FILE` (a compose secret under `/run/secrets/`) becomes a file this
+//!   test writes with 48 random bytes (hex), and `COMMAND_SERVICE_TOKEN_FILE` a file
+//!   holding the token the compose `token` tool mints with it (the command service's
+//!   binary, run with the tool's arguments and the command service's environment);
 //! - the database names become this test's own (`e2e_test_<id>`, `e2e_read_<id>`): the
 //!   local servers are shared with the developers' own `bank_events`/`bank_read` and with
 //!   tests running in parallel;
@@ -21,15 +26,18 @@
 //!   command service's: those ports may be taken here, where no container has its own
 //!   network namespace.
 //!
+//! The smoke scenario's calls carry bearer tokens signed with that secret.
+//!
 //! Added, because the compose file leaves them to their defaults and several stacks
 //! share one broker here: `AMQP_EXCHANGE` and `AMQP_QUEUE` (this test's own names), and
 //! `HTTP_HOST=127.0.0.1` (listen on loopback only). The test checks that the file does
 //! not set them, so that nothing it writes is overridden.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use e2e_tests::Stack;
+use e2e_tests::binaries::{Binary, ensure_built, profile_dir};
 use e2e_tests::compose::ComposeFile;
 use e2e_tests::process::Env;
 use e2e_tests::stack::Names;
@@ -39,27 +47,94 @@ use sqlx::Connection;
 use test_support::Api;
 use test_support::servers::{free_port, mysql_server, postgres_server};
 
-/// What each service cannot do without, per the contract and `docs/operations.md`.
-const REQUIRED: [(&str, &[&str]); 3] = [
+/// A key source: the services refuse to start without one.
+const KEY_SOURCE: &[&str] = &["AUTH_JWT_SECRET", "AUTH_JWT_SECRET_FILE", "AUTH_JWKS_FILE"];
+/// The query service's token at the command service (`GET /events` needs it).
+const COMMAND_SERVICE_TOKEN: &[&str] = &["COMMAND_SERVICE_TOKEN", "COMMAND_SERVICE_TOKEN_FILE"];
+
+/// What each service cannot do without, per the contract and `docs/operations.md`:
+/// every entry is a set of alternatives, one of which must be set.
+const REQUIRED: [(&str, &[&[&str]]); 4] = [
     (
         "command-service",
-        &["DATABASE_URL", "AMQP_URL", "HTTP_PORT"],
+        &[&["DATABASE_URL"], &["AMQP_URL"], &["HTTP_PORT"], KEY_SOURCE],
     ),
     (
         "query-service",
         &[
-            "DATABASE_URL",
-            "AMQP_URL",
-            "HTTP_PORT",
-            "COMMAND_SERVICE_URL",
+            &["DATABASE_URL"],
+            &["AMQP_URL"],
+            &["HTTP_PORT"],
+            &["COMMAND_SERVICE_URL"],
+            &["AMQP_PUBLISHER_USER"],
+            KEY_SOURCE,
+            COMMAND_SERVICE_TOKEN,
         ],
     ),
-    ("rebuild", &["DATABASE_URL", "COMMAND_SERVICE_URL"]),
+    (
+        "rebuild",
+        &[
+            &["DATABASE_URL"],
+            &["COMMAND_SERVICE_URL"],
+            COMMAND_SERVICE_TOKEN,
+        ],
+    ),
+    ("token", &[&["AUTH_JWT_SECRET", "AUTH_JWT_SECRET_FILE"]]),
 ];
 /// Set by this test for isolation; the compose file must leave them to the defaults.
 const ADDED: [&str; 3] = ["HTTP_HOST", "AMQP_EXCHANGE", "AMQP_QUEUE"];
 
 const LOOPBACK: &str = "127.0.0.1";
+/// The local broker's only user (its password is the same).
+const LOCAL_BROKER_USER: &str = "guest";
+
+/// The files that stand in for the compose secrets, in the stack's log directory.
+struct Secrets {
+    jwt_secret: PathBuf,
+    command_service_token: PathBuf,
+}
+
+impl Secrets {
+    /// Writes the HS256 secret: 48 random bytes, hex. The token file comes later,
+    /// minted with that secret by [`mint_query_service_token`].
+    #[expect(
+        clippy::unwrap_used,
+        reason = "a test helper: a failure here is the test's failure"
+    )]
+    fn write(names: &Names) -> Self {
+        let dir = profile_dir().join("e2e-logs").join(&names.id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let bytes: [u8; 48] = rand::random();
+        let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+        let jwt_secret = dir.join("jwt-secret");
+        std::fs::write(&jwt_secret, format!("{hex}\n")).unwrap();
+        Self {
+            jwt_secret,
+            command_service_token: dir.join("command-service-token"),
+        }
+    }
+
+    /// The file that replaces the compose secret a variable names.
+    fn file_for(&self, variable: &str) -> Option<&Path> {
+        match variable {
+            "AUTH_JWT_SECRET_FILE" => Some(&self.jwt_secret),
+            "COMMAND_SERVICE_TOKEN_FILE" => Some(&self.command_service_token),
+            _ => None,
+        }
+    }
+
+    /// The HS256 secret, as the services read it (trimmed).
+    #[expect(
+        clippy::unwrap_used,
+        reason = "a test helper: a failure here is the test's failure"
+    )]
+    fn secret(&self) -> String {
+        std::fs::read_to_string(&self.jwt_secret)
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+}
 
 /// Interpolation sees no variable: what is checked is the file's own defaults, not
 /// whatever this machine's environment holds.
@@ -89,9 +164,10 @@ fn environment(compose: &ComposeFile, service: &str) -> Env {
         .iter()
         .find(|(name, _)| *name == service)
         .expect("a service this test knows");
-    let missing: Vec<&&str> = required
+    let missing: Vec<String> = required
         .iter()
-        .filter(|name| !env.contains_key(**name))
+        .filter(|alternatives| !alternatives.iter().any(|name| env.contains_key(*name)))
+        .map(|alternatives| alternatives.join(" | "))
         .collect();
     assert!(
         missing.is_empty(),
@@ -109,12 +185,16 @@ fn environment(compose: &ComposeFile, service: &str) -> Env {
 /// Where this test runs what compose would run in containers.
 struct Here<'a> {
     names: &'a Names,
+    /// The files this test writes in place of the compose secrets.
+    secrets: &'a Secrets,
     /// `HTTP_PORT` of the service being configured, here.
     port: u16,
     /// The command service's URL here, once it runs.
     command_url: Option<&'a str>,
     /// The command service's `HTTP_PORT` in the compose file.
     compose_command_port: &'a str,
+    /// The user of the command service's `AMQP_URL` in the compose file.
+    command_broker_user: Option<String>,
 }
 
 /// The environment of a compose service with exactly the substitutions listed at the
@@ -125,6 +205,19 @@ fn localize(service: &str, env: &Env, here: &Here<'_>) -> (Env, Vec<String>) {
     for (name, value) in env {
         let changed = if name == "HTTP_PORT" {
             here.port.to_string()
+        } else if let Some(file) = here.secrets.file_for(name) {
+            assert!(
+                value.starts_with("/run/secrets/"),
+                "{service}: {name}={value} is not a mounted compose secret"
+            );
+            file.display().to_string()
+        } else if name == "AMQP_PUBLISHER_USER" {
+            assert_eq!(
+                Some(value),
+                here.command_broker_user.as_ref(),
+                "{service}: AMQP_PUBLISHER_USER must name the command service's broker user"
+            );
+            LOCAL_BROKER_USER.to_owned()
         } else {
             match Url::parse(value) {
                 Ok(url) if url.host_str().is_some_and(is_compose_host) => {
@@ -193,7 +286,7 @@ fn localize_url(service: &str, name: &str, mut url: Url, here: &Here<'_>) -> Str
             set(&mut url, "root", None, 3306);
             url.set_path(&format!("/{}", here.names.mysql_db));
         }
-        ("amqp", "rabbitmq") => set(&mut url, "guest", Some("guest"), 5672),
+        ("amqp", "rabbitmq") => set(&mut url, LOCAL_BROKER_USER, Some(LOCAL_BROKER_USER), 5672),
         ("http", "command-service") => {
             assert_eq!(
                 url.port().map(|port| port.to_string()).as_deref(),
@@ -272,21 +365,42 @@ async fn the_compose_configuration_runs_a_smoke_scenario_on_the_local_servers() 
     assert_eq!(compose.command("rebuild").unwrap(), ["rebuild"]);
 
     let names = Names::fresh();
+    let secrets = Secrets::write(&names);
     let compose_command_port = command_compose["HTTP_PORT"].clone();
+    let command_broker_user = Url::parse(&command_compose["AMQP_URL"])
+        .ok()
+        .map(|url| url.username().to_owned());
     let command_here = Here {
         names: &names,
+        secrets: &secrets,
         port: free_port(),
         command_url: None,
         compose_command_port: &compose_command_port,
+        command_broker_user: command_broker_user.clone(),
     };
     let (command_env, mut notes) = localize("command-service", &command_compose, &command_here);
+
+    // The compose `token` tool mints the query service's token with that secret.
+    ensure_built();
+    let token_env = localize("token", &environment(&compose, "token"), &command_here).0;
+    let query_service_token = mint_with_the_token_tool(&compose, &token_env, &[]);
+    std::fs::write(&secrets.command_service_token, &query_service_token).unwrap();
+    let claims = claims_of(&query_service_token, &secrets.secret());
+    assert_eq!(
+        (&claims["sub"], &claims["scope"]),
+        (&json!("query-service"), &json!("events:read")),
+        "the token tool's default token is the query service's"
+    );
+
     let mut query_notes = Vec::new();
-    let stack = Stack::launch(names.clone(), command_env, |command_url| {
+    let mut stack = Stack::launch(names.clone(), command_env, |command_url| {
         let here = Here {
             names: &names,
+            secrets: &secrets,
             port: free_port(),
             command_url: Some(command_url),
             compose_command_port: &compose_command_port,
+            command_broker_user: command_broker_user.clone(),
         };
         let (env, changes) = localize("query-service", &query_compose, &here);
         query_notes = changes;
@@ -295,6 +409,35 @@ async fn the_compose_configuration_runs_a_smoke_scenario_on_the_local_servers() 
     .await;
     notes.append(&mut query_notes);
     eprintln!("substitutions:\n  {}", notes.join("\n  "));
+    let admin = mint_with_the_token_tool(
+        &compose,
+        &token_env,
+        &[
+            "--sub",
+            "admin",
+            "--scope",
+            test_support::auth::ADMIN_SCOPES,
+        ],
+    );
+    let customer = mint_with_the_token_tool(
+        &compose,
+        &token_env,
+        &[
+            "--sub",
+            e2e_tests::stack::CUSTOMER,
+            "--scope",
+            test_support::auth::CUSTOMER_SCOPES,
+        ],
+    );
+    stack.use_tokens(&admin, &customer);
+    for (api, path) in [(stack.command(), "/events"), (stack.query(), "/accounts")] {
+        let refused = api_without_token(api).get(path).await;
+        assert_eq!(
+            refused.status, 401,
+            "GET {}{path} without a token: {}",
+            api.base, refused.body
+        );
+    }
 
     // Smoke: a client's first steps, read back through the query service.
     let created = stack.create("100.00", "MAD").await;
@@ -348,11 +491,18 @@ async fn the_compose_configuration_runs_a_smoke_scenario_on_the_local_servers() 
     // The compose `rebuild` tool, with its own environment, rebuilds the same model.
     let here = Here {
         names: &names,
+        secrets: &secrets,
         port: free_port(),
         command_url: Some(&stack.command_service().url),
         compose_command_port: &compose_command_port,
+        command_broker_user,
     };
     let (rebuild_env, _) = localize("rebuild", &rebuild_compose, &here);
+    assert_eq!(
+        rebuild_env.get("COMMAND_SERVICE_TOKEN_FILE"),
+        Some(&secrets.command_service_token.display().to_string()),
+        "rebuild reads the feed with the query service's token"
+    );
     let status = stack.run_query_binary(&["rebuild"], rebuild_env).await;
     assert!(
         status.success(),
@@ -360,6 +510,65 @@ async fn the_compose_configuration_runs_a_smoke_scenario_on_the_local_servers() 
         stack.rebuild_log_tail()
     );
     assert_eq!(stack.read(&created.id, credited.version).await, account);
+}
+
+/// Runs the compose `token` tool here: its entrypoint's arguments after the binary
+/// (`command-service token`), then `arguments` or, when empty, the tool's `command`,
+/// with exactly `env`. Returns what it printed, trimmed.
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test helper: a failure here is the test's failure"
+)]
+fn mint_with_the_token_tool(compose: &ComposeFile, env: &Env, arguments: &[&str]) -> String {
+    let entrypoint = compose.entrypoint("token").unwrap();
+    let (binary, subcommand) = entrypoint.split_first().unwrap();
+    assert!(
+        binary.ends_with("/command-service"),
+        "the token tool runs the command service's binary, not {binary}"
+    );
+    let arguments: Vec<String> = if arguments.is_empty() {
+        compose.command("token").unwrap()
+    } else {
+        arguments
+            .iter()
+            .map(|&argument| argument.to_owned())
+            .collect()
+    };
+    let output = std::process::Command::new(Binary::CommandService.path())
+        .args(subcommand)
+        .args(&arguments)
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "command-service {} {}: {}\n{}",
+        subcommand.join(" "),
+        arguments.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// The claims of an HS256 token once its signature checks with `secret`.
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test helper: a failure here is the test's failure"
+)]
+fn claims_of(token: &str, secret: &str) -> Value {
+    let key = jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.validate_aud = false;
+    jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .unwrap()
+        .claims
+}
+
+/// The same service, without a token.
+fn api_without_token(api: &Api) -> Api {
+    Api::new(&api.base)
 }
 
 /// The compose file with every line that sets `variable` removed.
@@ -396,4 +605,29 @@ fn a_compose_file_without_the_command_service_url_for_the_query_service_is_refus
 #[should_panic(expected = "no longer passes [\"DATABASE_URL\"] to command-service")]
 fn a_compose_file_without_the_event_store_url_is_refused() {
     environment(&compose_without("DATABASE_URL"), "command-service");
+}
+
+#[test]
+#[should_panic(
+    expected = "no longer passes [\"AUTH_JWT_SECRET | AUTH_JWT_SECRET_FILE | AUTH_JWKS_FILE\"] to command-service"
+)]
+fn a_compose_file_without_a_key_source_is_refused() {
+    environment(&compose_without("AUTH_JWT_SECRET_FILE"), "command-service");
+}
+
+#[test]
+#[should_panic(
+    expected = "no longer passes [\"AMQP_PUBLISHER_USER\", \"COMMAND_SERVICE_TOKEN | COMMAND_SERVICE_TOKEN_FILE\"] to query-service"
+)]
+fn a_compose_file_without_the_publisher_user_and_the_query_services_token_is_refused() {
+    let text = std::fs::read_to_string(compose_path()).unwrap_or_default();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            let line = line.trim_start();
+            !line.starts_with("AMQP_PUBLISHER_USER") && !line.starts_with("COMMAND_SERVICE_TOKEN")
+        })
+        .collect();
+    let compose = ComposeFile::parse(&kept.join("\n")).unwrap_or_else(|error| panic!("{error}"));
+    environment(&compose, "query-service");
 }

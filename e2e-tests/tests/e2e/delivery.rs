@@ -1,13 +1,16 @@
 //! What the broker may hand the query service: duplicates, reordering, and junk that
-//! can never be applied.
+//! can never be applied, forged messages from a user other than the command service's
+//! included.
 
 use std::time::{Duration, Instant};
 
 use e2e_tests::StackConfig;
 use lapin::BasicProperties;
+use reqwest::Url;
 use serde_json::{Value, json};
 use test_support::Broker;
-use test_support::amqp::routing_key;
+use test_support::amqp::{correlation_header, json_properties, routing_key};
+use test_support::servers::amqp_url;
 use uuid::Uuid;
 
 /// A message that can never be applied, and why.
@@ -15,6 +18,31 @@ struct Junk {
     what: &'static str,
     routing_key: String,
     body: Vec<u8>,
+    /// Published with the publisher's `user_id`, as the relay does; otherwise without.
+    trusted: bool,
+}
+
+/// The broker user of the tests' connection: the command service's, hence the only
+/// publisher the query service trusts (`AMQP_PUBLISHER_USER` defaults to it).
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test helper: a failure here is the test's failure"
+)]
+fn publisher() -> String {
+    Url::parse(&amqp_url()).unwrap().username().to_owned()
+}
+
+/// The properties the relay gives an event: JSON, persistent, `message_id`, `type`,
+/// the `correlation_id` header when there is one, and its broker user as `user_id`.
+fn relay_properties(event: &Value) -> BasicProperties {
+    let mut properties = json_properties()
+        .with_message_id(event["event_id"].as_str().unwrap_or_default().into())
+        .with_type(event["type"].as_str().unwrap_or_default().into())
+        .with_user_id(publisher().into());
+    if let Some(correlation_id) = event["metadata"]["correlation_id"].as_str() {
+        properties = properties.with_headers(correlation_header(correlation_id));
+    }
+    properties
 }
 
 #[expect(
@@ -26,6 +54,7 @@ fn junk(what: &'static str, event: &Value) -> Junk {
         what,
         routing_key: routing_key(event["type"].as_str().unwrap_or("AccountCredited")),
         body: serde_json::to_vec(event).unwrap(),
+        trusted: true,
     }
 }
 
@@ -58,11 +87,13 @@ fn junk_for(quiet: &Value, version: u64, credit: &Value) -> Vec<Junk> {
             what: "a body that is not JSON",
             routing_key: "account.credited".into(),
             body: b"\xff\xfe not json {".to_vec(),
+            trusted: true,
         },
         Junk {
             what: "JSON that is not an event",
             routing_key: "account.credited".into(),
             body: br#"{"hello": "world"}"#.to_vec(),
+            trusted: true,
         },
         junk("an unknown event type", &next("AccountFrozen", json!({}))),
         junk("an unsupported schema version", &future_schema),
@@ -89,6 +120,16 @@ fn junk_for(quiet: &Value, version: u64, credit: &Value) -> Vec<Junk> {
             "a gap on an account the command service does not know",
             &unknown_account,
         ),
+        Junk {
+            trusted: false,
+            ..junk(
+                "a well-formed next credit from a publisher other than the command service",
+                &next(
+                    "AccountCredited",
+                    movement("1000000.00", "MAD", "1000100.00"),
+                ),
+            )
+        },
     ]
 }
 
@@ -135,7 +176,11 @@ async fn duplicates_reordering_and_junk_leave_the_read_model_exact_and_junk_dead
     // When junk comes first, then every real event three more times, out of order...
     let junk = junk_for(quiet_event, quiet.version, credit);
     for piece in &junk {
-        let properties = BasicProperties::default().with_content_type("application/json".into());
+        let mut properties =
+            BasicProperties::default().with_content_type("application/json".into());
+        if piece.trusted {
+            properties = properties.with_user_id(publisher().into());
+        }
         broker
             .publish(
                 &stack.names.exchange,
@@ -158,7 +203,16 @@ async fn duplicates_reordering_and_junk_leave_the_read_model_exact_and_junk_dead
         .collect();
     for round in [reversed, rotated, interleaved] {
         for event in &round {
-            broker.publish_event(&stack.names.exchange, event).await;
+            let kind = event["type"].as_str().unwrap_or_default();
+            let body = serde_json::to_vec(event).unwrap();
+            broker
+                .publish(
+                    &stack.names.exchange,
+                    &routing_key(kind),
+                    &body,
+                    relay_properties(event),
+                )
+                .await;
         }
     }
     // ...and new commands follow.

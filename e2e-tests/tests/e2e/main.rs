@@ -4,6 +4,7 @@
 mod compose;
 mod crash;
 mod delivery;
+mod identity;
 mod lifecycle;
 mod listing;
 mod outage;
