@@ -70,6 +70,11 @@ impl Service {
         unreachable!("the last attempt either returns or panics")
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Spawns `binary args...` with exactly `env`, appending its output to `log`.
     pub fn spawn(binary: Binary, args: &[&str], env: Env, log: &Path) -> Self {
         let output = OpenOptions::new()
