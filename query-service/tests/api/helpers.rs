@@ -52,6 +52,8 @@ pub(crate) struct TestApp {
     /// The query service's settings (for `rebuild`).
     pub settings: query_service::Settings,
     pub mysql_url: String,
+    /// The command service's event store.
+    pub postgres_url: String,
     command_api: Api,
     query_api: Api,
     command_stop: CancellationToken,
@@ -158,6 +160,7 @@ pub(crate) async fn spawn_app_with(options: Options) -> TestApp {
         query_api,
         settings,
         mysql_url,
+        postgres_url: postgres_url(&format!("qs_cmd_{id}")),
         command_stop,
         query_stop,
         query_task: Some(query_task),

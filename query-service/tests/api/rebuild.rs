@@ -193,3 +193,95 @@ async fn a_second_rebuild_at_the_same_time_is_refused() {
     drop(lock);
     app.stop().await;
 }
+
+/// A stream written by the release before owners existed (`AccountCreated` at schema
+/// version 1, no actor), stored byte for byte as it was, beside new ones.
+#[expect(
+    clippy::unwrap_used,
+    reason = "test helper: a failure is the test's failure"
+)]
+async fn store_a_version_1_stream(app: &TestApp) -> String {
+    let id = uuid::Uuid::now_v7();
+    let mut postgres = <sqlx::PgConnection as sqlx::Connection>::connect(&app.postgres_url)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO streams (stream_id, version) VALUES ($1, 3)")
+        .bind(id)
+        .execute(&mut postgres)
+        .await
+        .unwrap();
+    let events = [
+        (
+            "AccountCreated",
+            json!({"initial_balance": "40.00", "currency": "MAD"}),
+        ),
+        ("AccountActivated", json!({})),
+        (
+            "AccountCredited",
+            json!({"amount": "2.00", "currency": "MAD", "balance": "42.00"}),
+        ),
+    ];
+    for (version, (kind, data)) in (1_i64..).zip(events) {
+        sqlx::query(
+            "INSERT INTO events (event_id, stream_id, version, event_type, schema_version, \
+             data, metadata, occurred_at) VALUES ($1, $2, $3, $4, 1, $5, $6, now())",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(id)
+        .bind(version)
+        .bind(kind)
+        .bind(data)
+        .bind(json!({"correlation_id": "v1", "causation_id": null, "idempotency_key": null}))
+        .execute(&mut postgres)
+        .await
+        .unwrap();
+    }
+    id.to_string()
+}
+
+#[tokio::test]
+async fn rebuild_reads_a_feed_that_mixes_streams_of_both_schema_versions() {
+    // Given a version-1 stream from before owners existed, and a customer's account
+    let app = spawn_app().await;
+    let old = store_a_version_1_stream(&app).await;
+    let customer = test_support::auth::customer_token("carol");
+    let owned = test_support::Api::new(&app.command)
+        .with_token(customer.clone())
+        .post(
+            "/accounts",
+            &json!({"initial_balance": "5.00", "currency": "MAD"}),
+        )
+        .await
+        .expect(201, "a customer opens an account")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // When the read model is rebuilt from the feed
+    query_service::rebuild::run(&app.settings, CancellationToken::new())
+        .await
+        .unwrap();
+
+    // Then the old account is there with no owner (admins only), the new one is its
+    // owner's, and the old events are still as they were stored
+    let as_admin = app
+        .query_get(&format!("/accounts/{old}"))
+        .await
+        .expect(200, "admin");
+    assert_eq!(
+        (as_admin["version"].as_u64(), as_admin["balance"].as_str()),
+        (Some(3), Some("42.00"))
+    );
+    app.query_as(Some(&customer), &format!("/accounts/{old}"))
+        .await
+        .assert_problem(404, "not_found");
+    app.query_as(Some(&customer), &format!("/accounts/{owned}"))
+        .await
+        .expect(200, "the owner reads its account");
+    let stored = app.command_get(&format!("/accounts/{old}/events")).await;
+    assert_eq!(stored["events"][0]["schema_version"], 1);
+    assert_eq!(
+        stored["events"][0]["data"],
+        json!({"initial_balance": "40.00", "currency": "MAD"})
+    );
+}
