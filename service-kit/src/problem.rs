@@ -29,7 +29,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of the contract's table.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 18] = [
         Self::InvalidRequest,
         Self::UnsupportedMediaType,
         Self::PayloadTooLarge,
@@ -45,6 +45,9 @@ impl ErrorCode {
         Self::NotYetProjected,
         Self::ServiceUnavailable,
         Self::Internal,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::OutcomeUnknown,
     ];
 
     pub fn as_str(&self) -> &'static str {

@@ -8,9 +8,9 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use service_kit::Problem;
 use service_kit::auth::{AuthRejection, Caller, Scope};
 use service_kit::extract::{JsonBody, OptionalJsonBody, PathId};
-use service_kit::{ErrorCode, Problem};
 use sha2::{Digest, Sha256};
 use shared_events::AccountId;
 use tokio::time::Instant;
@@ -19,6 +19,7 @@ use super::dto::{
     BalanceResponse, CreateAccountRequest, EmptyRequest, MovementRequest, SuspendRequest,
     VersionResponse,
 };
+use super::refusals::{CreateRefusals, LifecycleRefusals, MovementRefusals};
 use super::{AppState, reply};
 use crate::application::{CommandContext, IdempotencyKey};
 use crate::domain::{AccountCommand, Requester};
@@ -115,14 +116,7 @@ fn authorised<T>(caller: &Caller, scope: Scope, request: Result<T, Problem>) -> 
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: a repeat with the same key and body gets the first response. 1..=128 visible ASCII characters.", min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")),
     responses(
         (status = 201, description = "The account was opened (or, for a repeated Idempotency-Key, had been).", body = VersionResponse, headers(("Location" = String, description = "/accounts/{id}"), ("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same Idempotency-Key"))),
-        (status = 400, description = "invalid_request: malformed JSON, an unknown or missing field, a bad UUID, amount, currency or Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
-    (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
-    (status = 403, description = "forbidden: the token lacks the scope: needs accounts:write (accounts:admin to name another owner).", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
-        (status = 409, description = "account_exists: an account with this id exists.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::AccountExists))),
-        (status = 413, description = "payload_too_large: the body is over 64 KiB.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::PayloadTooLarge))),
-        (status = 415, description = "unsupported_media_type: a body that is not application/json.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::UnsupportedMediaType))),
-        (status = 422, description = "idempotency_key_reused: the Idempotency-Key was first used with another request.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::IdempotencyKeyReused))),
-    (status = 503, description = "outcome_unknown: the command may or may not have been committed (retry with the same Idempotency-Key to learn which); service_unavailable: the event store is unreachable.", body = Problem, content_type = "application/problem+json", examples(("outcome_unknown" = (value = json!(Problem::example(ErrorCode::OutcomeUnknown)))), ("service_unavailable" = (value = json!(Problem::example(ErrorCode::ServiceUnavailable)))))),
+        CreateRefusals,
     )
 )]
 pub(super) async fn create_account(
@@ -176,15 +170,7 @@ macro_rules! lifecycle_command {
             request_body(content = Option<EmptyRequest>, description = "No body, or `{}`.", content_type = "application/json"),
             responses(
                 (status = 200, description = "The command was applied; the account's new version.", body = VersionResponse, headers(("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same Idempotency-Key"))),
-                (status = 400, description = "invalid_request: malformed JSON, an unknown or missing field, a bad UUID, amount, currency or Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
-                (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
-                (status = 403, description = "forbidden: the token lacks the scope: needs accounts:admin.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
-                (status = 404, description = "not_found: no account has this id, or it is not the caller's.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
-                (status = 409, description = "invalid_state: the account's status forbids the command; concurrency_conflict: the write kept colliding with concurrent writes.", body = Problem, content_type = "application/problem+json", examples(("invalid_state" = (value = json!(Problem::example(ErrorCode::InvalidState)))), ("concurrency_conflict" = (value = json!(Problem::example(ErrorCode::ConcurrencyConflict)))))),
-                (status = 413, description = "payload_too_large: the body is over 64 KiB.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::PayloadTooLarge))),
-                (status = 415, description = "unsupported_media_type: a body that is not application/json.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::UnsupportedMediaType))),
-                (status = 422, description = "idempotency_key_reused: the Idempotency-Key was first used with another request.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::IdempotencyKeyReused))),
-                (status = 503, description = "outcome_unknown: the command may or may not have been committed (retry with the same Idempotency-Key to learn which); service_unavailable: the event store is unreachable.", body = Problem, content_type = "application/problem+json", examples(("outcome_unknown" = (value = json!(Problem::example(ErrorCode::OutcomeUnknown)))), ("service_unavailable" = (value = json!(Problem::example(ErrorCode::ServiceUnavailable)))))),
+                LifecycleRefusals,
             )
         )]
         pub(crate) async fn $name(
@@ -237,15 +223,7 @@ lifecycle_command!(
     request_body(content = Option<SuspendRequest>, description = "No body, `{}`, or a reason.", content_type = "application/json"),
     responses(
         (status = 200, description = "The account is suspended; its new version.", body = VersionResponse, headers(("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same Idempotency-Key"))),
-        (status = 400, description = "invalid_request: malformed JSON, an unknown or missing field, a bad UUID, amount, currency or Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
-        (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
-        (status = 403, description = "forbidden: the token lacks the scope: needs accounts:admin.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
-        (status = 404, description = "not_found: no account has this id, or it is not the caller's.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
-        (status = 409, description = "invalid_state: the account's status forbids the command; concurrency_conflict: the write kept colliding with concurrent writes.", body = Problem, content_type = "application/problem+json", examples(("invalid_state" = (value = json!(Problem::example(ErrorCode::InvalidState)))), ("concurrency_conflict" = (value = json!(Problem::example(ErrorCode::ConcurrencyConflict)))))),
-        (status = 413, description = "payload_too_large: the body is over 64 KiB.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::PayloadTooLarge))),
-        (status = 415, description = "unsupported_media_type: a body that is not application/json.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::UnsupportedMediaType))),
-        (status = 422, description = "idempotency_key_reused: the Idempotency-Key was first used with another request.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::IdempotencyKeyReused))),
-        (status = 503, description = "outcome_unknown: the command may or may not have been committed (retry with the same Idempotency-Key to learn which); service_unavailable: the event store is unreachable.", body = Problem, content_type = "application/problem+json", examples(("outcome_unknown" = (value = json!(Problem::example(ErrorCode::OutcomeUnknown)))), ("service_unavailable" = (value = json!(Problem::example(ErrorCode::ServiceUnavailable)))))),
+        LifecycleRefusals,
     )
 )]
 pub(super) async fn suspend(
@@ -301,15 +279,7 @@ macro_rules! movement_command {
             request_body(content = MovementRequest, content_type = "application/json"),
             responses(
                 (status = 200, description = "The movement was applied; the new version and balance.", body = BalanceResponse, headers(("Idempotent-Replayed" = String, description = "`true` when this is the stored response of an earlier request with the same Idempotency-Key"))),
-                (status = 400, description = "invalid_request: malformed JSON, an unknown or missing field, a bad UUID, amount, currency or Idempotency-Key.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
-                (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
-                (status = 403, description = "forbidden: the token lacks the scope: needs accounts:write.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
-                (status = 404, description = "not_found: no account has this id, or it is not the caller's.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
-                (status = 409, description = "invalid_state: the account's status forbids the command; concurrency_conflict: the write kept colliding with concurrent writes.", body = Problem, content_type = "application/problem+json", examples(("invalid_state" = (value = json!(Problem::example(ErrorCode::InvalidState)))), ("concurrency_conflict" = (value = json!(Problem::example(ErrorCode::ConcurrencyConflict)))))),
-                (status = 413, description = "payload_too_large: the body is over 64 KiB.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::PayloadTooLarge))),
-                (status = 415, description = "unsupported_media_type: a body that is not application/json.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::UnsupportedMediaType))),
-                (status = 422, description = "insufficient_funds, currency_mismatch, balance_limit_exceeded, or idempotency_key_reused.", body = Problem, content_type = "application/problem+json", examples(("insufficient_funds" = (value = json!(Problem::example(ErrorCode::InsufficientFunds)))), ("currency_mismatch" = (value = json!(Problem::example(ErrorCode::CurrencyMismatch)))), ("balance_limit_exceeded" = (value = json!(Problem::example(ErrorCode::BalanceLimitExceeded)))), ("idempotency_key_reused" = (value = json!(Problem::example(ErrorCode::IdempotencyKeyReused)))))),
-                (status = 503, description = "outcome_unknown: the command may or may not have been committed (retry with the same Idempotency-Key to learn which); service_unavailable: the event store is unreachable.", body = Problem, content_type = "application/problem+json", examples(("outcome_unknown" = (value = json!(Problem::example(ErrorCode::OutcomeUnknown)))), ("service_unavailable" = (value = json!(Problem::example(ErrorCode::ServiceUnavailable)))))),
+                MovementRefusals,
             )
         )]
         pub(crate) async fn $name(

@@ -3,13 +3,14 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use service_kit::Problem;
 use service_kit::auth::{Caller, Scope};
 use service_kit::extract::{PathId, QueryParams};
-use service_kit::{ErrorCode, Problem};
 use shared_events::AccountId;
 
 use super::AppState;
 use super::dto::{AccountEventsQuery, AccountEventsResponse, FeedQuery, FeedResponse};
+use super::refusals::{AccountEventsRefusals, FeedRefusals};
 use crate::envelope::to_envelope;
 
 const DEFAULT_FEED_LIMIT: u32 = 500;
@@ -22,11 +23,7 @@ const MAX_FEED_LIMIT: u32 = 1000;
     params(("id" = String, Path, format = Uuid, description = "The account id."), AccountEventsQuery),
     responses(
         (status = 200, description = "The account's events from `from_version` on, in version order.", body = AccountEventsResponse),
-        (status = 400, description = "invalid_request: a bad UUID or query parameter.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
-        (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
-        (status = 403, description = "forbidden: the token lacks the scope this needs (accounts:read, events:read or accounts:admin).", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
-        (status = 404, description = "not_found: no account has this id, or it is not the caller's.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
-        (status = 503, description = "service_unavailable: the event store is unreachable or the request took too long.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
+        AccountEventsRefusals,
     )
 )]
 pub(super) async fn account_events(
@@ -88,10 +85,7 @@ async fn read_account_events(
     params(FeedQuery),
     responses(
         (status = 200, description = "Up to `limit` events after position `after`, in position order.", body = FeedResponse),
-        (status = 400, description = "invalid_request: a bad query parameter (`limit` out of 1..=1000, ...).", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
-        (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
-        (status = 403, description = "forbidden: the token lacks the scope this needs (events:read).", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
-        (status = 503, description = "service_unavailable: the event store is unreachable or the request took too long.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
+        FeedRefusals,
     )
 )]
 pub(super) async fn all_events(

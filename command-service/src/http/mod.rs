@@ -3,6 +3,7 @@
 mod commands;
 mod dto;
 mod feeds;
+mod refusals;
 mod reply;
 mod schema;
 

@@ -6,7 +6,6 @@ use axum::Json;
 use axum::extract::State;
 use service_kit::auth::{Caller, Scope};
 use service_kit::extract::{PathId, QueryParams};
-use service_kit::{ErrorCode, Problem};
 use shared_events::{AccountStatus, Currency};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -17,6 +16,7 @@ use super::dto::{
     Account, AccountPage, AccountQuery, BalanceSheet, CurrencyTotal, ListQuery, Operation,
     OperationPage, PageQuery,
 };
+use super::refusals::{AccountRefusals, BalanceSheetRefusals, ListRefusals, OperationsRefusals};
 use crate::error::ApiError;
 use crate::store::{AccountFilter, Reach};
 
@@ -53,12 +53,7 @@ fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     params(("id" = String, Path, format = Uuid, description = "The account id."), AccountQuery),
     responses(
         (status = 200, description = "The account as projected (at least at `min_version`).", body = Account),
-        (status = 400, description = "invalid_request: a bad UUID, query parameter or cursor.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
-        (status = 404, description = "not_found: no account has this id, it is not the caller's, or it is not projected yet.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
-        (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
-        (status = 403, description = "forbidden: the token lacks accounts:read.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
-        (status = 503, description = "service_unavailable: the read model is unreachable or the request took too long.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
-        (status = 504, description = "not_yet_projected: the projection did not reach `min_version` within `wait_ms`.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotYetProjected))),
+        AccountRefusals,
     )
 )]
 pub(super) async fn get_account(
@@ -113,10 +108,7 @@ pub(super) async fn get_account(
     params(ListQuery),
     responses(
         (status = 200, description = "A page of accounts in id order.", body = AccountPage),
-        (status = 400, description = "invalid_request: a bad UUID, query parameter or cursor.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
-        (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
-        (status = 403, description = "forbidden: the token lacks accounts:read.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
-        (status = 503, description = "service_unavailable: the read model is unreachable or the request took too long.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
+        ListRefusals,
     )
 )]
 pub(super) async fn list_accounts(
@@ -168,11 +160,7 @@ pub(super) async fn list_accounts(
     params(("id" = String, Path, format = Uuid, description = "The account id."), PageQuery),
     responses(
         (status = 200, description = "A page of the account's operations, oldest first.", body = OperationPage),
-        (status = 400, description = "invalid_request: a bad UUID, query parameter or cursor.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::InvalidRequest))),
-        (status = 404, description = "not_found: no account has this id, it is not the caller's, or it is not projected yet.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::NotFound))),
-        (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
-        (status = 403, description = "forbidden: the token lacks accounts:read.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
-        (status = 503, description = "service_unavailable: the read model is unreachable or the request took too long.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
+        OperationsRefusals,
     )
 )]
 pub(super) async fn list_operations(
@@ -221,9 +209,7 @@ async fn ensure_visible(state: &AppState, id: Uuid, reach: Reach<'_>) -> Result<
     get, path = "/balance-sheet", tag = "accounts",
     responses(
         (status = 200, description = "Totals per currency.", body = BalanceSheet),
-        (status = 401, description = "unauthorized: no bearer token, or one that is malformed, badly signed, expired or not yet valid.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Unauthorized))),
-        (status = 403, description = "forbidden: the token lacks accounts:admin.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::Forbidden))),
-        (status = 503, description = "service_unavailable: the read model is unreachable or the request took too long.", body = Problem, content_type = "application/problem+json", example = json!(Problem::example(ErrorCode::ServiceUnavailable))),
+        BalanceSheetRefusals,
     )
 )]
 pub(super) async fn balance_sheet(

@@ -3,6 +3,7 @@
 mod accounts;
 mod cursor;
 mod dto;
+mod refusals;
 
 use axum::Router;
 use axum::routing::get;
