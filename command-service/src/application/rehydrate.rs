@@ -1,6 +1,7 @@
 //! Rebuilds an account from its stream: the latest snapshot, then the events after it;
-//! or, when the snapshot was written by an older release (another
-//! [`SNAPSHOT_SCHEMA`]), every event of the stream from the first.
+//! or, when the snapshot's schema is unknown, every event of the stream from the first.
+//! A snapshot of schema 1 (the release before owners) is read as an account without
+//! owner, which is exactly what such an account is.
 
 use std::collections::HashMap;
 
@@ -14,8 +15,15 @@ use crate::domain::{Account, evolve};
 /// Version of the serialised [`Account`] kept as the stream snapshot. 2: with `owner`.
 pub(super) const SNAPSHOT_SCHEMA: i32 = 2;
 
+/// Snapshot schemas this release reads: 1 has no `owner` (None when read).
+const READABLE_SNAPSHOT_SCHEMAS: [i32; 2] = [1, SNAPSHOT_SCHEMA];
+
+fn readable(schema_version: i32) -> bool {
+    READABLE_SNAPSHOT_SCHEMAS.contains(&schema_version)
+}
+
 /// The streams `ids` as needed to rebuild their accounts: a stream whose snapshot is
-/// missing or of another schema comes with all its events and no snapshot.
+/// missing or of a schema this release cannot read comes with all its events.
 pub(super) async fn load(
     store: &EventStore,
     ids: &[Uuid],
@@ -25,7 +33,7 @@ pub(super) async fn load(
         if stream
             .snapshot
             .as_ref()
-            .is_some_and(|snapshot| snapshot.schema_version == SNAPSHOT_SCHEMA)
+            .is_some_and(|snapshot| readable(snapshot.schema_version))
         {
             continue;
         }
@@ -44,13 +52,13 @@ pub(super) fn rebuild(
         return Ok(None);
     };
     let mut account = match stream.snapshot {
-        Some(snapshot) if snapshot.schema_version == SNAPSHOT_SCHEMA => Some(
+        Some(snapshot) if readable(snapshot.schema_version) => Some(
             serde_json::from_value::<Account>(snapshot.state)
                 .map_err(|e| format!("snapshot of {id}: {e}"))?,
         ),
         Some(snapshot) => {
             return Err(format!(
-                "stream {id} has a snapshot of schema {}, not {SNAPSHOT_SCHEMA}",
+                "stream {id} has a snapshot of schema {}, not one of {READABLE_SNAPSHOT_SCHEMAS:?}",
                 snapshot.schema_version
             ));
         }
