@@ -262,6 +262,10 @@ pub struct Received {
     pub content_type: Option<String>,
     pub delivery_mode: Option<u8>,
     pub traceparent: Option<String>,
+    /// The AMQP `user_id`: the publishing connection's broker user.
+    pub user_id: Option<String>,
+    /// The `account_id` header: the stream the event belongs to.
+    pub account_id: Option<String>,
 }
 
 impl Subscription {
@@ -276,6 +280,16 @@ impl Subscription {
                 break;
             };
             let properties = &delivery.properties;
+            let header = |name: &str| {
+                properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|headers| headers.inner().get(name).cloned())
+                    .and_then(|value| match value {
+                        AMQPValue::LongString(text) => Some(text.to_string()),
+                        _ => None,
+                    })
+            };
             received.push(Received {
                 body: serde_json::from_slice(&delivery.data)
                     .unwrap_or_else(|error| panic!("a message that is not JSON: {error}")),
@@ -284,14 +298,9 @@ impl Subscription {
                 kind: properties.kind().as_ref().map(ToString::to_string),
                 content_type: properties.content_type().as_ref().map(ToString::to_string),
                 delivery_mode: *properties.delivery_mode(),
-                traceparent: properties
-                    .headers()
-                    .as_ref()
-                    .and_then(|headers| headers.inner().get("traceparent").cloned())
-                    .and_then(|value| match value {
-                        AMQPValue::LongString(text) => Some(text.to_string()),
-                        _ => None,
-                    }),
+                traceparent: header("traceparent"),
+                user_id: properties.user_id().as_ref().map(ToString::to_string),
+                account_id: header("account_id"),
             });
             delivery
                 .ack(BasicAckOptions::default())

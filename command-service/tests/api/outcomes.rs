@@ -3,18 +3,15 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 use sqlx::Connection;
 use test_support::auth::{customer_token, token};
 use test_support::servers::{Server, amqp_url};
-use test_support::{Broker, TcpProxy, names};
+use test_support::{TcpProxy, names};
 
 use crate::helpers::{
-    TestApp, fresh_database_url, fresh_exchange, spawn_app, spawn_app_on, spawn_app_with_settings,
-    test_settings,
+    TestApp, bind_queue, fresh_database_url, fresh_exchange, spawn_app, spawn_app_on,
+    spawn_app_with_settings, test_settings,
 };
 
 /// A connection of the test's own holding the `streams` row of account `id` locked,
@@ -284,42 +281,7 @@ async fn a_stream_stored_by_the_previous_release_is_replayed_and_only_an_admin_a
 #[tokio::test]
 async fn the_relay_names_its_broker_user_and_the_account_of_every_message() {
     let app = spawn_app().await;
-    let broker = Broker::connect().await;
-    let channel = broker.channel().await;
-    service_kit::amqp::declare_events_exchange(&channel, &app.exchange)
-        .await
-        .unwrap();
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            app.exchange.as_str().into(),
-            "account.*".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "relay-test".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut subscription = bind_queue(&app.exchange).await;
     let id = app.active_account("1.00", "MAD").await;
     let broker_user = amqp_url()
         .parse::<lapin::uri::AMQPUri>()
@@ -327,26 +289,11 @@ async fn the_relay_names_its_broker_user_and_the_account_of_every_message() {
         .authority
         .userinfo
         .username;
-    for _ in 0..2 {
-        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
-            .await
-            .expect("a message within 10 s")
-            .unwrap()
-            .unwrap();
-        let properties = &delivery.properties;
-        assert_eq!(
-            properties.user_id().as_ref().map(ToString::to_string),
-            Some(broker_user.clone())
-        );
-        let account = properties
-            .headers()
-            .as_ref()
-            .and_then(|headers| headers.inner().get("account_id").cloned());
-        assert!(
-            matches!(&account, Some(AMQPValue::LongString(text)) if text.to_string() == id),
-            "{account:?}"
-        );
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    let received = subscription.receive(2, Duration::from_secs(10)).await;
+    assert_eq!(received.len(), 2, "the account's two events arrive");
+    for message in received {
+        assert_eq!(message.user_id, Some(broker_user.clone()));
+        assert_eq!(message.account_id.as_deref(), Some(id.as_str()));
     }
 }
 
