@@ -20,7 +20,7 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection, ExchangeKind};
+use lapin::{Channel, ExchangeKind};
 use service_kit::amqp::BrokerStatus;
 use service_kit::backoff::Backoff;
 use shared_events::EventEnvelope;
@@ -78,17 +78,9 @@ impl Topology {
         Ok(topology)
     }
 
-    /// Declares the projection queue (dead-lettering to the DLX) and the dead-letter
-    /// exchange and queue, all durable, and the events exchange where it is missing.
-    ///
-    /// The events exchange is the command service's: in compose and Kubernetes this
-    /// service's broker user may read it but not configure it, so it is declared only
-    /// when it does not exist yet (a fresh broker in development and tests).
-    pub(crate) async fn declare(
-        &self,
-        connection: &Connection,
-        channel: &Channel,
-    ) -> Result<(), lapin::Error> {
+    /// Declares the events exchange, the projection queue (dead-lettering to the DLX)
+    /// and the dead-letter exchange and queue, all durable.
+    pub(crate) async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
         let durable_exchange = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
@@ -97,9 +89,7 @@ impl Topology {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        if !service_kit::amqp::exchange_exists(connection, &self.exchange).await? {
-            service_kit::amqp::declare_events_exchange(channel, &self.exchange).await?;
-        }
+        service_kit::amqp::declare_events_exchange(channel, &self.exchange).await?;
         channel
             .exchange_declare(
                 self.dead_letter_exchange.as_str().into(),
@@ -212,7 +202,7 @@ impl Consumer {
         let connection =
             service_kit::amqp::connect(&self.amqp_url, "query-service projection").await?;
         let channel = connection.create_channel().await?;
-        self.topology.declare(&connection, &channel).await?;
+        self.topology.declare(&channel).await?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await?;

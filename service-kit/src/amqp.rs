@@ -1,7 +1,6 @@
 //! RabbitMQ connections and the `bank.events` topology.
 
 use lapin::options::ExchangeDeclareOptions;
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
@@ -27,43 +26,6 @@ pub async fn declare_events_exchange(
             FieldTable::default(),
         )
         .await
-}
-
-/// Whether `exchange` exists, asked with a passive declare on a channel of its own (the
-/// broker closes a channel whose passive declare fails), so that a user allowed to read
-/// an exchange but not to configure it can still check for it.
-pub async fn exchange_exists(
-    connection: &Connection,
-    exchange: &str,
-) -> Result<bool, lapin::Error> {
-    let channel = connection.create_channel().await?;
-    let declared = channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                passive: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    match declared {
-        Ok(()) => {
-            let _ = channel.close(200, "done".into()).await;
-            Ok(true)
-        }
-        Err(error)
-            if matches!(
-                error.kind(),
-                lapin::ErrorKind::ProtocolError(amqp)
-                    if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
-            ) =>
-        {
-            Ok(false)
-        }
-        Err(error) => Err(error),
-    }
 }
 
 /// A service's view of its broker connection, reported by `/health/ready`.
