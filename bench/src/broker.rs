@@ -7,13 +7,15 @@ use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions, QueuePurgeOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
 /// A connection of the benchmark's own.
 #[derive(Debug)]
 pub(crate) struct Broker {
     connection: Connection,
+    /// The user of the URL, every message's `user_id` (as the relay sets it).
+    user: String,
 }
 
 /// A representative message body: an `AccountCredited` event as the relay sends it.
@@ -27,10 +29,14 @@ impl Broker {
         let connection = Connection::connect(url, properties)
             .await
             .context("cannot connect to RabbitMQ")?;
-        Ok(Self { connection })
+        Ok(Self {
+            connection,
+            user: url_user(url),
+        })
     }
 
-    /// Declares a durable topic exchange and a durable queue bound to `account.#`.
+    /// Declares a durable topic exchange and a durable queue bound to it as the
+    /// projection's queue is (`account.*`, a dead-letter exchange argument).
     pub(crate) async fn declare_sink(&self, exchange: &str, queue: &str) -> anyhow::Result<()> {
         let channel = self.connection.create_channel().await?;
         channel
@@ -44,6 +50,11 @@ impl Broker {
                 FieldTable::default(),
             )
             .await?;
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            ShortString::from("x-dead-letter-exchange"),
+            AMQPValue::LongString(LongString::from(format!("{exchange}.dlx"))),
+        );
         channel
             .queue_declare(
                 queue.into(),
@@ -51,14 +62,14 @@ impl Broker {
                     durable: true,
                     ..QueueDeclareOptions::default()
                 },
-                FieldTable::default(),
+                arguments,
             )
             .await?;
         channel
             .queue_bind(
                 queue.into(),
                 exchange.into(),
-                "account.#".into(),
+                "account.*".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -127,9 +138,10 @@ impl Broker {
         test_support::amqp::delete_queues_and_exchanges(&self.connection, queues, exchanges).await;
     }
 
-    /// B2: publishes persistent event-sized messages to `exchange` (a durable queue
-    /// bound) in windows of `window`, waiting for every confirm of a window before the
-    /// next, for `duration`. Returns confirmed messages per second.
+    /// B2: publishes messages as the relay does (the same body size, properties and
+    /// headers, persistent, routing key `account.credited`) to `exchange` in windows of
+    /// `window`, waiting for every confirm of a window before the next, for
+    /// `duration`. Returns confirmed messages per second.
     pub(crate) async fn raw_publish(
         &self,
         exchange: &str,
@@ -148,11 +160,30 @@ impl Broker {
             let mut confirms = Vec::with_capacity(window);
             for _ in 0..window {
                 sequence += 1;
+                let event_id = format!("019a7d2e-4c1b-7f3a-9d2e-{sequence:012x}");
+                let mut headers = FieldTable::default();
+                headers.insert(
+                    ShortString::from("account_id"),
+                    AMQPValue::LongString(LongString::from("00000000-0000-4000-8000-000000000001")),
+                );
+                headers.insert(
+                    ShortString::from("correlation_id"),
+                    AMQPValue::LongString(LongString::from("0b0e4d7e-4a4e-4b8f-9a57-2f1d3c5b6a79")),
+                );
+                headers.insert(
+                    ShortString::from("traceparent"),
+                    AMQPValue::LongString(LongString::from(format!(
+                        "00-0b0e4d7e4a4e4b8f9a572f1d3c5b6a79-{sequence:016x}-01"
+                    ))),
+                );
                 let properties = BasicProperties::default()
                     .with_content_type("application/json".into())
                     .with_delivery_mode(2)
-                    .with_message_id(format!("bench-{sequence}").into())
-                    .with_type("AccountCredited".into());
+                    .with_message_id(event_id.into())
+                    .with_type("AccountCredited".into())
+                    .with_user_id(self.user.as_str().into())
+                    .with_timestamp(1_795_000_000)
+                    .with_headers(headers);
                 confirms.push(
                     channel
                         .basic_publish(
@@ -179,5 +210,26 @@ impl Broker {
 
     pub(crate) async fn close(self) {
         let _ = self.connection.close(200, "bench done".into()).await;
+    }
+}
+
+/// The user of an AMQP URL (`guest` when it names none).
+fn url_user(url: &str) -> String {
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        .map(|(credentials, _)| credentials.split(':').next().unwrap_or_default())
+        .filter(|user| !user.is_empty())
+        .unwrap_or("guest")
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_id_is_the_url_user() {
+        assert_eq!(url_user("amqp://bench:pw@127.0.0.1:5672/%2f"), "bench");
+        assert_eq!(url_user("amqp://127.0.0.1:5672"), "guest");
     }
 }

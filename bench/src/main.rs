@@ -11,7 +11,8 @@
 //!   `phases::Phase::ALL`;
 //! - `report`: the Markdown report from those figures, `machine`: its first table;
 //! - drivers the phases use: `pg`, `pgbench`, `mariadb`, `broker`, `load` (HTTP load
-//!   generators), `procs` (service processes), `peers` (the peer libraries), `stats`.
+//!   generators), `procs` (service processes), `prom` (the services' `/metrics`),
+//!   `peers` (the peer libraries), `stats`.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -44,6 +45,7 @@ mod pgbench;
 mod phases;
 mod plan;
 mod procs;
+mod prom;
 mod report;
 mod stats;
 mod tokens;

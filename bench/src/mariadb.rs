@@ -1,33 +1,14 @@
-//! MariaDB/MySQL: B3 (raw batched inserts of the read model's rows), and looking at
-//! how far the query service's projection got.
+//! MariaDB/MySQL: B3 (the global feed replayed as raw batched inserts of the read
+//! model's rows), and looking at how far the query service's projection got.
 
 use std::time::{Duration, Instant};
 
+use std::collections::{HashMap, HashSet};
+
 use anyhow::{Context, bail};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use rust_decimal::prelude::ToPrimitive;
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{AssertSqlSafe, MySqlPool, QueryBuilder};
-
-use crate::pg::account_id;
-
-/// The read model's two tables, as the query service lays them out.
-const SCHEMA: &str = "
-CREATE TABLE accounts (
-    id CHAR(36) NOT NULL, status VARCHAR(16) NOT NULL, currency CHAR(3) NOT NULL,
-    balance DECIMAL(22,4) NOT NULL, version BIGINT NOT NULL,
-    created_at DATETIME(6) NOT NULL, updated_at DATETIME(6) NOT NULL,
-    PRIMARY KEY (id), KEY accounts_status_id (status, id), KEY accounts_currency_id (currency, id),
-    KEY accounts_status_currency_id (status, currency, id)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
-CREATE TABLE operations (
-    event_id CHAR(36) NOT NULL, account_id CHAR(36) NOT NULL, version BIGINT NOT NULL,
-    type VARCHAR(8) NOT NULL, amount DECIMAL(22,4) NOT NULL, currency CHAR(3) NOT NULL,
-    balance_after DECIMAL(22,4) NOT NULL, occurred_at DATETIME(6) NOT NULL,
-    PRIMARY KEY (event_id), UNIQUE KEY operations_account_version (account_id, version)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
-";
 
 pub(crate) fn database_url(server: &str, name: &str) -> String {
     format!("{}/{name}", server.trim_end_matches('/'))
@@ -63,102 +44,229 @@ pub(crate) async fn drop_database(server: &str, name: &str) -> anyhow::Result<()
     Ok(())
 }
 
-/// The raw baseline's database: the read model's tables, `accounts` accounts in them.
+/// The tables B3 writes, made `LIKE` the query service's own (same columns, keys and
+/// indexes), empty before every run.
+const TABLES: [&str; 4] = [
+    "accounts",
+    "operations",
+    "account_versions",
+    "projection_checkpoint",
+];
+
+/// Rows per multi-row statement, as the query service writes them.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// One event of the global feed, as B3 replays it.
+#[derive(Debug, Clone)]
+pub(crate) struct FeedEvent {
+    pub(crate) position: i64,
+    pub(crate) event_id: String,
+    pub(crate) account: String,
+    pub(crate) version: i64,
+    pub(crate) kind: String,
+    /// `amount` of a credit or debit.
+    pub(crate) amount: Option<String>,
+    /// `balance` after a credit or debit, `initial_balance` of an opening.
+    pub(crate) balance: Option<String>,
+    pub(crate) currency: Option<String>,
+    pub(crate) owner: Option<String>,
+    /// UTC, `YYYY-MM-DD HH:MM:SS.ffffff`.
+    pub(crate) occurred_at: String,
+}
+
+/// An account as the replay folds it.
+#[derive(Debug, Clone)]
+struct AccountState {
+    owner: Option<String>,
+    status: &'static str,
+    currency: String,
+    balance: String,
+    version: i64,
+    created_at: String,
+    updated_at: String,
+}
+
+/// B3's database: tables shaped like the query service's, emptied before each run.
 #[derive(Debug)]
 pub(crate) struct RawStore {
     pool: MySqlPool,
-    versions: Vec<i64>,
-    sequence: u64,
+    /// The query service's database, whose tables B3's are made like.
+    model: String,
 }
 
 impl RawStore {
-    pub(crate) async fn create(server: &str, name: &str, accounts: usize) -> anyhow::Result<Self> {
+    /// Creates database `name` for tables like those of the database `model`.
+    pub(crate) async fn create(server: &str, name: &str, model: &str) -> anyhow::Result<Self> {
+        for database in [name, model] {
+            if !database
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                bail!("refusing database name {database:?}");
+            }
+        }
         let admin = connect(server).await?;
         sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
             .execute(&admin)
             .await?;
         admin.close().await;
         let pool = connect(&database_url(server, name)).await?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
-        for chunk in (1..=accounts).collect::<Vec<_>>().chunks(1000) {
-            let mut insert = QueryBuilder::new(
-                "INSERT INTO accounts (id, status, currency, balance, version, created_at, updated_at) ",
-            );
-            insert.push_values(chunk, |mut row, n| {
-                row.push_bind(account_id(*n as u64))
-                    .push_bind("ACTIVE")
-                    .push_bind("MAD")
-                    .push_bind("1000.0000")
-                    .push_bind(2_i64)
-                    .push("UTC_TIMESTAMP(6)")
-                    .push("UTC_TIMESTAMP(6)");
-            });
-            insert.build().execute(&pool).await?;
-        }
         Ok(Self {
             pool,
-            versions: vec![2; accounts],
-            sequence: 0,
+            model: model.to_owned(),
         })
     }
 
-    /// B3: credits on random accounts, `batch` per transaction (one multi-row insert of
-    /// operations, one multi-row upsert of accounts), for `duration`. Events per second.
-    pub(crate) async fn raw_apply(
-        &mut self,
-        batch: usize,
-        duration: Duration,
-    ) -> anyhow::Result<f64> {
-        let mut rng = StdRng::from_os_rng();
+    /// Drops and re-creates the tables, empty.
+    async fn reset(&self) -> anyhow::Result<()> {
+        for table in TABLES {
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "DROP TABLE IF EXISTS `{table}`; CREATE TABLE `{table}` LIKE `{}`.`{table}`",
+                self.model
+            )))
+            .execute(&self.pool)
+            .await
+            .with_context(|| format!("cannot make B3's {table} table"))?;
+        }
+        Ok(())
+    }
+
+    /// B3: replays `feed` into empty tables, `batch` events per transaction, as raw
+    /// multi-row statements: the accounts first seen in the batch inserted, the others
+    /// upserted (one row per account, its state after the batch), one `operations` row
+    /// per credit or debit, one `account_versions` row per event; then the checkpoint
+    /// row. The tables are emptied first (not timed). Events per second.
+    pub(crate) async fn replay(&self, feed: &[FeedEvent], batch: usize) -> anyhow::Result<f64> {
+        self.reset().await?;
         let started = Instant::now();
-        let mut applied = 0usize;
-        while started.elapsed() < duration {
-            let mut rows = Vec::with_capacity(batch);
-            for _ in 0..batch {
-                let n = rng.random_range(0..self.versions.len());
-                self.versions[n] += 1;
-                self.sequence += 1;
-                rows.push((n, self.versions[n], self.sequence));
+        let mut accounts: HashMap<&str, AccountState> = HashMap::new();
+        for events in feed.chunks(batch.max(1)) {
+            let mut opened: Vec<&str> = Vec::new();
+            let mut moved: Vec<&str> = Vec::new();
+            let mut seen: HashSet<&str> = HashSet::new();
+            let mut operations = Vec::new();
+            let mut versions = Vec::with_capacity(events.len());
+            for event in events {
+                let account = event.account.as_str();
+                if seen.insert(account) {
+                    if accounts.contains_key(account) {
+                        moved.push(account);
+                    } else {
+                        opened.push(account);
+                    }
+                }
+                let state = accounts.entry(account).or_insert_with(|| AccountState {
+                    owner: event.owner.clone(),
+                    status: "CREATED",
+                    currency: event.currency.clone().unwrap_or_else(|| "MAD".to_owned()),
+                    balance: "0".to_owned(),
+                    version: 0,
+                    created_at: event.occurred_at.clone(),
+                    updated_at: event.occurred_at.clone(),
+                });
+                fold(state, event);
+                if let ("AccountCredited" | "AccountDebited", Some(amount)) =
+                    (event.kind.as_str(), &event.amount)
+                {
+                    operations.push((event, amount.as_str(), state.balance.clone()));
+                }
+                versions.push((event, state.status, state.balance.clone()));
             }
             let mut tx = self.pool.begin().await?;
-            let mut operations = QueryBuilder::new(
-                "INSERT INTO operations (event_id, account_id, version, type, amount, currency, balance_after, occurred_at) ",
-            );
-            operations.push_values(&rows, |mut row, (n, version, sequence)| {
-                row.push_bind(format!("00000000-0000-7000-8000-{sequence:012x}"))
-                    .push_bind(account_id(*n as u64 + 1))
-                    .push_bind(*version)
-                    .push_bind("CREDIT")
-                    .push_bind("1.0000")
-                    .push_bind("MAD")
-                    .push_bind(format!("{}.0000", 1000 + version - 2))
-                    .push("UTC_TIMESTAMP(6)");
-            });
-            operations.build().execute(&mut *tx).await?;
-            let mut accounts = QueryBuilder::new(
-                "INSERT INTO accounts (id, status, currency, balance, version, created_at, updated_at) ",
-            );
-            accounts.push_values(&rows, |mut row, (n, version, _)| {
-                row.push_bind(account_id(*n as u64 + 1))
-                    .push_bind("ACTIVE")
-                    .push_bind("MAD")
-                    .push_bind(format!("{}.0000", 1000 + version - 2))
-                    .push_bind(*version)
-                    .push("UTC_TIMESTAMP(6)")
-                    .push("UTC_TIMESTAMP(6)");
-            });
-            accounts.push(
-                " ON DUPLICATE KEY UPDATE balance = VALUES(balance), version = VALUES(version), updated_at = VALUES(updated_at)",
-            );
-            accounts.build().execute(&mut *tx).await?;
+            for (rows, upsert) in [(&opened, false), (&moved, true)] {
+                for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                    let mut insert = QueryBuilder::new(
+                        "INSERT INTO accounts (id, owner, status, currency, balance, version, created_at, updated_at) ",
+                    );
+                    insert.push_values(chunk, |mut row, id| {
+                        let state = &accounts[id];
+                        row.push_bind(*id)
+                            .push_bind(state.owner.as_deref())
+                            .push_bind(state.status)
+                            .push_bind(state.currency.as_str())
+                            .push_bind(state.balance.as_str())
+                            .push_bind(state.version)
+                            .push_bind(state.created_at.as_str())
+                            .push_bind(state.updated_at.as_str());
+                    });
+                    if upsert {
+                        insert.push(" ON DUPLICATE KEY UPDATE status = VALUES(status), balance = VALUES(balance), version = VALUES(version), updated_at = VALUES(updated_at)");
+                    }
+                    insert.build().execute(&mut *tx).await?;
+                }
+            }
+            for chunk in operations.chunks(ROWS_PER_STATEMENT) {
+                let mut insert = QueryBuilder::new(
+                    "INSERT INTO operations (event_id, account_id, version, type, amount, currency, balance_after, occurred_at) ",
+                );
+                insert.push_values(chunk, |mut row, (event, amount, after)| {
+                    let kind = if event.kind == "AccountDebited" {
+                        "DEBIT"
+                    } else {
+                        "CREDIT"
+                    };
+                    row.push_bind(event.event_id.as_str())
+                        .push_bind(event.account.as_str())
+                        .push_bind(event.version)
+                        .push_bind(kind)
+                        .push_bind(*amount)
+                        .push_bind(event.currency.as_deref().unwrap_or("MAD"))
+                        .push_bind(after.as_str())
+                        .push_bind(event.occurred_at.as_str());
+                });
+                insert.build().execute(&mut *tx).await?;
+            }
+            for chunk in versions.chunks(ROWS_PER_STATEMENT) {
+                let mut insert = QueryBuilder::new(
+                    "INSERT INTO account_versions (account_id, version, event_id, type, status, balance, occurred_at) ",
+                );
+                insert.push_values(chunk, |mut row, (event, status, balance)| {
+                    row.push_bind(event.account.as_str())
+                        .push_bind(event.version)
+                        .push_bind(event.event_id.as_str())
+                        .push_bind(event.kind.as_str())
+                        .push_bind(*status)
+                        .push_bind(balance.as_str())
+                        .push_bind(event.occurred_at.as_str());
+                });
+                insert.build().execute(&mut *tx).await?;
+            }
             tx.commit().await?;
-            applied += rows.len();
         }
-        Ok(applied as f64 / started.elapsed().as_secs_f64())
+        let position = feed.last().map_or(0, |event| event.position);
+        sqlx::query(
+            "INSERT INTO projection_checkpoint (name, generation, position, updated_at) VALUES ('feed', UUID(), ?, UTC_TIMESTAMP(6))",
+        )
+        .bind(position)
+        .execute(&self.pool)
+        .await?;
+        Ok(feed.len() as f64 / started.elapsed().as_secs_f64().max(1e-9))
     }
 
     pub(crate) async fn close(self) {
         self.pool.close().await;
+    }
+}
+
+/// Applies one event to its account's folded state.
+fn fold(state: &mut AccountState, event: &FeedEvent) {
+    state.version = event.version;
+    state.updated_at.clone_from(&event.occurred_at);
+    match event.kind.as_str() {
+        "AccountCreated" => {
+            state.status = "CREATED";
+            if let Some(balance) = &event.balance {
+                state.balance.clone_from(balance);
+            }
+        }
+        "AccountActivated" | "AccountReactivated" => state.status = "ACTIVE",
+        "AccountSuspended" => state.status = "SUSPENDED",
+        "AccountClosed" => state.status = "CLOSED",
+        _ => {
+            if let Some(balance) = &event.balance {
+                state.balance.clone_from(balance);
+            }
+        }
     }
 }
 

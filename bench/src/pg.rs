@@ -172,6 +172,37 @@ pub(crate) async fn seed_accounts(
     })
 }
 
+/// Creates the minimal event store of B1 (one `events` table, see
+/// [`pgbench::MINIMAL_SCHEMA`](crate::pgbench::MINIMAL_SCHEMA)) in a new database, with
+/// accounts `1..=accounts` at two events each.
+pub(crate) async fn create_minimal_store(
+    server: &str,
+    name: &str,
+    accounts: u64,
+) -> anyhow::Result<()> {
+    create_database(server, name).await?;
+    let pool = connect(&database_url(server, name), 1).await?;
+    sqlx::raw_sql(crate::pgbench::MINIMAL_SCHEMA)
+        .execute(&pool)
+        .await?;
+    let id = sql_account_id("a.n");
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO events (stream_id, version, payload)
+         SELECT {id}, v.v, $2::jsonb
+           FROM generate_series(1::bigint, $1::bigint) AS a(n)
+          CROSS JOIN generate_series(1::bigint, 2::bigint) AS v(v)
+          ORDER BY a.n, v.v"
+    )))
+    .bind(as_i64(accounts)?)
+    .bind(crate::pgbench::MINIMAL_PAYLOAD)
+    .execute(&pool)
+    .await
+    .context("seeding the minimal store")?;
+    sqlx::raw_sql("ANALYZE events").execute(&pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
 pub(crate) async fn analyze(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::raw_sql("ANALYZE events; ANALYZE streams;")
         .execute(pool)
@@ -191,6 +222,51 @@ pub(crate) async fn event_count(pool: &PgPool) -> anyhow::Result<i64> {
             .fetch_one(pool)
             .await?,
     )
+}
+
+/// The whole global feed in position order, as B3 replays it.
+pub(crate) async fn load_feed(pool: &PgPool) -> anyhow::Result<Vec<crate::mariadb::FeedEvent>> {
+    type Row = (
+        i64,
+        String,
+        String,
+        i64,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        String,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT position, event_id::text, stream_id::text, version, event_type,
+                data->>'amount', coalesce(data->>'balance', data->>'initial_balance'),
+                data->>'currency', data->>'owner',
+                to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')
+           FROM events ORDER BY position",
+    )
+    .fetch_all(pool)
+    .await
+    .context("cannot read the event store's feed")?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(position, event_id, account, version, kind, amount, balance, currency, owner, at)| {
+                crate::mariadb::FeedEvent {
+                    position,
+                    event_id,
+                    account,
+                    version,
+                    kind,
+                    amount,
+                    balance,
+                    currency,
+                    owner,
+                    occurred_at: at,
+                }
+            },
+        )
+        .collect())
 }
 
 /// Number of streams and the sum of their balances (from the snapshots), as text.

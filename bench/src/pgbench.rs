@@ -1,7 +1,7 @@
-//! B1: raw Postgres doing the work of one append, with pgbench and a script of the
-//! store's own statements (load the stream head, version check and bump with the
-//! snapshot, the global append lock and the relay wake-up, event insert, outbox insert,
-//! commit).
+//! B1: raw Postgres doing the work of one append, with pgbench. Two scripts:
+//! [`minimal_script`], the least any Postgres event store must do (read the stream's
+//! version, insert one event under a unique (stream, version), commit), and
+//! [`store_script`], the event store's own statements for one credit (B1s).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,10 +16,40 @@ use crate::stats::{Sample, Timing, to_u64};
 /// The advisory lock `append_events` takes: positions are assigned and committed in order.
 const APPEND_LOCK: i64 = 7_305_954_634_617_839_617;
 
-/// The pgbench script. The version check is the `UPDATE` of the stream row; it bumps
-/// the version it finds (under the row lock) instead of comparing with the version
-/// read first, because pgbench cannot retry a conflict and would abort the client.
-pub(crate) fn script() -> String {
+/// The minimal event store's one table.
+pub(crate) const MINIMAL_SCHEMA: &str = "CREATE TABLE events (
+    position bigserial PRIMARY KEY,
+    stream_id uuid NOT NULL,
+    version bigint NOT NULL,
+    payload jsonb NOT NULL,
+    UNIQUE (stream_id, version)
+)";
+
+/// An event's payload in the minimal store: the credit's data and metadata, about the
+/// size of what the service stores.
+pub(crate) const MINIMAL_PAYLOAD: &str = r#"{"type": "AccountCredited", "data": {"amount": "1.00", "currency": "MAD", "balance": "1001.00"}, "metadata": {"correlation_id": "0b0e4d7e-4a4e-4b8f-9a57-2f1d3c5b6a79", "causation_id": "019a0000-0000-7000-8000-000000000000", "idempotency_key": null}}"#;
+
+/// B1: per transaction, read the stream's current version, insert the next event,
+/// commit. Each client credits its own share of the accounts (`client_id + 1 +
+/// clients × k`), so that two clients never race for a version, which pgbench could
+/// not retry.
+pub(crate) fn minimal_script() -> String {
+    let id = sql_account_id("CAST(:n AS bigint)");
+    format!(
+        "\\set n :client_id + 1 + :clients * random(0, :per_client - 1)
+BEGIN;
+SELECT version AS v FROM events WHERE stream_id = {id} ORDER BY version DESC LIMIT 1 \\gset
+INSERT INTO events (stream_id, version, payload) VALUES ({id}, :v + 1, '{MINIMAL_PAYLOAD}');
+COMMIT;
+"
+    )
+}
+
+/// B1s: the store's own statements for one credit. The version check is the `UPDATE`
+/// of the stream row; it bumps the version it finds (under the row lock) instead of
+/// comparing with the version read first, because pgbench cannot retry a conflict and
+/// would abort the client.
+pub(crate) fn store_script() -> String {
     let id = sql_account_id("CAST(:n AS bigint)");
     format!(
         "\\set n random(1, :accounts)
@@ -99,6 +129,11 @@ pub(crate) async fn run(
         .arg("-f")
         .arg(script_path)
         .args(["-D", &format!("accounts={accounts}")])
+        .args(["-D", &format!("clients={clients}")])
+        .args([
+            "-D",
+            &format!("per_client={}", (accounts / clients.max(1) as u64).max(1)),
+        ])
         .args(["-c", &clients.to_string(), "-j", &threads.to_string()])
         .args(["-T", &seconds.to_string()])
         .args(["-h", &target.host, "-p", &target.port.to_string()])
@@ -231,8 +266,8 @@ mod tests {
     }
 
     #[test]
-    fn the_script_uses_the_store_statements() {
-        let script = script();
+    fn the_store_script_uses_the_store_statements() {
+        let script = store_script();
         for statement in [
             "UPDATE streams",
             "pg_advisory_xact_lock",
@@ -242,5 +277,15 @@ mod tests {
         ] {
             assert!(script.contains(statement), "{statement}");
         }
+    }
+
+    #[test]
+    fn the_minimal_script_reads_the_version_then_inserts() {
+        let script = minimal_script();
+        let read = script.find("SELECT version").unwrap();
+        let insert = script.find("INSERT INTO events").unwrap();
+        assert!(read < insert && script.contains("COMMIT"));
+        assert!(script.starts_with("\\set n :client_id + 1"));
+        assert!(!script.contains("pg_advisory") && !script.contains("outbox"));
     }
 }

@@ -10,6 +10,7 @@ pub(crate) struct Plan {
     pub(crate) timing: Timing,
     pub(crate) repeats: usize,
     pub(crate) clients: Vec<usize>,
+    /// Relay runs (each drains a freshly seeded batch of accounts) and B2 runs.
     pub(crate) relay_batches: u64,
     pub(crate) relay_batch_accounts: u64,
     pub(crate) relay_events_per_account: u64,
@@ -41,7 +42,7 @@ impl Plan {
                 relay_batch_accounts: 2_000,
                 relay_events_per_account: 5,
                 side_run: Duration::from_secs(1),
-                lag_fractions: vec![0.5, 0.9],
+                lag_fractions: vec![0.1, 0.5, 0.9],
                 lag_run: Duration::from_secs(2),
                 long_streams: vec![10, 1_000, 10_000],
                 growth_timing: Timing {
@@ -58,12 +59,12 @@ impl Plan {
             Self {
                 timing: Timing {
                     warmup: Duration::from_secs(1),
-                    measure: Duration::from_secs(5),
+                    measure: Duration::from_secs(4),
                 },
-                repeats: 2,
+                repeats: 3,
                 clients: vec![1, 4, 16, 64],
-                relay_batches: 2,
-                relay_batch_accounts: 5_000,
+                relay_batches: 3,
+                relay_batch_accounts: 4_000,
                 relay_events_per_account: 5,
                 side_run: Duration::from_secs(3),
                 lag_fractions: vec![0.1, 0.5, 0.9],

@@ -6,9 +6,13 @@ use std::time::{Duration, Instant};
 use crate::context::Ctx;
 use crate::pg;
 use crate::phases::Side;
-use crate::report::format::{compared, list, rate};
+use crate::report::format::{compared, duration, list, rate};
 use crate::report::{Markdown, Part, Results, Target};
 use crate::stats::{Drain, median};
+
+/// Messages per confirm window in B2: the command service's default relay batch
+/// (`relay_batch_size`), the window the relay publishes before awaiting its confirms.
+pub(crate) const RELAY_WINDOW: usize = 500;
 
 /// What the phase measured.
 #[derive(Debug, Clone, Default)]
@@ -17,10 +21,18 @@ pub(crate) struct Figures {
     pub(crate) raw: Vec<f64>,
     /// Relay runs.
     pub(crate) relay: Vec<Drain>,
+    /// Length of one B2 run.
+    pub(crate) side_run: Duration,
+    /// Accounts seeded for each relay run, and events per account.
+    pub(crate) batch_accounts: u64,
+    pub(crate) events_per_account: u64,
 }
 
 /// B2 and the relay, ABBA: each relay run drains a freshly seeded outbox.
 pub(crate) async fn relay_vs_b2(ctx: &mut Ctx, results: &mut Results) -> anyhow::Result<()> {
+    results.b2.side_run = ctx.plan.side_run;
+    results.b2.batch_accounts = ctx.plan.relay_batch_accounts;
+    results.b2.events_per_account = ctx.plan.relay_events_per_account;
     let (raw_exchange, raw_queue) = (ctx.raw_exchange(), ctx.raw_queue());
     ctx.broker()?
         .declare_sink(&raw_exchange, &raw_queue)
@@ -39,7 +51,7 @@ pub(crate) async fn relay_vs_b2(ctx: &mut Ctx, results: &mut Results) -> anyhow:
 async fn b2(ctx: &Ctx, results: &mut Results) -> anyhow::Result<()> {
     let broker = ctx.broker()?;
     let rate = broker
-        .raw_publish(&ctx.raw_exchange(), 500, ctx.plan.side_run)
+        .raw_publish(&ctx.raw_exchange(), RELAY_WINDOW, ctx.plan.side_run)
         .await?;
     broker.purge(&ctx.raw_queue()).await?;
     progress!("B2 raw publish: {rate:.0} msg/s");
@@ -83,8 +95,8 @@ fn targets(results: &Results) -> Vec<Target> {
     let b2 = median(results.b2.raw.iter().copied());
     let relay = median(results.b2.relay.iter().map(Drain::rate));
     let measured = (b2.is_finite() && relay.is_finite())
-        .then(|| (compared(relay, b2, rate, "/s"), relay / b2 >= 0.5));
-    vec![Target::new("relay ≥ 0.5× B2", measured)]
+        .then(|| (compared(relay, b2, rate, "/s"), relay / b2 >= 0.9));
+    vec![Target::new("relay ≥ 0.9× B2", measured)]
 }
 
 fn section(results: &Results, out: &mut Markdown) {
@@ -93,8 +105,9 @@ fn section(results: &Results, out: &mut Markdown) {
     let relay: Vec<f64> = figures.relay.iter().map(Drain::rate).collect();
     let rows = [
         [
-            "B2: persistent messages to a durable queue, confirms awaited per window of 500"
-                .to_owned(),
+            format!(
+                "B2: the relay's messages, persistent, to a durable queue bound like the projection's, confirms awaited per window of {RELAY_WINDOW}"
+            ),
             list(&figures.raw, |r| rate(*r)),
             rate(median(figures.raw.iter().copied())),
         ],
@@ -114,6 +127,12 @@ fn section(results: &Results, out: &mut Markdown) {
     );
 }
 
-fn method(_: &Results) -> Vec<String> {
-    vec!["**B2** publishes persistent event-sized messages (the JSON of an `AccountCredited` event) to a durable topic exchange with a durable queue bound, awaiting the confirms of each window of 500 before the next. The **relay** figure is how fast the command service empties an outbox of freshly seeded events (committed in one transaction that notifies the relay) into its exchange, to which the projection's durable queue is bound (the query service is stopped meanwhile, so the queue only fills).".to_owned()]
+fn method(results: &Results) -> Vec<String> {
+    vec![format!(
+        "**B2** publishes what the relay publishes, like for like: the JSON of an `AccountCredited` envelope of the same size, the same properties (persistent, `application/json`, message id, type, `user_id`, timestamp) and headers (`account_id`, `correlation_id`, `traceparent`), routing key `account.credited`, to a durable topic exchange with a durable queue bound as the projection's queue is (`account.*`, with a dead-letter exchange argument); it awaits the confirms of each window of {RELAY_WINDOW} (the relay's batch) before the next, for {} per run. The **relay** figure is how fast the command service empties an outbox of freshly seeded events (each run {} accounts × {} events, committed in one transaction that notifies the relay) into its exchange, to which the projection's durable queue is bound (the query service is stopped meanwhile, so the queue only fills); measured from that commit to the outbox found empty (polled every 10 ms). B2 and relay runs alternate ({} each).",
+        duration(results.b2.side_run),
+        results.b2.batch_accounts,
+        results.b2.events_per_account,
+        results.b2.raw.len().max(results.b2.relay.len())
+    )]
 }

@@ -1,4 +1,4 @@
-//! Before the phases: the B1 database, the command service, the projection's queue and the peer.
+//! Before the phases: the B1 and B1s databases, the command service, the projection's queue and the peer.
 
 use std::path::PathBuf;
 
@@ -38,13 +38,16 @@ pub(crate) async fn prepare(ctx: &mut Ctx, results: &mut Results) -> anyhow::Res
             .push(format!("peer installation: {error:#}")),
     }
 
-    progress!("B1 database with {} accounts", ctx.plan.accounts());
+    progress!("B1 and B1s databases with {} accounts", ctx.plan.accounts());
     let b1 = ctx.name("b1");
     ctx.pg_databases.push(b1.clone());
-    let b1_url = pg::database_url(&ctx.opts.postgres, &b1);
-    let store = event_store::EventStore::connect(&b1_url, 2)
+    pg::create_minimal_store(&ctx.opts.postgres, &b1, ctx.plan.accounts()).await?;
+    let b1s = ctx.name("b1s");
+    ctx.pg_databases.push(b1s.clone());
+    let b1s_url = pg::database_url(&ctx.opts.postgres, &b1s);
+    let store = event_store::EventStore::connect(&b1s_url, 2)
         .await
-        .context("cannot create the B1 database with the event store's schema")?;
+        .context("cannot create the B1s database with the event store's schema")?;
     pg::seed_accounts(store.pool(), 1, ctx.plan.accounts(), 2, false).await?;
     pg::analyze(store.pool()).await?;
     store.pool().close().await;

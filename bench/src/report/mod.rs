@@ -201,7 +201,7 @@ impl Results {
             ),
             format!("Code: {}", self.machine.commit),
             format!(
-                "Each measurement: {} warm-up, then {}; {} repeat(s) of every pair, alternating which side goes first; figures are medians over the repeats.",
+                "Closed-loop measurements (B1, B1s, the service, the peers, cost growth): {} warm-up, then {} measured; {} turn(s) of every pair, the side going first alternating; figures are medians over the turns. B2, B3, the relay, rebuild and lag say below what each run measured.",
                 format::duration(self.warmup),
                 format::duration(self.measure),
                 self.repeats

@@ -8,6 +8,7 @@ use crate::phases::b1::Pair;
 use crate::phases::lag::Lag;
 use crate::phases::peer::PeerPair;
 use crate::phases::{b1, b2, b3, growth, lag, peer, rss, token_check};
+use crate::prom::Quantiles;
 use crate::stats::{Drain, Sample};
 
 fn sample(throughput: f64, p50_ms: f64, p99_ms: f64) -> Sample {
@@ -55,18 +56,21 @@ fn fixture() -> Results {
                 Pair {
                     clients: 1,
                     b1: vec![sample(1000.0, 0.9, 1.8), sample(1100.0, 0.8, 1.7)],
+                    b1s: vec![sample(800.0, 1.1, 2.2), sample(850.0, 1.0, 2.0)],
                     service: vec![sample(600.0, 1.1, 6.0), noted],
                     service_cpu_us: vec![400.0, 420.0],
                 },
                 Pair {
                     clients: 16,
                     b1: vec![sample(1500.0, 10.0, 19.0)],
+                    b1s: Vec::new(),
                     service: vec![sample(2100.0, 6.9, 17.7)],
                     service_cpu_us: vec![300.0],
                 },
                 Pair {
                     clients: 64,
                     b1: vec![sample(1300.0, 46.0, 88.0)],
+                    b1s: vec![sample(1200.0, 50.0, 90.0)],
                     service: Vec::new(),
                     service_cpu_us: Vec::new(),
                 },
@@ -76,6 +80,9 @@ fn fixture() -> Results {
             verify_us: vec![4.0, 5.0, 4.5],
         },
         b2: b2::Figures {
+            side_run: Duration::from_secs(1),
+            batch_accounts: 2_000,
+            events_per_account: 5,
             raw: vec![13_000.0, 14_000.0],
             relay: vec![
                 Drain {
@@ -89,19 +96,54 @@ fn fixture() -> Results {
             ],
         },
         b3: b3::Figures {
-            raw: vec![50_000.0, 52_000.0, 51_000.0],
+            live_raw: vec![40_000.0, 42_000.0],
+            live_feed: 20_000,
             live: Some(Drain {
                 events: 20_000,
                 took: Duration::from_secs(2),
             }),
-            rebuild: Some(Drain {
-                events: 30_000,
-                took: Duration::from_millis(900),
-            }),
+            raw: vec![50_000.0, 52_000.0, 51_000.0],
+            feed: 30_000,
+            rebuild: vec![
+                Drain {
+                    events: 30_000,
+                    took: Duration::from_millis(900),
+                },
+                Drain {
+                    events: 30_000,
+                    took: Duration::from_secs(1),
+                },
+            ],
             rebuild_check: Some("event store 2000 accounts (equal)".to_owned()),
         },
         lag: lag::Figures {
+            run: Duration::from_secs(2),
             runs: vec![
+                Lag {
+                    fraction: 0.1,
+                    offered: 210.0,
+                    achieved: 210.0,
+                    ack: sample(210.0, 1.0, 2.0),
+                    lags_us: vec![4_000, 6_000, 12_000],
+                    timed_out: 0,
+                    stages: lag::STAGES
+                        .iter()
+                        .enumerate()
+                        .map(|(n, (stage, _))| {
+                            let quantiles = (n < 4).then_some(Quantiles {
+                                count: 2100,
+                                p50_ms: 0.6 * (n as f64 + 1.0),
+                                p99_ms: 2.5 * (n as f64 + 1.0),
+                            });
+                            (*stage, quantiles)
+                        })
+                        .collect(),
+                    server: Some(Quantiles {
+                        count: 2100,
+                        p50_ms: 0.7,
+                        p99_ms: 1.6,
+                    }),
+                },
                 Lag {
                     fraction: 0.5,
                     offered: 1050.0,
@@ -109,6 +151,8 @@ fn fixture() -> Results {
                     ack: sample(1049.5, 1.2, 3.4),
                     lags_us: vec![5_000, 9_000, 60_000],
                     timed_out: 1,
+                    stages: Vec::new(),
+                    server: None,
                 },
                 Lag {
                     fraction: 0.9,
@@ -117,6 +161,8 @@ fn fixture() -> Results {
                     ack: sample(1800.0, 2.0, 8.0),
                     lags_us: Vec::new(),
                     timed_out: 0,
+                    stages: vec![("committed", None)],
+                    server: None,
                 },
             ],
         },
