@@ -224,6 +224,16 @@ pub(crate) async fn event_count(pool: &PgPool) -> anyhow::Result<i64> {
     )
 }
 
+/// Whether an append still writes an outbox row: the store has no relay checkpoint
+/// (the events table became the outbox with `relay_checkpoint`).
+pub(crate) async fn writes_outbox_rows(pool: &PgPool) -> anyhow::Result<bool> {
+    let checkpoint: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('relay_checkpoint')::text")
+            .fetch_one(pool)
+            .await?;
+    Ok(checkpoint.is_none())
+}
+
 /// The whole global feed in position order, as B3 replays it.
 pub(crate) async fn load_feed(pool: &PgPool) -> anyhow::Result<Vec<crate::mariadb::FeedEvent>> {
     type Row = (

@@ -45,12 +45,17 @@ COMMIT;
     )
 }
 
-/// B1s: the store's own statements for one credit. The version check is the `UPDATE`
-/// of the stream row; it bumps the version it finds (under the row lock) instead of
-/// comparing with the version read first, because pgbench cannot retry a conflict and
-/// would abort the client.
-pub(crate) fn store_script() -> String {
+/// B1s: the store's own statements for one credit, with the outbox row where the store
+/// still writes one (`outbox`). The version check is the `UPDATE` of the stream row; it
+/// bumps the version it finds (under the row lock) instead of comparing with the
+/// version read first, because pgbench cannot retry a conflict and would abort the client.
+pub(crate) fn store_script(outbox: bool) -> String {
     let id = sql_account_id("CAST(:n AS bigint)");
+    let outbox = if outbox {
+        "INSERT INTO outbox (position) VALUES (:p);\n"
+    } else {
+        ""
+    };
     format!(
         "\\set n random(1, :accounts)
 SELECT stream_id AS sid, version AS loaded, snapshot FROM streams WHERE stream_id = {id} \\gset
@@ -58,8 +63,7 @@ BEGIN;
 UPDATE streams SET version = version + 1, snapshot_version = version + 1, snapshot_schema = 1, snapshot = '{{\"status\": \"ACTIVE\", \"balance\": {{\"amount\": \"1001.00\", \"currency\": \"MAD\"}}, \"version\": 3}}'::jsonb, updated_at = now() WHERE stream_id = :sid RETURNING version AS v \\gset
 SELECT pg_advisory_xact_lock({APPEND_LOCK}), pg_notify('bank_outbox', '');
 INSERT INTO events (event_id, stream_id, version, event_type, schema_version, data, metadata, occurred_at) VALUES (gen_random_uuid(), :sid, :v, 'AccountCredited', 1, '{{\"amount\": \"1.00\", \"currency\": \"MAD\", \"balance\": \"1001.00\"}}', '{{\"correlation_id\": \"0b0e4d7e-4a4e-4b8f-9a57-2f1d3c5b6a79\", \"causation_id\": \"019a0000-0000-7000-8000-000000000000\", \"idempotency_key\": null}}', now()) RETURNING position AS p \\gset
-INSERT INTO outbox (position) VALUES (:p);
-COMMIT;
+{outbox}COMMIT;
 "
     )
 }
@@ -267,7 +271,8 @@ mod tests {
 
     #[test]
     fn the_store_script_uses_the_store_statements() {
-        let script = store_script();
+        assert!(!store_script(false).contains("INSERT INTO outbox"));
+        let script = store_script(true);
         for statement in [
             "UPDATE streams",
             "pg_advisory_xact_lock",

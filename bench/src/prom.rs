@@ -217,6 +217,21 @@ fn parse_series(series: &str) -> Option<(&str, Labels)> {
     Some((name, labels))
 }
 
+/// The server-side latency of the credit route (`POST` on the route whose template
+/// contains `credit`, from `http_request_duration_seconds`) between two scrapes.
+pub(crate) fn credit_latency(before: &Scrape, after: &Scrape) -> Option<Quantiles> {
+    const HTTP: &str = "http_request_duration_seconds";
+    let route = after
+        .label_values(HTTP, "route")
+        .into_iter()
+        .find(|route| route.contains("credit"))?;
+    after.since(
+        before,
+        HTTP,
+        &[("method", "POST"), ("route", route.as_str())],
+    )
+}
+
 /// Scrapes `base_url/metrics`; `None` when it cannot be read.
 pub(crate) async fn scrape(client: &reqwest::Client, base_url: &str) -> Option<Scrape> {
     let response = client
@@ -295,6 +310,25 @@ event_pipeline_seconds_bucket{stage="published",le="+Inf"} 100
                 .since(&before, "projection_lag_seconds", &[])
                 .is_none()
         );
+    }
+
+    #[test]
+    fn route_templates_with_braces_parse() {
+        let scrape = Scrape::parse(
+            "http_request_duration_seconds_bucket{method=\"POST\",route=\"/accounts/{id}/credit\",le=\"0.001\"} 7\nhttp_request_duration_seconds_bucket{method=\"POST\",route=\"/accounts/{id}/credit\",le=\"+Inf\"} 8\n",
+        );
+        assert_eq!(
+            scrape.label_values("http_request_duration_seconds", "route"),
+            ["/accounts/{id}/credit"]
+        );
+        let q = scrape
+            .since(
+                &Scrape::default(),
+                "http_request_duration_seconds",
+                &[("method", "POST"), ("route", "/accounts/{id}/credit")],
+            )
+            .unwrap();
+        assert_eq!(q.count, 8);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::context::{COMMAND, Ctx};
 use crate::load::{self, Accounts};
+use crate::prom::{self, Quantiles};
 use crate::report::format::{MISSING, duration, ms, rate_p50_p99, ratio};
 use crate::report::{Markdown, Part, Results, Target};
 use crate::stats::{Sample, median, median_sample};
@@ -22,6 +23,9 @@ pub(crate) struct Pair {
     pub(crate) service: Vec<Sample>,
     /// Command-service CPU time per command, µs (one per service repeat).
     pub(crate) service_cpu_us: Vec<f64>,
+    /// The service's own latency of the credit route (its `/metrics` histogram), one
+    /// per service repeat where it is exported.
+    pub(crate) service_server: Vec<Quantiles>,
 }
 
 /// What the phase measured: one pair per client count.
@@ -83,7 +87,11 @@ pub(crate) async fn b1_vs_service(ctx: &mut Ctx, results: &mut Results) -> anyho
     let minimal_script = ctx.dir.join("b1.sql");
     std::fs::write(&minimal_script, pgbench::minimal_script())?;
     let store_script = ctx.dir.join("b1s.sql");
-    std::fs::write(&store_script, pgbench::store_script())?;
+    let store_pool =
+        pg::connect(&pg::database_url(&ctx.opts.postgres, &ctx.name("b1s")), 1).await?;
+    let outbox = pg::writes_outbox_rows(&store_pool).await?;
+    store_pool.close().await;
+    std::fs::write(&store_script, pgbench::store_script(outbox))?;
     let minimal = pgbench::Target::parse(&ctx.opts.postgres, &ctx.name("b1"))?;
     let store = pgbench::Target::parse(&ctx.opts.postgres, &ctx.name("b1s"))?;
     let accounts = Accounts::seeded(1, ctx.plan.accounts())?;
@@ -99,9 +107,10 @@ pub(crate) async fn b1_vs_service(ctx: &mut Ctx, results: &mut Results) -> anyho
                     Side::Minimal => ("B1", &minimal, &minimal_script),
                     Side::Store => ("B1s", &store, &store_script),
                     Side::Service => {
-                        let (sample, cpu) = service_run(ctx, &accounts, clients).await?;
+                        let (sample, cpu, server) = service_run(ctx, &accounts, clients).await?;
                         pair.service.push(sample);
                         pair.service_cpu_us.extend(cpu);
+                        pair.service_server.extend(server);
                         continue;
                     }
                 };
@@ -135,18 +144,24 @@ pub(crate) async fn b1_vs_service(ctx: &mut Ctx, results: &mut Results) -> anyho
 }
 
 /// One closed-loop run against the command service, then the relay's backlog drained;
-/// the sample and the service's CPU time per command (µs).
+/// the sample, the service's CPU time per command (µs) and its own latency of the
+/// credit route over the run (warm-up included).
 async fn service_run(
     ctx: &Ctx,
     accounts: &Accounts,
     clients: usize,
-) -> anyhow::Result<(Sample, Option<f64>)> {
+) -> anyhow::Result<(Sample, Option<f64>, Option<Quantiles>)> {
     let timing = ctx.plan.timing;
     let target = ctx.target(COMMAND)?;
     let service = ctx.service(COMMAND)?;
+    let scrape_before = prom::scrape(&ctx.http, &service.base_url()).await;
     let cpu_before = service.cpu_time();
     let sample =
         load::closed_loop(&target, accounts, clients, timing.warmup, timing.measure).await?;
+    let scrape_after = prom::scrape(&ctx.http, &service.base_url()).await;
+    let server = scrape_before
+        .zip(scrape_after)
+        .and_then(|(before, after)| prom::credit_latency(&before, &after));
     let mut cpu = None;
     if let (Some(before), Some(after)) = (cpu_before, service.cpu_time()) {
         let commands = sample.throughput * (timing.warmup + timing.measure).as_secs_f64();
@@ -163,7 +178,7 @@ async fn service_run(
     );
     let pool = Ctx::pool(ctx.main_pool.as_ref())?;
     pg::wait_outbox_empty(pool, Instant::now(), Duration::from_secs(180)).await?;
-    Ok((sample, cpu))
+    Ok((sample, cpu, server))
 }
 
 /// The phase's part of the report.
@@ -220,7 +235,17 @@ fn section(results: &Results, out: &mut Markdown) {
         } else {
             MISSING.to_owned()
         };
+        let server = if pair.service_server.is_empty() {
+            MISSING.to_owned()
+        } else {
+            format!(
+                "{} / {}",
+                ms(median(pair.service_server.iter().map(|q| q.p50_ms))),
+                ms(median(pair.service_server.iter().map(|q| q.p99_ms)))
+            )
+        };
         let comparison = [
+            server,
             ratio(service.p99_ms / service.p50_ms),
             ratio(service.throughput / b1.throughput),
             ratio(service.throughput / b1s.throughput),
@@ -247,16 +272,17 @@ fn section(results: &Results, out: &mut Markdown) {
             "service cmd/s",
             "service p50 ms",
             "service p99 ms",
+            "server-side p50 / p99 ms",
             "service p99/p50",
             "service / B1",
             "service / B1s",
             "service CPU per command",
             "errors",
         ],
-        "rrrrrrrrrrrrrrr",
+        "rrrrrrrrrrrrrrrr",
         medians,
     );
-    out.paragraph("\"service / B1\" and \"service / B1s\" are informative: the throughput targets compare the service with the cqrs-es peer (below).");
+    out.paragraph("\"server-side\" is the command service's own `http_request_duration_seconds` of the credit route (its histogram, medians over the turns of each run's p50 and p99, warm-up included; – when not exported as a histogram); the other service figures are the clients'. \"service / B1\" and \"service / B1s\" are informative: the throughput targets compare the service with the cqrs-es peer (below).");
     let notes: Vec<String> = pairs
         .iter()
         .flat_map(|p| {
@@ -297,7 +323,7 @@ fn section(results: &Results, out: &mut Markdown) {
 fn method(results: &Results) -> Vec<String> {
     vec![
         "**B1** is the minimal durable append any Postgres event store must do, run by pgbench (`-M prepared`, per-transaction log) on a database of its own with one table (`events`: `position bigserial` primary key, `stream_id uuid`, `version bigint`, `payload jsonb` of about the size of the service's event, `UNIQUE (stream_id, version)`), seeded with the same accounts at two events each: per transaction, `BEGIN`, read the stream's current version (`ORDER BY version DESC LIMIT 1` on the unique index), insert the event at the next version, `COMMIT`. Each pgbench client credits its own share of the accounts (`client_id + 1 + clients × k`, k random), so that no two clients race for a version (pgbench cannot retry a unique violation).".to_owned(),
-        "**B1s** is pgbench running the store's own statements for one credit: read the stream row (with its snapshot), then in one transaction bump the stream version and snapshot, take the global append lock and notify the relay (`pg_advisory_xact_lock`, `pg_notify`), insert the event and its outbox row, commit. It runs against its own copy of the schema (the event store's migrations) with the same accounts, random over all of them. Its version check takes the row lock instead of comparing with the version read first, since pgbench cannot retry a conflict.".to_owned(),
+        "**B1s** is pgbench running the store's own statements for one credit: read the stream row (with its snapshot), then in one transaction bump the stream version and snapshot, take the global append lock and notify the relay (`pg_advisory_xact_lock`, `pg_notify`), insert the event (and its outbox row while the store has one: before the relay kept a checkpoint in `relay_checkpoint`), commit. It runs against its own copy of the schema (the event store's migrations) with the same accounts, random over all of them. Its version check takes the row lock instead of comparing with the version read first, since pgbench cannot retry a conflict.".to_owned(),
         format!(
             "**Service** figures are closed-loop clients, one keep-alive HTTP/1.1 connection each, posting `{{\"amount\": \"1.00\"}}` credits to random accounts; only 200 answers count. The outbox relay runs (it is part of the command service) and publishes every event into the projection's durable queue; the query service is stopped during these runs so that its CPU use does not count against the command service on this 2-core machine, and the relay's backlog is drained before the next measurement. At each client count B1, B1s and the service take turns ({} turns, the first side rotating by one each turn); each run warms up for {}, then measures for {} (pgbench: the transactions started in that window, from its log); the figures are medians over the turns.",
             results.repeats,

@@ -211,7 +211,7 @@ fn section(results: &Results, out: &mut Markdown) {
     if let Some(live) = figures.live {
         rows.push([
             format!(
-                "projection, live: the same {} events from its queue, drained in {}",
+                "projection, live: the same backlog from its queue, {} events timed (from the first one seen applied) in {}",
                 live.events,
                 duration(live.took)
             ),

@@ -47,7 +47,6 @@ pub(crate) const STAGES: [(&str, &str); 7] = [
 ];
 
 const PIPELINE: &str = "event_pipeline_seconds";
-const HTTP: &str = "http_request_duration_seconds";
 
 /// Both services' metrics at one moment.
 #[derive(Debug, Default)]
@@ -97,16 +96,7 @@ impl Scrapes {
 
     /// The credit route's server-side latency between `before` and `self`.
     fn server(&self, before: &Self) -> Option<Quantiles> {
-        let (before, after) = (before.command.as_ref()?, self.command.as_ref()?);
-        let route = after
-            .label_values(HTTP, "route")
-            .into_iter()
-            .find(|route| route.contains("credit"))?;
-        after.since(
-            before,
-            HTTP,
-            &[("method", "POST"), ("route", route.as_str())],
-        )
+        prom::credit_latency(before.command.as_ref()?, self.command.as_ref()?)
     }
 }
 

@@ -59,6 +59,18 @@ fn fixture() -> Results {
                     b1s: vec![sample(800.0, 1.1, 2.2), sample(850.0, 1.0, 2.0)],
                     service: vec![sample(600.0, 1.1, 6.0), noted],
                     service_cpu_us: vec![400.0, 420.0],
+                    service_server: vec![
+                        Quantiles {
+                            count: 900,
+                            p50_ms: 0.9,
+                            p99_ms: 3.0,
+                        },
+                        Quantiles {
+                            count: 1300,
+                            p50_ms: 0.8,
+                            p99_ms: 4.0,
+                        },
+                    ],
                 },
                 Pair {
                     clients: 16,
@@ -66,6 +78,7 @@ fn fixture() -> Results {
                     b1s: Vec::new(),
                     service: vec![sample(2100.0, 6.9, 17.7)],
                     service_cpu_us: vec![300.0],
+                    service_server: Vec::new(),
                 },
                 Pair {
                     clients: 64,
@@ -73,6 +86,7 @@ fn fixture() -> Results {
                     b1s: vec![sample(1200.0, 50.0, 90.0)],
                     service: Vec::new(),
                     service_cpu_us: Vec::new(),
+                    service_server: Vec::new(),
                 },
             ],
         },
