@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-packages=(-p command-service -p bench)
+packages=(-p command-service -p bench -p cqrs-peer)
 if [[ -f query-service/Cargo.toml ]]; then
     packages+=(-p query-service)
 fi

@@ -113,6 +113,15 @@ impl Ctx {
         format!("bench.{}.sink", self.run)
     }
 
+    /// Where the command service beside the cqrs-es peer publishes, and its queue.
+    pub(crate) fn cqrs_exchange(&self) -> String {
+        format!("bench.{}.cqrs", self.run)
+    }
+
+    pub(crate) fn cqrs_queue(&self) -> String {
+        format!("bench.{}.cqrs", self.run)
+    }
+
     pub(crate) fn raw_exchange(&self) -> String {
         format!("bench.{}.raw", self.run)
     }
@@ -258,6 +267,7 @@ impl Ctx {
                 self.queue(),
                 self.sink(),
                 self.raw_queue(),
+                self.cqrs_queue(),
                 format!("{exchange}.dlq"),
             ];
             let exchanges = [
@@ -265,6 +275,7 @@ impl Ctx {
                 format!("{exchange}.dlx"),
                 self.growth_exchange(),
                 self.raw_exchange(),
+                self.cqrs_exchange(),
             ];
             if let Some(broker) = &self.broker {
                 broker.delete(&queues, &exchanges).await;

@@ -10,6 +10,7 @@
 pub(crate) mod b1;
 pub(crate) mod b2;
 pub(crate) mod b3;
+pub(crate) mod cqrs;
 pub(crate) mod growth;
 pub(crate) mod lag;
 pub(crate) mod peer;
@@ -30,6 +31,8 @@ pub(crate) enum Phase {
     LiveProjectionVsB3,
     /// B1 (pgbench) against the command service at each client count.
     B1VsService,
+    /// The cqrs-es peer against a command service of its own.
+    CqrsPeer,
     /// `Authenticator::verify` on one core, against the command's CPU B1 measured.
     TokenCheck,
     /// B3 against `query-service rebuild`.
@@ -44,10 +47,11 @@ pub(crate) enum Phase {
 
 impl Phase {
     /// Every phase, in the order of the run.
-    pub(crate) const ALL: [Self; 8] = [
+    pub(crate) const ALL: [Self; 9] = [
         Self::RelayVsB2,
         Self::LiveProjectionVsB3,
         Self::B1VsService,
+        Self::CqrsPeer,
         Self::TokenCheck,
         Self::RebuildVsB3,
         Self::ProjectionLag,
@@ -61,6 +65,7 @@ impl Phase {
             Self::RelayVsB2 => "relay vs B2",
             Self::LiveProjectionVsB3 => "live projection vs B3",
             Self::B1VsService => "B1 vs service",
+            Self::CqrsPeer => "cqrs-es peer vs service",
             Self::TokenCheck => "token check",
             Self::RebuildVsB3 => "rebuild vs B3",
             Self::ProjectionLag => "projection lag",
@@ -81,7 +86,11 @@ impl Phase {
     fn optional(self) -> bool {
         !matches!(
             self,
-            Self::RelayVsB2 | Self::LiveProjectionVsB3 | Self::B1VsService | Self::TokenCheck
+            Self::RelayVsB2
+                | Self::LiveProjectionVsB3
+                | Self::B1VsService
+                | Self::CqrsPeer
+                | Self::TokenCheck
         )
     }
 
@@ -90,6 +99,7 @@ impl Phase {
             Self::RelayVsB2 => Box::pin(b2::relay_vs_b2(ctx, results)).await,
             Self::LiveProjectionVsB3 => Box::pin(b3::live_vs_b3(ctx, results)).await,
             Self::B1VsService => Box::pin(b1::b1_vs_service(ctx, results)).await,
+            Self::CqrsPeer => Box::pin(cqrs::cqrs_vs_service(ctx, results)).await,
             Self::TokenCheck => Box::pin(token_check::token_check(ctx, results)).await,
             Self::RebuildVsB3 => Box::pin(b3::rebuild_vs_b3(ctx, results)).await,
             Self::ProjectionLag => Box::pin(lag::projection_lag(ctx, results)).await,

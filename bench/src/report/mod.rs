@@ -12,7 +12,7 @@ mod tests;
 use std::time::Duration;
 
 use crate::machine::Machine;
-use crate::phases::{b1, b2, b3, growth, lag, peer, rss, token_check};
+use crate::phases::{b1, b2, b3, cqrs, growth, lag, peer, rss, token_check};
 pub(crate) use format::MISSING;
 pub(crate) use markdown::Markdown;
 
@@ -29,6 +29,7 @@ pub(crate) struct Results {
     pub(crate) warmup: Duration,
     pub(crate) measure: Duration,
     pub(crate) b1: b1::Figures,
+    pub(crate) cqrs: cqrs::Figures,
     pub(crate) tokens: token_check::Figures,
     pub(crate) b2: b2::Figures,
     pub(crate) b3: b3::Figures,
@@ -67,8 +68,9 @@ impl Part {
 }
 
 /// The phases' sections and method bullets, in the report's order.
-const SECTIONS: [&Part; 8] = [
+const SECTIONS: [&Part; 9] = [
     &b1::REPORT,
+    &cqrs::REPORT,
     &token_check::REPORT,
     &b2::REPORT,
     &b3::REPORT,
@@ -79,8 +81,9 @@ const SECTIONS: [&Part; 8] = [
 ];
 
 /// The phases' rows of the targets table, in order (the memory limits last).
-const TARGETS: [&Part; 8] = [
+const TARGETS: [&Part; 9] = [
     &b1::REPORT,
+    &cqrs::REPORT,
     &token_check::REPORT,
     &b2::REPORT,
     &b3::REPORT,

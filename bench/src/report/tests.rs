@@ -5,9 +5,10 @@ use std::time::Duration;
 use super::Results;
 use crate::machine::Machine;
 use crate::phases::b1::Pair;
+use crate::phases::cqrs::Run;
 use crate::phases::lag::Lag;
 use crate::phases::peer::PeerPair;
-use crate::phases::{b1, b2, b3, growth, lag, peer, rss, token_check};
+use crate::phases::{b1, b2, b3, cqrs, growth, lag, peer, rss, token_check};
 use crate::prom::Quantiles;
 use crate::stats::{Drain, Sample};
 
@@ -89,6 +90,34 @@ fn fixture() -> Results {
                     service_server: Vec::new(),
                 },
             ],
+        },
+        cqrs: cqrs::Figures {
+            versions: Some("cqrs-es 0.5.0 + postgres-es 0.5.0".to_owned()),
+            accounts: 2_000,
+            runs: vec![
+                Run {
+                    clients: 1,
+                    cqrs: vec![sample(1400.0, 0.69, 1.5), sample(1380.0, 0.7, 1.6)],
+                    service: vec![sample(630.0, 1.31, 4.3), sample(650.0, 1.3, 4.0)],
+                    cqrs_cpu_us: vec![350.0, 360.0],
+                    service_cpu_us: vec![420.0, 410.0],
+                },
+                Run {
+                    clients: 16,
+                    cqrs: vec![sample(3700.0, 4.2, 9.0)],
+                    service: vec![sample(5000.0, 3.1, 8.0)],
+                    cqrs_cpu_us: Vec::new(),
+                    service_cpu_us: vec![300.0],
+                },
+                Run {
+                    clients: 64,
+                    cqrs: Vec::new(),
+                    service: vec![sample(4900.0, 13.0, 30.0)],
+                    cqrs_cpu_us: Vec::new(),
+                    service_cpu_us: Vec::new(),
+                },
+            ],
+            peer_rss_kib: Some(20_480),
         },
         tokens: token_check::Figures {
             verify_us: vec![4.0, 5.0, 4.5],
