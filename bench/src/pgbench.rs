@@ -108,8 +108,10 @@ impl Target {
     }
 }
 
-/// Runs the script with `clients` clients for `warmup + measure` (whole seconds) and
-/// returns what the transactions started in the window after `warmup` did.
+/// Runs the script with `clients` clients for `warmup + measure` (whole seconds, plus one
+/// so that the window is whole even when connecting the clients took part of the run and
+/// the window's last transactions end after it) and returns what the transactions
+/// started in the window after `warmup` (from the first transaction) did.
 pub(crate) async fn run(
     target: &Target,
     script_path: &Path,
@@ -120,7 +122,7 @@ pub(crate) async fn run(
     label: &str,
 ) -> anyhow::Result<Sample> {
     let Timing { warmup, measure } = timing;
-    let seconds = (warmup + measure).as_secs().max(1);
+    let seconds = to_u64((warmup + measure).as_secs_f64().ceil()) + 1;
     let prefix = work_dir.join(label);
     let threads = clients.clamp(1, 2);
     let mut command = Command::new("pgbench");
