@@ -100,6 +100,27 @@ impl ReadStore {
         query.build_query_as().fetch_optional(&self.pool).await
     }
 
+    /// The account as each of its versions after `after` left it, oldest first, at
+    /// most `limit` (versions projected before `account_versions` existed are absent).
+    pub(crate) async fn account_versions_after(
+        &self,
+        id: Uuid,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<AccountRecord>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT a.id, v.status, a.currency, v.balance, v.version, a.created_at, \
+             v.occurred_at AS updated_at \
+             FROM accounts a JOIN account_versions v ON v.account_id = a.id \
+             WHERE a.id = ? AND v.version > ? ORDER BY v.version LIMIT ?",
+        )
+        .bind(id.hyphenated().to_string())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// Up to `limit` accounts with an id above `after`, in id order. Each combination
     /// of filters has an index that leads with its columns and ends with `id`.
     pub(crate) async fn accounts(

@@ -13,7 +13,9 @@ fn instant(event: &Value, offset_us: i64) -> String {
     let Some(at) = event["occurred_at"].as_str() else {
         panic!("no occurred_at in {event}");
     };
-    let at: DateTime<Utc> = at.parse().unwrap();
+    let at: DateTime<Utc> = at
+        .parse()
+        .unwrap_or_else(|error| panic!("occurred_at {at}: {error}"));
     (at + Duration::microseconds(offset_us)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 

@@ -11,3 +11,4 @@ mod reads;
 mod rebuild;
 mod shutdown;
 mod trust;
+mod updates;
