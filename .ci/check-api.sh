@@ -143,8 +143,12 @@ fuzz() {
     # once, and CPython 3.11 before 3.11.8 shares the AST builder's recursion counter
     # between threads (cpython#106905): "SystemError: AST constructor recursion depth
     # mismatch" in the coverage phase, now and then.
+    # GET /accounts/{id}/updates is an event stream that never ends by design, so no
+    # request to it finishes within the request timeout: the API tests
+    # (query-service/tests/api/updates.rs) cover it instead.
     "$VENV/bin/schemathesis" --config-file .ci/schemathesis.toml run "$url/openapi.json" \
         --url "$url" --checks all --max-examples "$MAX_EXAMPLES" --seed 1 \
+        --exclude-path-regex '/updates$' \
         --workers 1 --no-color --warnings off --request-timeout 15 \
         --generation-database none "${headers[@]}"
 }

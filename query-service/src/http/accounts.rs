@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
+use chrono::{DateTime, Utc};
 use service_kit::auth::{Caller, Scope};
 use service_kit::extract::{PathId, QueryParams};
 use shared_events::{AccountStatus, Currency};
@@ -18,7 +19,7 @@ use super::dto::{
 };
 use super::refusals::{AccountRefusals, BalanceSheetRefusals, ListRefusals, OperationsRefusals};
 use crate::error::ApiError;
-use crate::store::{AccountFilter, Reach};
+use crate::store::{AccountFilter, AccountRecord, Reach};
 
 const DEFAULT_WAIT_MS: u64 = 2000;
 const MAX_WAIT_MS: u64 = 10_000;
@@ -48,11 +49,12 @@ fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
 /// One account (`accounts:read`; the caller's own, any for `accounts:admin`; another's
 /// is a 404 like an unknown one). With `min_version`, waits (at most `wait_ms`) until
 /// the projection holds that version; the projection wakes the wait, nothing polls.
+/// With `as_of`, the account as it stood at that instant.
 #[utoipa::path(
     get, path = "/accounts/{id}", tag = "accounts",
     params(("id" = String, Path, format = Uuid, description = "The account id."), AccountQuery),
     responses(
-        (status = 200, description = "The account as projected (at least at `min_version`).", body = Account),
+        (status = 200, description = "The account as projected (at least at `min_version`), or as it stood at `as_of`.", body = Account),
         AccountRefusals,
     )
 )]
@@ -64,14 +66,69 @@ pub(super) async fn get_account(
 ) -> Result<Json<Account>, ApiError> {
     caller.require(Scope::AccountsRead)?;
     let reach = reach(&caller);
+    let as_of = query.as_of.as_deref().map(past_instant).transpose()?;
     // `min_version=0` waits for nothing: an unknown account is a 404 at once.
-    let Some(min_version) = query.min_version.filter(|&version| version > 0) else {
-        let account = state.store.account(id, reach).await?;
-        return account.ok_or(ApiError::NotFound(id))?.try_into().map(Json);
+    if let Some(min_version) = query.min_version.filter(|&version| version > 0) {
+        let wait = Duration::from_millis(query.wait_ms.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
+        let current = wait_for_version(&state, id, reach, min_version, wait).await?;
+        if as_of.is_none() {
+            return current.try_into().map(Json);
+        }
+    }
+    let account = match as_of {
+        Some(AsOf::Past(instant)) => state.store.account_as_of(id, reach, instant).await?,
+        Some(AsOf::BeforeAnyAccount) => None,
+        Some(AsOf::NotPast) | None => state.store.account(id, reach).await?,
     };
+    account.ok_or(ApiError::NotFound(id))?.try_into().map(Json)
+}
+
+/// Where an `as_of` instant falls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AsOf {
+    /// Before 1970: no account existed.
+    BeforeAnyAccount,
+    Past(DateTime<Utc>),
+    /// Now or later: the current state answers.
+    NotPast,
+}
+
+/// Parses `as_of`: an RFC 3339 instant with a zone. A `+` offset sent unencoded
+/// arrives as a space, which is read back as the `+` it was.
+fn past_instant(raw: &str) -> Result<AsOf, ApiError> {
+    let instant = DateTime::parse_from_rfc3339(raw)
+        .or_else(|error| match raw.rsplit_once(' ') {
+            Some((date_time, offset)) => {
+                DateTime::parse_from_rfc3339(&format!("{date_time}+{offset}"))
+            }
+            None => Err(error),
+        })
+        .map_err(|_| {
+            ApiError::Invalid(format!(
+                "as_of must be an RFC 3339 instant with a zone, e.g. 2026-11-30T12:00:00Z (got {raw:?})"
+            ))
+        })?
+        .with_timezone(&Utc);
+    Ok(if instant < DateTime::UNIX_EPOCH {
+        AsOf::BeforeAnyAccount
+    } else if instant < Utc::now() {
+        AsOf::Past(instant)
+    } else {
+        AsOf::NotPast
+    })
+}
+
+/// The account once the projection holds `min_version`, waiting at most `wait`;
+/// 504 `not_yet_projected` when it does not in time.
+async fn wait_for_version(
+    state: &AppState,
+    id: Uuid,
+    reach: Reach<'_>,
+    min_version: u64,
+    wait: Duration,
+) -> Result<AccountRecord, ApiError> {
     let wanted = i64::try_from(min_version)
         .map_err(|_| ApiError::Invalid("min_version is too large".to_owned()))?;
-    let wait = Duration::from_millis(query.wait_ms.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
     let deadline = Instant::now() + wait;
     let mut subscription = state.watch.subscribe(id);
     loop {
@@ -80,7 +137,7 @@ pub(super) async fn get_account(
         if projected >= wanted
             && let Some(account) = account
         {
-            return account.try_into().map(Json);
+            return Ok(account);
         }
         let gave_up = tokio::select! {
             () = subscription.changed() => false,
@@ -90,7 +147,7 @@ pub(super) async fn get_account(
         if gave_up {
             let account = state.store.account(id, reach).await?;
             return match account {
-                Some(account) if account.version >= wanted => account.try_into().map(Json),
+                Some(account) if account.version >= wanted => Ok(account),
                 other => Err(ApiError::NotYetProjected {
                     id,
                     min_version,

@@ -99,6 +99,13 @@ pub(super) struct AccountQuery {
     /// Longest wait for `min_version` in milliseconds (default 2000; longer waits are cut to 10000).
     #[param(minimum = 0, maximum = 18_446_744_073_709_551_615_u64)]
     pub wait_ms: Option<u64>,
+    /// The account as it stood at this instant (RFC 3339 with a zone, e.g.
+    /// `2026-11-30T12:00:00Z`; percent-encode a `+` offset as `%2B`): its last event at
+    /// or before the instant gives status, balance, version and `updated_at`. An instant
+    /// in the future answers the current state; one before the account existed is a 404.
+    /// With `min_version`, the wait comes first.
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub as_of: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -4,6 +4,7 @@ mod accounts;
 mod cursor;
 mod dto;
 mod refusals;
+mod updates;
 
 use axum::Router;
 use axum::routing::get;
@@ -34,6 +35,7 @@ pub(crate) struct AppState {
         accounts::list_accounts,
         accounts::get_account,
         accounts::list_operations,
+        updates::account_updates,
         accounts::balance_sheet,
     ),
     components(schemas(service_kit::Problem))
@@ -51,6 +53,7 @@ pub(crate) fn router(
         .route("/accounts", get(accounts::list_accounts))
         .route("/accounts/{id}", get(accounts::get_account))
         .route("/accounts/{id}/operations", get(accounts::list_operations))
+        .route("/accounts/{id}/updates", get(updates::account_updates))
         .route("/balance-sheet", get(accounts::balance_sheet))
         .layer(authenticator.layer())
         .with_state(state.clone());

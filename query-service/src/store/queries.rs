@@ -74,6 +74,53 @@ impl ReadStore {
         query.build_query_as().fetch_optional(&self.pool).await
     }
 
+    /// One account as it stood at `instant` (its last projected version at or before
+    /// it), if `reach` covers it and it existed then. One seek in the index
+    /// `account_versions_as_of`, however long the account's history.
+    pub(crate) async fn account_as_of(
+        &self,
+        id: Uuid,
+        reach: Reach<'_>,
+        instant: DateTime<Utc>,
+    ) -> Result<Option<AccountRecord>, sqlx::Error> {
+        let mut query = QueryBuilder::<MySql>::new(
+            "SELECT a.id, v.status, a.currency, v.balance, v.version, a.created_at, \
+             v.occurred_at AS updated_at \
+             FROM accounts a JOIN account_versions v ON v.account_id = a.id WHERE ",
+        );
+        if let Reach::OwnedBy(owner) = reach {
+            query.push("a.owner = ").push_bind(owner).push(" AND ");
+        }
+        query
+            .push("a.id = ")
+            .push_bind(id.hyphenated().to_string())
+            .push(" AND v.occurred_at <= ")
+            .push_bind(instant)
+            .push(" ORDER BY v.occurred_at DESC, v.version DESC LIMIT 1");
+        query.build_query_as().fetch_optional(&self.pool).await
+    }
+
+    /// The account as each of its versions after `after` left it, oldest first, at
+    /// most `limit` (versions projected before `account_versions` existed are absent).
+    pub(crate) async fn account_versions_after(
+        &self,
+        id: Uuid,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<AccountRecord>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT a.id, v.status, a.currency, v.balance, v.version, a.created_at, \
+             v.occurred_at AS updated_at \
+             FROM accounts a JOIN account_versions v ON v.account_id = a.id \
+             WHERE a.id = ? AND v.version > ? ORDER BY v.version LIMIT ?",
+        )
+        .bind(id.hyphenated().to_string())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// Up to `limit` accounts with an id above `after`, in id order. Each combination
     /// of filters has an index that leads with its columns and ends with `id`.
     pub(crate) async fn accounts(

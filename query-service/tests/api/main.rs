@@ -1,6 +1,7 @@
 //! The query service end to end, against the real MySQL/MariaDB, RabbitMQ, and a real
 //! command service on Postgres; every test on its own databases, exchange and queue.
 
+mod as_of;
 mod auth;
 mod batch;
 mod broker;
@@ -10,3 +11,4 @@ mod reads;
 mod rebuild;
 mod shutdown;
 mod trust;
+mod updates;
