@@ -125,28 +125,34 @@ impl Updates {
                 () = self.shutdown.cancelled() => return None,
                 () = self.subscription.changed() => {}
             }
-            let current = match self.store.account(self.id, Reach::All).await {
-                Ok(Some(current)) => current,
-                Ok(None) => continue,
-                Err(error) => {
-                    tracing::warn!(account_id = %self.id, error = %error, "cannot read an account update; waiting for the next one");
-                    continue;
-                }
-            };
-            if let Err(error) = self.catch_up(current).await {
-                tracing::warn!(account_id = %self.id, error = %error, "cannot read an account's versions; sending its latest state");
+            if let Err(error) = self.read_new_versions().await {
+                tracing::warn!(account_id = %self.id, error = %error, "cannot read an account update; waiting for the next one");
             }
         }
+    }
+
+    /// Queues the versions projected since the last one sent: one query while the
+    /// client is at most [`MAX_CATCH_UP`] versions behind, else the latest state only.
+    async fn read_new_versions(&mut self) -> Result<(), ApiError> {
+        let versions = self
+            .store
+            .account_versions_after(self.id, self.sent, MAX_CATCH_UP + 1)
+            .await?;
+        let contiguous = versions.first().map(|v| v.version) == Some(self.sent + 1);
+        if contiguous && versions.len() <= MAX_CATCH_UP as usize {
+            self.pending.extend(versions);
+            return Ok(());
+        }
+        if let Some(current) = self.store.account(self.id, Reach::All).await? {
+            self.pending.push_back(current);
+        }
+        Ok(())
     }
 
     /// Queues every version after the last one sent up to `current`, or only `current`
     /// when that is more than [`MAX_CATCH_UP`] versions or some are not recorded.
     async fn catch_up(&mut self, current: AccountRecord) -> Result<(), ApiError> {
-        if current.version <= self.sent {
-            return Ok(());
-        }
-        let behind = current.version - self.sent;
-        if behind > i64::from(MAX_CATCH_UP) {
+        if current.version - self.sent > i64::from(MAX_CATCH_UP) {
             self.pending.push_back(current);
             return Ok(());
         }
