@@ -67,7 +67,7 @@ pub(crate) async fn cqrs_vs_service(ctx: &mut Ctx, results: &mut Results) -> any
     peer::seed(&peer_target, accounts).await?;
     progress!("seeded in {:.1} s", seeding.elapsed().as_secs_f64());
     let peer_pool = pg::connect(&pg::database_url(&ctx.opts.postgres, &peer_database), 1).await?;
-    pg::analyze(&peer_pool).await?;
+    sqlx::raw_sql("ANALYZE").execute(&peer_pool).await?;
     peer_pool.close().await;
 
     progress!("starting a command service beside it, {accounts} accounts");
