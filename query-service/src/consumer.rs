@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use chrono::Utc;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
@@ -30,6 +31,7 @@ use uuid::Uuid;
 
 use crate::projection::Projector;
 use crate::projection::plan::{Candidate, Origin, Verdict};
+use crate::projection::stages::{self, Stage};
 use crate::settings::Settings;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -253,6 +255,7 @@ impl Consumer {
         shutdown: &CancellationToken,
     ) -> Result<(), lapin::Error> {
         let mut accounts: BTreeMap<Uuid, Vec<Received>> = BTreeMap::new();
+        let received_at = Utc::now();
         for delivery in batch {
             if let Some(reason) = untrusted(&delivery, &self.publisher) {
                 dead_letter(&delivery, "untrusted_publisher", &reason).await?;
@@ -274,6 +277,14 @@ impl Consumer {
                 }
             }
         }
+        stages::record(
+            Stage::Delivered,
+            received_at,
+            accounts
+                .values()
+                .flatten()
+                .map(|r| r.candidate.envelope.occurred_at),
+        );
         let groups: Vec<(Uuid, Vec<Candidate>)> = accounts
             .iter()
             .map(|(account, received)| {
