@@ -9,10 +9,14 @@
 //! queue dead-letters them to `{exchange}.dlx` (kept in `{exchange}.dlq`). Failures
 //! of the read model or of the command service are retried: the messages go back to
 //! the queue after a growing pause. A lost connection is re-established with backoff.
+//!
+//! Batches are pipelined: the next batch is projected while the previous one commits,
+//! unless the two share an account; batches are settled in delivery order.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use chrono::Utc;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
@@ -25,11 +29,13 @@ use service_kit::amqp::BrokerStatus;
 use service_kit::backoff::Backoff;
 use shared_events::EventEnvelope;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::projection::Projector;
 use crate::projection::plan::{Candidate, Origin, Verdict};
+use crate::projection::stages::{self, Stage};
+use crate::projection::{ProjectionError, Projector};
 use crate::settings::Settings;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -146,6 +152,26 @@ pub(crate) struct Consumer {
     status: BrokerStatus,
 }
 
+/// What the consumer waits for: a message, or the end of the batch in flight.
+enum Next {
+    Message(Box<Option<Result<Delivery, lapin::Error>>>),
+    Projected(Result<Vec<Result<Vec<Verdict>, ProjectionError>>, tokio::task::JoinError>),
+}
+
+/// A batch being projected, with its messages by account.
+struct InFlight {
+    accounts: BTreeMap<Uuid, Vec<Received>>,
+    projecting: AbortOnDropHandle<Vec<Result<Vec<Verdict>, ProjectionError>>>,
+}
+
+impl InFlight {
+    fn shares_an_account(&self, accounts: &BTreeMap<Uuid, Vec<Received>>) -> bool {
+        accounts
+            .keys()
+            .any(|account| self.accounts.contains_key(account))
+    }
+}
+
 /// A received message that decodes, waiting for its verdict.
 struct Received {
     delivery: Delivery,
@@ -219,10 +245,35 @@ impl Consumer {
         backoff.reset();
         tracing::info!(queue = %self.topology.queue, "projection consumer connected");
         let mut retry = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
+        // At most two batches in flight: the next one is projected while the previous
+        // one commits, unless they share an account (then it waits its turn, so each
+        // account's events stay in order). Batches are settled in delivery order.
+        let mut previous: Option<InFlight> = None;
         let outcome = loop {
-            let next = tokio::select! {
-                () = shutdown.cancelled() => break Ok(()),
-                next = consumer.next() => next,
+            let next = match previous.as_mut() {
+                Some(earlier) => tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break Ok(()),
+                    joined = &mut earlier.projecting => Next::Projected(joined),
+                    next = consumer.next() => Next::Message(Box::new(next)),
+                },
+                None => tokio::select! {
+                    () = shutdown.cancelled() => break Ok(()),
+                    next = consumer.next() => Next::Message(Box::new(next)),
+                },
+            };
+            let next = match next {
+                Next::Message(next) => *next,
+                Next::Projected(joined) => {
+                    if let Some(earlier) = previous.take()
+                        && let Err(error) = self
+                            .settle_joined(earlier.accounts, joined, &mut retry, shutdown)
+                            .await
+                    {
+                        break Err(error.into());
+                    }
+                    continue;
+                }
             };
             let mut batch = match next {
                 Some(Ok(delivery)) => vec![delivery],
@@ -235,9 +286,32 @@ impl Consumer {
                     _ => break,
                 }
             }
-            if let Err(error) = self.handle(batch, &mut retry, shutdown).await {
+            metrics::histogram!("projection_batch_size").record(batch.len() as f64);
+            let accounts = match self.sort(batch).await {
+                Ok(accounts) => accounts,
+                Err(error) => break Err(error.into()),
+            };
+            if accounts.is_empty() {
+                continue;
+            }
+            if let Some(earlier) = previous.take_if(|earlier| earlier.shares_an_account(&accounts))
+                && let Err(error) = self.settle(earlier, &mut retry, shutdown).await
+            {
                 break Err(error.into());
             }
+            let started = self.start(accounts);
+            if let Some(earlier) = previous.replace(started)
+                && let Err(error) = self.settle(earlier, &mut retry, shutdown).await
+            {
+                break Err(error.into());
+            }
+        };
+        let outcome = match previous {
+            Some(last) => match self.settle(last, &mut retry, shutdown).await {
+                Ok(()) => outcome,
+                Err(error) => Err(error.into()),
+            },
+            None => outcome,
         };
         // Unacknowledged prefetched messages go back to the queue with the channel.
         let _ = channel.close(200, "query service stopping".into()).await;
@@ -245,14 +319,14 @@ impl Consumer {
         outcome
     }
 
-    /// Projects a batch, each account's messages in one go, then settles every message.
-    async fn handle(
+    /// Sorts a batch's messages by account, dead-lettering those that are not from
+    /// the publisher or cannot be read.
+    async fn sort(
         &self,
         batch: Vec<Delivery>,
-        retry: &mut Backoff,
-        shutdown: &CancellationToken,
-    ) -> Result<(), lapin::Error> {
+    ) -> Result<BTreeMap<Uuid, Vec<Received>>, lapin::Error> {
         let mut accounts: BTreeMap<Uuid, Vec<Received>> = BTreeMap::new();
+        let received_at = Utc::now();
         for delivery in batch {
             if let Some(reason) = untrusted(&delivery, &self.publisher) {
                 dead_letter(&delivery, "untrusted_publisher", &reason).await?;
@@ -274,6 +348,19 @@ impl Consumer {
                 }
             }
         }
+        stages::record(
+            Stage::Delivered,
+            received_at,
+            accounts
+                .values()
+                .flatten()
+                .map(|r| r.candidate.envelope.occurred_at),
+        );
+        Ok(accounts)
+    }
+
+    /// Starts projecting the messages of a batch, each account's in one go.
+    fn start(&self, accounts: BTreeMap<Uuid, Vec<Received>>) -> InFlight {
         let groups: Vec<(Uuid, Vec<Candidate>)> = accounts
             .iter()
             .map(|(account, received)| {
@@ -281,7 +368,43 @@ impl Consumer {
                 (*account, candidates)
             })
             .collect();
-        let results = self.projector.project_deliveries(&groups, "broker").await;
+        let projector = self.projector.clone();
+        let projecting = AbortOnDropHandle::new(tokio::spawn(async move {
+            projector.project_deliveries(&groups, "broker").await
+        }));
+        InFlight {
+            accounts,
+            projecting,
+        }
+    }
+
+    /// Waits for a batch's projection, then settles every message of it.
+    async fn settle(
+        &self,
+        batch: InFlight,
+        retry: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> Result<(), lapin::Error> {
+        let joined = batch.projecting.await;
+        self.settle_joined(batch.accounts, joined, retry, shutdown)
+            .await
+    }
+
+    /// Settles every message of a batch whose projection ended.
+    async fn settle_joined(
+        &self,
+        accounts: BTreeMap<Uuid, Vec<Received>>,
+        joined: Result<Vec<Result<Vec<Verdict>, ProjectionError>>, tokio::task::JoinError>,
+        retry: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> Result<(), lapin::Error> {
+        let results = match joined {
+            Ok(results) => results,
+            Err(error) => accounts
+                .keys()
+                .map(|_| Err(ProjectionError::Stopped(error.to_string())))
+                .collect(),
+        };
         let mut settled = Vec::new();
         let mut later = Vec::new();
         let mut failure = None;
@@ -337,8 +460,9 @@ impl Consumer {
 }
 
 /// Acknowledges messages whose effect is committed. When no other message of the
-/// channel is left unsettled (`alone`: the batch's other messages are already
-/// rejected and earlier batches are settled), one `multiple` ack covers them all.
+/// batch is left unsettled (`alone`: the others are already rejected; earlier batches
+/// are settled, and a later one's messages have higher delivery tags), one
+/// `multiple` ack covers them all.
 async fn acknowledge(mut settled: Vec<Delivery>, alone: bool) -> Result<(), lapin::Error> {
     settled.sort_by_key(|delivery| delivery.delivery_tag);
     if alone && let Some(last) = settled.last() {

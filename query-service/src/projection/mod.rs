@@ -17,6 +17,7 @@
 
 mod backfill;
 pub(crate) mod plan;
+pub(crate) mod stages;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use self::plan::{AccountRow, Candidate, Decisions, Origin, Verdict, next_run, plan};
+use self::stages::Stage;
 use crate::source::{CommandClient, SourceError};
 use crate::store::{Applied, ReadStore, Tables};
 use crate::watch::ProjectionWatch;
@@ -47,6 +49,8 @@ pub enum ProjectionError {
     Source(#[from] SourceError),
     #[error("account {0} kept changing under concurrent writers")]
     Contention(Uuid),
+    #[error("the projection task stopped: {0}")]
+    Stopped(String),
 }
 
 /// Counts of what a batch of events did.
@@ -130,10 +134,17 @@ impl Projector {
                 }
             }
         }
-        let accounts: Vec<(Uuid, Vec<Candidate>)> = accounts
+        let mut accounts: Vec<(Uuid, Vec<Candidate>)> = accounts
             .into_iter()
             .map(|(account, candidates)| (account.as_uuid(), candidates))
             .collect();
+        if path == "feed" {
+            let skipped;
+            (accounts, skipped) = self.skip_recorded(accounts).await?;
+            metrics::counter!("projection_events_total", "path" => path, "outcome" => "duplicate")
+                .increment(skipped);
+            outcome.duplicates += skipped;
+        }
         let results = self.project_deliveries(&accounts, path).await;
         let mut failure = None;
         for ((_, candidates), verdicts) in accounts.iter().zip(results) {
@@ -175,6 +186,49 @@ impl Projector {
             Some(error) => Err(error),
             None => Ok(outcome),
         }
+    }
+
+    /// Leaves out the candidates the read model already records with their own event
+    /// id, and says how many: what the feed follower reads is mostly what the broker
+    /// delivered already, and one plain read spares locking those accounts (which
+    /// would hold up the consumer's transactions on them).
+    async fn skip_recorded(
+        &self,
+        accounts: Vec<(Uuid, Vec<Candidate>)>,
+    ) -> Result<(Vec<(Uuid, Vec<Candidate>)>, u64), sqlx::Error> {
+        if let Some(highest) = accounts
+            .iter()
+            .flat_map(|(_, candidates)| candidates.iter().map(|c| c.envelope.position))
+            .max()
+        {
+            self.highest_position.fetch_max(highest, Ordering::Relaxed);
+        }
+        let ranges: Vec<(Uuid, i64, i64)> = accounts
+            .iter()
+            .filter_map(|(account, candidates)| {
+                let lowest = candidates.iter().map(Candidate::version).min()?;
+                let highest = candidates.iter().map(Candidate::version).max()?;
+                Some((*account, lowest, highest))
+            })
+            .collect();
+        if ranges.is_empty() {
+            return Ok((accounts, 0));
+        }
+        let recorded = self.store.recorded_ids(self.tables, &ranges).await?;
+        let mut skipped = 0;
+        let fresh = accounts
+            .into_iter()
+            .filter_map(|(account, candidates)| {
+                let before = candidates.len();
+                let rest: Vec<Candidate> = candidates
+                    .into_iter()
+                    .filter(|c| recorded.get(&(account, c.version())) != Some(&c.envelope.event_id))
+                    .collect();
+                skipped += (before - rest.len()) as u64;
+                (!rest.is_empty()).then_some((account, rest))
+            })
+            .collect();
+        Ok((fresh, skipped))
     }
 
     /// The broker consumer's entry: projects the candidates of many accounts (each
@@ -258,15 +312,38 @@ impl Projector {
         let mut runs = Vec::new();
         let (mut opened, mut moved, mut operations) = (Vec::new(), Vec::new(), Vec::new());
         let mut versions = Vec::new();
-        for (index, (account, candidates)) in accounts.iter().enumerate() {
+        let mut decisions: Vec<Decisions<'_>> = accounts
+            .iter()
+            .map(|(_, candidates)| Decisions::new(candidates))
+            .collect();
+        // Versions at or below the projected one whose event ids must be looked up:
+        // one statement for the whole batch (redeliveries come in bursts).
+        let unknown: Vec<(usize, (Uuid, i64, i64))> = accounts
+            .iter()
+            .zip(&decisions)
+            .enumerate()
+            .filter_map(|(index, ((account, _), decided))| {
+                let projected = rows.get(account).map_or(0, |row| row.version);
+                let unknown = decided.unknown_up_to(projected);
+                Some((index, (*account, *unknown.first()?, *unknown.last()?)))
+            })
+            .collect();
+        if !unknown.is_empty() {
+            let ranges: Vec<_> = unknown.iter().map(|(_, range)| *range).collect();
+            let recorded = batch.recorded_ids(&ranges).await?;
+            for (index, (account, lowest, highest)) in unknown {
+                decisions[index]
+                    .learn((lowest..=highest).filter_map(|version| {
+                        Some((version, *recorded.get(&(account, version))?))
+                    }));
+            }
+        }
+        for ((index, (account, candidates)), mut decided) in
+            accounts.iter().enumerate().zip(decisions)
+        {
             let row = rows.get(account);
             let head = row.map(AccountRow::head);
             let projected = head.as_ref().map_or(0, |h| h.version);
-            let mut decided = Decisions::new(candidates);
-            let unknown = decided.unknown_up_to(projected);
-            if !unknown.is_empty() {
-                decided.learn(batch.projected_ids(*account, &unknown).await?);
-            }
             decided.settle_up_to(projected);
             let pending = decided.pending();
             let Some(&highest) = pending.last() else {
@@ -298,7 +375,16 @@ impl Projector {
         if !runs.is_empty() {
             batch.write(&opened, &moved, &operations, &versions).await?;
         }
+        let written = Utc::now();
         batch.commit().await?;
+        if path != "rebuild" {
+            let occurred = || {
+                runs.iter()
+                    .flat_map(|(_, _, run, _)| run.iter().map(|c| c.envelope.occurred_at))
+            };
+            stages::record(Stage::Applied, written, occurred());
+            stages::record(Stage::Projected, Utc::now(), occurred());
+        }
         let mut done = Vec::with_capacity(settled.len() + runs.len());
         for (index, verdicts, projected) in settled {
             self.watch.publish(accounts[index].0, projected);
@@ -378,10 +464,16 @@ impl Projector {
             let (mutation, invalid) = plan(account, head.as_ref(), &run);
             if let Some(mutation) = mutation {
                 match self.store.apply(self.tables, &mutation).await? {
-                    Applied::Committed => {
+                    Applied::Committed { written } => {
                         let count = usize::try_from(mutation.to_version - mutation.from_version)
                             .unwrap_or(run.len());
-                        self.committed(&run[..count.min(run.len())], &mut decided, path);
+                        let run = &run[..count.min(run.len())];
+                        if path != "rebuild" {
+                            let occurred = || run.iter().map(|c| c.envelope.occurred_at);
+                            stages::record(Stage::Applied, written, occurred());
+                            stages::record(Stage::Projected, Utc::now(), occurred());
+                        }
+                        self.committed(run, &mut decided, path);
                         self.watch.publish(account, mutation.to_version);
                     }
                     Applied::Conflict => continue,
@@ -426,7 +518,6 @@ impl Projector {
                 .to_std()
                 .unwrap_or_default()
                 .as_secs_f64();
-            metrics::gauge!("projection_lag_seconds").set(delay);
             metrics::histogram!("projection_delay_seconds", "path" => path).record(delay);
             tracing::debug!(version = last.envelope.version, "projected");
         }

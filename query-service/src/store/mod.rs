@@ -34,6 +34,7 @@ pub struct Tables {
     insert_operations: &'static str,
     insert_versions: &'static str,
     projected_ids: &'static str,
+    recorded_versions: &'static str,
     lock_accounts: &'static str,
     insert_accounts: &'static str,
     read_checkpoint: &'static str,
@@ -73,6 +74,11 @@ macro_rules! tables {
                 "SELECT version, event_id FROM ",
                 $versions,
                 " WHERE account_id = "
+            ),
+            recorded_versions: concat!(
+                "SELECT account_id, version, event_id FROM ",
+                $versions,
+                " WHERE "
             ),
             lock_accounts: concat!(
                 "SELECT id, owner, status, currency, balance, version, created_at, updated_at FROM ",

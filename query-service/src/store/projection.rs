@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use shared_events::AccountStatus;
 use sqlx::{Executor, MySql, QueryBuilder, Row};
 use uuid::Uuid;
@@ -15,8 +16,9 @@ use crate::projection::plan::{AccountRow, Head, Mutation, OperationRow, VersionR
 /// What became of a guarded write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Applied {
-    /// Committed: the account is now at `to_version`.
-    Committed,
+    /// Committed: the account is now at `to_version`; its rows were `written` then,
+    /// before the commit.
+    Committed { written: DateTime<Utc> },
     /// Someone else moved the account first (or the write deadlocked); read again.
     Conflict,
     /// An event id is already recorded for another operation: impossible data.
@@ -83,13 +85,17 @@ impl Batch {
         Ok(rows)
     }
 
-    /// The event ids held at `versions` of `account`, read in the batch's transaction.
-    pub(crate) async fn projected_ids(
+    /// The event ids recorded for the accounts of `ranges` between their lowest and
+    /// highest version, read in the batch's transaction.
+    pub(crate) async fn recorded_ids(
         &mut self,
-        account: Uuid,
-        versions: &[i64],
-    ) -> Result<Vec<(i64, Uuid)>, sqlx::Error> {
-        projected_ids(&mut *self.tx, self.tables, account, versions).await
+        ranges: &[(Uuid, i64, i64)],
+    ) -> Result<HashMap<(Uuid, i64), Uuid>, sqlx::Error> {
+        let mut recorded = HashMap::new();
+        for chunk in ranges.chunks(ROWS_PER_STATEMENT) {
+            recorded.extend(recorded_ids(&mut *self.tx, self.tables, chunk).await?);
+        }
+        Ok(recorded)
     }
 
     /// Inserts the `opened` accounts (a plain insert: an account someone else opened
@@ -213,7 +219,67 @@ async fn projected_ids<'e>(
         .collect()
 }
 
+/// The event ids recorded for the accounts of `ranges` (at most
+/// [`ROWS_PER_STATEMENT`]) between their lowest and highest version, in one statement.
+async fn recorded_ids<'e>(
+    executor: impl Executor<'e, Database = MySql>,
+    tables: &Tables,
+    ranges: &[(Uuid, i64, i64)],
+) -> Result<Vec<((Uuid, i64), Uuid)>, sqlx::Error> {
+    if ranges.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut select = QueryBuilder::<MySql>::new(tables.recorded_versions);
+    for (index, (account, lowest, highest)) in ranges.iter().enumerate() {
+        if index > 0 {
+            select.push(" OR ");
+        }
+        select
+            .push("(account_id = ")
+            .push_bind(account.hyphenated().to_string())
+            .push(" AND version BETWEEN ")
+            .push_bind(*lowest)
+            .push(" AND ")
+            .push_bind(*highest)
+            .push(")");
+    }
+    let uuid = |row: &sqlx::mysql::MySqlRow, column: &str| -> Result<Uuid, sqlx::Error> {
+        let text: String = row.try_get(column)?;
+        Uuid::parse_str(&text).map_err(|error| sqlx::Error::ColumnDecode {
+            index: column.to_owned(),
+            source: Box::new(error),
+        })
+    };
+    select
+        .build()
+        .fetch_all(executor)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok((
+                (uuid(row, "account_id")?, row.try_get("version")?),
+                uuid(row, "event_id")?,
+            ))
+        })
+        .collect()
+}
+
 impl ReadStore {
+    /// The event ids recorded for the accounts of `ranges` between their lowest and
+    /// highest version (inclusive), read without locking: committed records only,
+    /// which never change.
+    pub(crate) async fn recorded_ids(
+        &self,
+        tables: &Tables,
+        ranges: &[(Uuid, i64, i64)],
+    ) -> Result<HashMap<(Uuid, i64), Uuid>, sqlx::Error> {
+        let mut recorded = HashMap::new();
+        for chunk in ranges.chunks(ROWS_PER_STATEMENT) {
+            recorded.extend(recorded_ids(&self.pool, tables, chunk).await?);
+        }
+        Ok(recorded)
+    }
+
     /// The event ids recorded at `versions` of `account`.
     pub(crate) async fn projected_ids(
         &self,
@@ -318,8 +384,9 @@ impl ReadStore {
                 Err(error) => return Err(error),
             }
         }
+        let written = Utc::now();
         match tx.commit().await {
-            Ok(()) => Ok(Applied::Committed),
+            Ok(()) => Ok(Applied::Committed { written }),
             Err(error) if is_retryable(&error) => Ok(Applied::Conflict),
             Err(error) => Err(error),
         }

@@ -239,3 +239,43 @@ async fn the_feed_follower_catches_events_the_broker_never_delivered() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_feed_follower_passes_over_what_the_broker_delivered_without_applying_it_again() {
+    let app = spawn_app_with(Options {
+        follow_feed: true,
+        feed_poll_ms: 1500,
+        ..Options::default()
+    })
+    .await;
+    let id = app.active_account("3.00", "USD").await;
+    app.command(&id, "credit", json!({"amount": "1.00"})).await;
+    let version = app.command(&id, "credit", json!({"amount": "1.00"})).await;
+    assert_eq!(app.account_at(&id, version).await["balance"], "5.00");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let mut mysql = app.mysql().await;
+            let position: i64 = sqlx::query_scalar(
+                "SELECT position FROM projection_checkpoint WHERE name = 'feed'",
+            )
+            .fetch_one(&mut mysql)
+            .await
+            .unwrap();
+            position >= 4
+        })
+        .await,
+        "the follower read the whole feed"
+    );
+    let mut mysql = app.mysql().await;
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM account_versions WHERE account_id = ?")
+            .bind(&id)
+            .fetch_one(&mut mysql)
+            .await
+            .unwrap();
+    assert_eq!(recorded, 4);
+    let operations = app.query_get(&format!("/accounts/{id}/operations")).await;
+    assert_eq!(operations.body["operations"].as_array().unwrap().len(), 2);
+    assert_eq!(app.account_at(&id, version).await["balance"], "5.00");
+    app.stop().await;
+}

@@ -334,7 +334,11 @@ async fn operational_endpoints_answer() {
     app.account_at(&id, 1).await;
     for name in [
         "projection_events_total",
-        "projection_lag_seconds",
+        "projection_lag_seconds_bucket",
+        r#"event_pipeline_seconds_bucket{stage="delivered""#,
+        r#"event_pipeline_seconds_bucket{stage="applied""#,
+        r#"event_pipeline_seconds_bucket{stage="projected""#,
+        "http_request_duration_seconds_bucket",
         "http_requests_total",
     ] {
         // Counters are bumped right after the commit that woke the read.
