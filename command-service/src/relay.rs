@@ -1,6 +1,7 @@
-//! The outbox relay: publishes committed events to RabbitMQ with publisher confirms,
-//! in position order (so in version order per account), and only then removes them
-//! from the outbox. One relay leads across all replicas; the others stand by.
+//! The relay: publishes committed events to RabbitMQ with publisher confirms, in
+//! position order (so in version order per account), reading the events after the
+//! relay checkpoint and moving it once a window is confirmed (the events table is the
+//! outbox). One relay leads across all replicas; the others stand by.
 
 use std::time::Duration;
 
@@ -85,10 +86,12 @@ impl Relay {
         let mut listener = self.store.listen_appends().await?;
         let mut publisher: Option<Publisher> = None;
         let mut backoff = RECONNECT_BACKOFF;
+        let mut checkpoint = leader.checkpoint().await?;
         while !shutdown.is_cancelled() {
-            let batch = leader.pending(self.batch_size).await?;
+            let batch = leader.read_after(checkpoint, self.batch_size).await?;
             metrics::gauge!("outbox_pending_batch").set(batch.len() as f64);
-            if batch.is_empty() {
+            self.record_backlog(&mut leader, checkpoint, &batch).await?;
+            let Some(last) = batch.last().map(|e| e.position) else {
                 publisher = self.keep_connected(publisher).await;
                 tokio::select! {
                     () = shutdown.cancelled() => break,
@@ -96,7 +99,7 @@ impl Relay {
                     () = tokio::time::sleep(IDLE_POLL) => {}
                 }
                 continue;
-            }
+            };
             let outcome = match publisher.take().filter(Publisher::is_connected) {
                 Some(connected) => Ok(connected),
                 None => self.connect().await,
@@ -111,9 +114,9 @@ impl Relay {
             };
             match outcome {
                 Ok(()) => {
-                    let positions: Vec<i64> = batch.iter().map(|e| e.position).collect();
-                    leader.acknowledge(&positions).await?;
-                    metrics::counter!("outbox_published_total").increment(positions.len() as u64);
+                    leader.confirm(last).await?;
+                    checkpoint = last;
+                    metrics::counter!("outbox_published_total").increment(batch.len() as u64);
                     self.status.set_up();
                     backoff.reset();
                 }
@@ -133,6 +136,30 @@ impl Relay {
             publisher.close().await;
         }
         leader.resign().await
+    }
+
+    /// Sets `relay_backlog_events` (head position less the checkpoint) and
+    /// `relay_backlog_seconds` (age of the oldest unconfirmed event, 0 when none) from
+    /// the events just read after `checkpoint`: only a full window needs the head.
+    async fn record_backlog(
+        &self,
+        leader: &mut OutboxLeader,
+        checkpoint: i64,
+        read: &[RecordedEvent],
+    ) -> Result<(), StoreError> {
+        let head = match read.last() {
+            Some(_) if i64::try_from(read.len()).unwrap_or(i64::MAX) >= self.batch_size => {
+                leader.head().await?
+            }
+            Some(last) => last.position,
+            None => checkpoint,
+        };
+        metrics::gauge!("relay_backlog_events").set((head - checkpoint).max(0) as f64);
+        let age = read
+            .first()
+            .map_or(0.0, |oldest| seconds_since(oldest.occurred_at));
+        metrics::gauge!("relay_backlog_seconds").set(age);
+        Ok(())
     }
 
     /// While idle, keeps the broker connection open (or retries it) so that
@@ -173,6 +200,13 @@ impl Relay {
             user_id: self.publisher_user.clone(),
         })
     }
+}
+
+/// Seconds from `since` until now (0 for a time in the future).
+pub(crate) fn seconds_since(since: chrono::DateTime<chrono::Utc>) -> f64 {
+    (chrono::Utc::now() - since)
+        .to_std()
+        .map_or(0.0, |elapsed| elapsed.as_secs_f64())
 }
 
 /// A W3C `traceparent` for the request that caused the event: its request id (a
