@@ -13,6 +13,8 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 
 /// Channel the store notifies on every append; the relay listens on it.
 const APPEND_CHANNEL: &str = "bank_outbox";
+/// The store's append lock (transaction advisory lock), held until commit by every append.
+const APPEND_LOCK: i64 = 7_305_954_634_617_839_617;
 
 /// The id of seeded account `n`: `00000000-0000-4000-8000-<n as 12 hex digits>`.
 pub(crate) fn account_id(n: u64) -> String {
@@ -90,8 +92,9 @@ pub(crate) struct Seeded {
 }
 
 /// Seeds accounts `first..first+count`, each with `events` events (at least 2), in one
-/// transaction. With `outbox`, every event is also queued for the relay and the relay
-/// is woken at commit.
+/// transaction, under the store's append lock (so that positions become visible in
+/// order). With `outbox`, the events are for the relay (the events table is the
+/// outbox), which is woken at commit; without, the relay checkpoint moves past them.
 pub(crate) async fn seed_accounts(
     pool: &PgPool,
     first: u64,
@@ -122,14 +125,7 @@ pub(crate) async fn seed_accounts(
           ORDER BY a.n, v.v"
     );
     let columns = "events (event_id, stream_id, version, event_type, schema_version, data, metadata, occurred_at)";
-    let insert_events = if outbox {
-        format!(
-            "WITH inserted AS (INSERT INTO {columns} {select} RETURNING position)
-             INSERT INTO outbox (position) SELECT position FROM inserted"
-        )
-    } else {
-        format!("INSERT INTO {columns} {select}")
-    };
+    let insert_events = format!("INSERT INTO {columns} {select}");
     let stream_id = sql_account_id("n");
     let insert_streams = format!(
         "INSERT INTO streams (stream_id, version, snapshot_version, snapshot_schema, snapshot)
@@ -142,6 +138,10 @@ pub(crate) async fn seed_accounts(
     );
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(APPEND_LOCK)
         .execute(&mut *tx)
         .await?;
     let inserted = sqlx::query(AssertSqlSafe(insert_events))
@@ -164,6 +164,13 @@ pub(crate) async fn seed_accounts(
             .bind(APPEND_CHANNEL)
             .execute(&mut *tx)
             .await?;
+    } else {
+        sqlx::query(
+            "UPDATE relay_checkpoint SET position = (SELECT max(position) FROM events), updated_at = now()",
+        )
+        .execute(&mut *tx)
+        .await
+        .context("moving the relay checkpoint past the seeded events")?;
     }
     tx.commit().await?;
     Ok(Seeded {
@@ -210,10 +217,14 @@ pub(crate) async fn analyze(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Events committed but not yet confirmed by the relay: the head position less the
+/// relay checkpoint (the events table is the outbox).
 pub(crate) async fn outbox_backlog(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(pool)
-        .await?)
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce((SELECT max(position) FROM events), 0) - (SELECT position FROM relay_checkpoint)",
+    )
+    .fetch_one(pool)
+    .await?)
 }
 
 pub(crate) async fn event_count(pool: &PgPool) -> anyhow::Result<i64> {
@@ -289,7 +300,7 @@ pub(crate) async fn balance_total(pool: &PgPool) -> anyhow::Result<(i64, String)
     Ok((count, total.unwrap_or_else(|| "0".to_owned())))
 }
 
-/// Waits until the outbox is empty; the time it took from `since`.
+/// Waits until the relay confirmed every committed event; the time it took from `since`.
 pub(crate) async fn wait_outbox_empty(
     pool: &PgPool,
     since: Instant,

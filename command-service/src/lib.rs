@@ -1,12 +1,13 @@
 //! The write side: REST commands on event-sourced accounts, stored in the Postgres
-//! event store and relayed to RabbitMQ through the transactional outbox.
+//! event store and relayed to RabbitMQ from it (the events table is the outbox).
 //!
 //! ```text
 //! HTTP ─▶ http::commands ─▶ application::CommandHandler ─▶ writer task (per account)
 //!            │ (statuses,          │ typed outcome          │ rehydrate ─▶ domain::decide
-//!            │  bodies: reply)     ◀────────────────────────┘ append_batch (events, outbox,
+//!            │  bodies: reply)     ◀────────────────────────┘ append_batch (events,
 //!            ▼                                                  snapshot, idempotent reply)
-//!       http::feeds ◀── event store (Postgres) ──outbox──▶ relay ──confirms──▶ RabbitMQ
+//!       http::feeds ◀── event store (Postgres) ──events after──▶ relay ──confirms──▶ RabbitMQ
+//!                                              the checkpoint
 //! ```
 //!
 //! - `startup`: builds the [`Application`] from [`Settings`] and runs it until shutdown.
@@ -15,7 +16,8 @@
 //! - `application`: the writer tasks (group commit, the one conflict retry loop),
 //!   rehydration from snapshots, idempotency keys; returns typed outcomes.
 //! - `domain`: the account aggregate, pure `decide` and `evolve`.
-//! - `relay`: publishes the outbox with publisher confirms; one leader across replicas.
+//! - `relay`: publishes the events after its checkpoint with publisher confirms, a
+//!   few windows in flight; one leader across replicas.
 
 mod application;
 mod domain;

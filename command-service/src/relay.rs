@@ -1,13 +1,19 @@
-//! The outbox relay: publishes committed events to RabbitMQ with publisher confirms,
-//! in position order (so in version order per account), and only then removes them
-//! from the outbox. One relay leads across all replicas; the others stand by.
+//! The relay: publishes committed events to RabbitMQ with publisher confirms, in
+//! position order (so in version order per account), reading the events after the
+//! relay checkpoint and moving it once a window is confirmed (the events table is the
+//! outbox). Up to three windows are published ahead of their confirms;
+//! the checkpoint moves in order, only past fully confirmed windows, and a refusal or
+//! a broker failure restarts from it (at least once). One relay leads across all
+//! replicas; the others stand by.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use event_store::{EventStore, OutboxLeader, RecordedEvent, StoreError};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
 use service_kit::amqp::BrokerStatus;
 use service_kit::backoff::Backoff;
 use shared_events::EventType;
@@ -22,6 +28,11 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 /// The pause before publishing again after the broker failed.
 const RECONNECT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Windows published and not yet confirmed at once: the next is read and published
+/// while the broker confirms the previous ones.
+const WINDOWS_IN_FLIGHT: usize = 3;
+/// Seconds from an event's `occurred_at` to each stage it reaches (histogram).
+pub(crate) const PIPELINE: &str = "event_pipeline_seconds";
 
 #[derive(Debug, thiserror::Error)]
 enum PublishError {
@@ -31,6 +42,8 @@ enum PublishError {
     Nacked(i64),
     #[error("event at position {0} cannot be encoded: {1}")]
     Encode(i64, serde_json::Error),
+    #[error("a published window held no event")]
+    EmptyWindow,
 }
 
 /// Publishes the outbox to the events exchange.
@@ -85,47 +98,80 @@ impl Relay {
         let mut listener = self.store.listen_appends().await?;
         let mut publisher: Option<Publisher> = None;
         let mut backoff = RECONNECT_BACKOFF;
+        let mut confirmed = leader.checkpoint().await?;
+        let mut read_to = confirmed;
+        let mut in_flight: VecDeque<Window> = VecDeque::with_capacity(WINDOWS_IN_FLIGHT);
+        // Whether the last read found fewer events than a window: then the oldest
+        // window is settled (or a wake-up awaited) before reading again, so that events
+        // committed meanwhile are read together.
+        let mut caught_up = false;
         while !shutdown.is_cancelled() {
-            let batch = leader.pending(self.batch_size).await?;
-            metrics::gauge!("outbox_pending_batch").set(batch.len() as f64);
-            if batch.is_empty() {
+            let outcome = if !caught_up && in_flight.len() < WINDOWS_IN_FLIGHT {
+                let batch = leader.read_after(read_to, self.batch_size).await?;
+                record_stage("relay_read", &batch);
+                let oldest = in_flight
+                    .front()
+                    .map(|window| window.oldest)
+                    .or_else(|| batch.first().map(|event| event.occurred_at));
+                self.record_backlog(&mut leader, (confirmed, read_to), oldest, &batch)
+                    .await?;
+                caught_up = i64::try_from(batch.len()).unwrap_or(i64::MAX) < self.batch_size;
+                let Some(last) = batch.last().map(|event| event.position) else {
+                    continue;
+                };
+                let connected = match publisher.take().filter(Publisher::is_connected) {
+                    Some(connected) => Ok(connected),
+                    None => self.connect().await,
+                };
+                match connected {
+                    Ok(connected) => {
+                        let published = connected.publish(&self.exchange, &batch).await;
+                        publisher = Some(connected);
+                        published.map(|window| {
+                            read_to = last;
+                            in_flight.push_back(window);
+                        })
+                    }
+                    Err(error) => Err(error),
+                }
+            } else if let Some(window) = in_flight.pop_front() {
+                caught_up = false;
+                match window.settle().await {
+                    Ok((last, count)) => {
+                        leader.confirm(last).await?;
+                        confirmed = last;
+                        metrics::counter!("outbox_published_total").increment(count);
+                        self.status.set_up();
+                        backoff.reset();
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                }
+            } else {
+                metrics::gauge!("relay_backlog_seconds").set(0.0);
                 publisher = self.keep_connected(publisher).await;
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    _ = listener.recv() => {}
+                    _ = listener.recv() => {
+                        // One read serves every append committed so far.
+                        while listener.next_buffered().is_some() {}
+                    }
                     () = tokio::time::sleep(IDLE_POLL) => {}
                 }
+                caught_up = false;
                 continue;
-            }
-            let outcome = match publisher.take().filter(Publisher::is_connected) {
-                Some(connected) => Ok(connected),
-                None => self.connect().await,
             };
-            let outcome = match outcome {
-                Ok(connected) => {
-                    let published = connected.publish(&self.exchange, &batch).await;
-                    publisher = Some(connected);
-                    published
+            if let Err(error) = outcome {
+                self.status.set_down();
+                tracing::warn!(error = %error, retry_within = ?backoff.current(), "publishing failed; the relay resumes from its checkpoint");
+                in_flight.clear();
+                read_to = confirmed;
+                caught_up = false;
+                if let Some(failed) = publisher.take() {
+                    failed.close().await;
                 }
-                Err(error) => Err(error),
-            };
-            match outcome {
-                Ok(()) => {
-                    let positions: Vec<i64> = batch.iter().map(|e| e.position).collect();
-                    leader.acknowledge(&positions).await?;
-                    metrics::counter!("outbox_published_total").increment(positions.len() as u64);
-                    self.status.set_up();
-                    backoff.reset();
-                }
-                Err(error) => {
-                    self.status.set_down();
-                    tracing::warn!(error = %error, retry_within = ?backoff.current(), "publishing failed; events stay in the outbox");
-                    if let Some(failed) = publisher.take() {
-                        failed.close().await;
-                    }
-                    if !backoff.wait(shutdown).await {
-                        break;
-                    }
+                if !backoff.wait(shutdown).await {
+                    break;
                 }
             }
         }
@@ -133,6 +179,28 @@ impl Relay {
             publisher.close().await;
         }
         leader.resign().await
+    }
+
+    /// Sets `relay_backlog_events` (head position less the checkpoint) and
+    /// `relay_backlog_seconds` (age of the oldest unconfirmed event) after a read of
+    /// the events after `read_to`: only a full window needs the head.
+    async fn record_backlog(
+        &self,
+        leader: &mut OutboxLeader,
+        (checkpoint, read_to): (i64, i64),
+        oldest: Option<DateTime<Utc>>,
+        read: &[RecordedEvent],
+    ) -> Result<(), StoreError> {
+        let head = match read.last() {
+            Some(_) if i64::try_from(read.len()).unwrap_or(i64::MAX) >= self.batch_size => {
+                leader.head().await?
+            }
+            Some(last) => last.position,
+            None => read_to,
+        };
+        metrics::gauge!("relay_backlog_events").set((head - checkpoint).max(0) as f64);
+        metrics::gauge!("relay_backlog_seconds").set(oldest.map_or(0.0, seconds_since));
+        Ok(())
     }
 
     /// While idle, keeps the broker connection open (or retries it) so that
@@ -175,6 +243,13 @@ impl Relay {
     }
 }
 
+/// Seconds from `since` until now (0 for a time in the future).
+pub(crate) fn seconds_since(since: DateTime<Utc>) -> f64 {
+    (Utc::now() - since)
+        .to_std()
+        .map_or(0.0, |elapsed| elapsed.as_secs_f64())
+}
+
 /// A W3C `traceparent` for the request that caused the event: its request id (a
 /// UUID) is the trace id, the event id names the span.
 fn traceparent(correlation_id: &str, event_id: uuid::Uuid) -> Option<String> {
@@ -186,13 +261,53 @@ fn traceparent(correlation_id: &str, event_id: uuid::Uuid) -> Option<String> {
     Some(format!("00-{trace_id}-{span_id}-01"))
 }
 
+/// A published window of events whose confirms are still to come.
+struct Window {
+    /// When the oldest event of the window occurred.
+    oldest: DateTime<Utc>,
+    confirms: Vec<(i64, DateTime<Utc>, PublisherConfirm)>,
+}
+
+impl Window {
+    /// Waits for the broker to confirm every event of the window; the position of the
+    /// last one and how many there were, or the first refusal.
+    async fn settle(self) -> Result<(i64, u64), PublishError> {
+        let confirmed = metrics::histogram!(PIPELINE, "stage" => "confirmed");
+        let mut last = None;
+        let count = self.confirms.len() as u64;
+        for (position, occurred_at, confirm) in self.confirms {
+            if !confirm.await?.is_ack() {
+                return Err(PublishError::Nacked(position));
+            }
+            confirmed.record(seconds_since(occurred_at));
+            last = Some(position);
+        }
+        last.map(|last| (last, count))
+            .ok_or(PublishError::EmptyWindow)
+    }
+}
+
+/// Records in `event_pipeline_seconds` that `events` reached `stage`.
+fn record_stage(stage: &'static str, events: &[RecordedEvent]) {
+    let histogram = metrics::histogram!(PIPELINE, "stage" => stage);
+    for event in events {
+        histogram.record(seconds_since(event.occurred_at));
+    }
+}
+
 impl Publisher {
     fn is_connected(&self) -> bool {
         self.connection.status().connected() && self.channel.status().connected()
     }
 
-    /// Publishes a window of events, then waits for the broker to confirm every one.
-    async fn publish(&self, exchange: &str, events: &[RecordedEvent]) -> Result<(), PublishError> {
+    /// Publishes a window of events; the broker's confirms are awaited by
+    /// [`Window::settle`].
+    async fn publish(
+        &self,
+        exchange: &str,
+        events: &[RecordedEvent],
+    ) -> Result<Window, PublishError> {
+        let published = metrics::histogram!(PIPELINE, "stage" => "published");
         let mut confirms = Vec::with_capacity(events.len());
         for event in events {
             let envelope = to_envelope(event);
@@ -237,14 +352,13 @@ impl Publisher {
                     properties,
                 )
                 .await?;
-            confirms.push((event.position, confirm));
+            published.record(seconds_since(event.occurred_at));
+            confirms.push((event.position, event.occurred_at, confirm));
         }
-        for (position, confirm) in confirms {
-            if !confirm.await?.is_ack() {
-                return Err(PublishError::Nacked(position));
-            }
-        }
-        Ok(())
+        Ok(Window {
+            oldest: events.first().map_or_else(Utc::now, |e| e.occurred_at),
+            confirms,
+        })
     }
 
     async fn close(self) {

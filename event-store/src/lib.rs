@@ -1,10 +1,11 @@
 //! Postgres event store.
 //!
-//! - [`EventStore::append`]: optimistic concurrency on a stream's version, events, their
-//!   outbox entries, the latest snapshot and an idempotency record in one transaction;
+//! - [`EventStore::append`]: optimistic concurrency on a stream's version, events, the
+//!   latest snapshot and an idempotency record in one transaction;
 //! - [`EventStore::load`]: the latest snapshot plus the events after it;
 //! - [`EventStore::read_all`]: the global feed, gap-free in position order;
-//! - [`OutboxLeader`]: the single active consumer of the outbox.
+//! - [`OutboxLeader`]: the single active relay; the events table is the outbox, read
+//!   after the relay checkpoint (the position of the last event the broker confirmed).
 
 mod error;
 mod outbox;

@@ -9,10 +9,11 @@ const RELAY_LOCK: i64 = 7_305_954_634_617_839_618;
 /// Channel notified by every append.
 pub(crate) const APPEND_CHANNEL: &str = "bank_outbox";
 
-/// The only active reader of the outbox, across every replica. Leadership is a
-/// session advisory lock on a dedicated connection: it ends when that connection
-/// does, and every outbox query runs on it, so a leader that lost its lock can no
-/// longer read or acknowledge.
+/// The only active relay, across every replica: it reads the events after the relay
+/// checkpoint and moves the checkpoint as the broker confirms them (the events table
+/// is the outbox). Leadership is a session advisory lock on a dedicated connection: it
+/// ends when that connection does, and every relay query runs on it, so a leader that
+/// lost its lock can no longer read or move the checkpoint.
 #[derive(Debug)]
 pub struct OutboxLeader {
     connection: PgConnection,
@@ -28,7 +29,7 @@ impl EventStore {
             .fetch_one(&mut connection)
             .await?;
         if locked {
-            // Acknowledging publishes need not wait for the WAL flush: losing one in a
+            // Moving the checkpoint need not wait for the WAL flush: losing a move in a
             // crash only republishes events, which delivery at least once allows.
             sqlx::query("SET synchronous_commit TO off")
                 .execute(&mut connection)
@@ -53,27 +54,54 @@ async fn listen(pool: &PgPool) -> Result<PgListener, StoreError> {
 }
 
 impl OutboxLeader {
-    /// The oldest unpublished events, in position order (which is version order per stream).
-    pub async fn pending(&mut self, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+    /// The position of the last event the broker confirmed: every event after it is
+    /// still to be published.
+    pub async fn checkpoint(&mut self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT position FROM relay_checkpoint")
+            .fetch_one(&mut self.connection)
+            .await?)
+    }
+
+    /// Up to `limit` events after position `after`, or after the checkpoint when that
+    /// is further (moved past events that are not to be published, e.g. bulk-loaded
+    /// ones), in position order (which is version order per stream); see
+    /// [`EventStore::read_all`] for why no event can appear later below one already read.
+    pub async fn read_after(
+        &mut self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT e.position, e.stream_id, e.version, e.event_id, e.event_type, e.schema_version,
-                    e.data, e.metadata, e.occurred_at
-               FROM outbox o JOIN events e USING (position)
-              ORDER BY o.position
-              LIMIT $1",
+            "SELECT position, stream_id, version, event_id, event_type, schema_version, data, metadata, occurred_at
+               FROM events
+              WHERE position > greatest($1, (SELECT position FROM relay_checkpoint))
+              ORDER BY position LIMIT $2",
         )
+        .bind(after)
         .bind(limit)
         .fetch_all(&mut self.connection)
         .await?)
     }
 
-    /// Marks events as confirmed by the broker.
-    pub async fn acknowledge(&mut self, positions: &[i64]) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM outbox WHERE position = ANY($1)")
-            .bind(positions)
-            .execute(&mut self.connection)
-            .await?;
+    /// Records that the broker confirmed every event up to `position`. The checkpoint
+    /// never moves back.
+    pub async fn confirm(&mut self, position: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE relay_checkpoint SET position = $1, updated_at = now() WHERE position < $1",
+        )
+        .bind(position)
+        .execute(&mut self.connection)
+        .await?;
         Ok(())
+    }
+
+    /// The position of the last committed event (0 when there is none).
+    pub async fn head(&mut self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+                .fetch_one(&mut self.connection)
+                .await?,
+        )
     }
 
     /// Gives up leadership.

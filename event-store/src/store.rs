@@ -422,10 +422,13 @@ impl EventStore {
         .rows_affected())
     }
 
-    /// Number of events committed but not yet confirmed by the broker.
-    pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(&self.pool)
-            .await?)
+    /// Number of events committed but not yet confirmed by the broker: the head
+    /// position less the relay checkpoint.
+    pub async fn relay_backlog(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT coalesce((SELECT max(position) FROM events), 0) - (SELECT position FROM relay_checkpoint)",
+        )
+        .fetch_one(&self.pool)
+        .await?)
     }
 }

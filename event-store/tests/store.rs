@@ -96,7 +96,7 @@ async fn an_append_at_a_stale_version_is_a_typed_conflict_and_writes_nothing() {
     let loaded = store.load(stream).await.unwrap().unwrap();
     assert_eq!(loaded.version, 1);
     assert_eq!(store.read_all(0, 100).await.unwrap().len(), 1);
-    assert_eq!(store.outbox_backlog().await.unwrap(), 1);
+    assert_eq!(store.relay_backlog().await.unwrap(), 1);
 }
 
 #[tokio::test]
@@ -208,11 +208,11 @@ async fn the_global_feed_never_skips_an_event_under_concurrent_writers() {
 }
 
 #[tokio::test]
-async fn only_one_relay_leads_the_outbox_and_acknowledged_events_leave_it() {
+async fn only_one_relay_leads_and_a_new_leader_resumes_after_the_confirmed_checkpoint() {
     let store = fresh_store().await;
     let stream = Uuid::now_v7();
     store
-        .append(append(stream, 0, &[event("A"), event("B")]))
+        .append(append(stream, 0, &[event("A"), event("B"), event("C")]))
         .await
         .unwrap();
 
@@ -222,17 +222,106 @@ async fn only_one_relay_leads_the_outbox_and_acknowledged_events_leave_it() {
         .unwrap()
         .expect("first relay leads");
     assert!(store.try_lead_outbox().await.unwrap().is_none());
-
-    let pending = leader.pending(10).await.unwrap();
+    let start = leader.checkpoint().await.unwrap();
+    let pending = leader.read_after(start, 10).await.unwrap();
     assert_eq!(
         pending.iter().map(|e| e.version).collect::<Vec<_>>(),
-        [1, 2]
+        [1, 2, 3]
     );
-    leader.acknowledge(&[pending[0].position]).await.unwrap();
-    assert_eq!(leader.pending(10).await.unwrap().len(), 1);
+    assert_eq!(leader.head().await.unwrap(), pending[2].position);
 
+    // The broker confirmed the first event only, then the leader went away
+    leader.confirm(pending[0].position).await.unwrap();
+    leader.confirm(start).await.unwrap();
+    assert_eq!(store.relay_backlog().await.unwrap(), 2);
     leader.resign().await.unwrap();
-    assert!(store.try_lead_outbox().await.unwrap().is_some());
+
+    let mut next = store
+        .try_lead_outbox()
+        .await
+        .unwrap()
+        .expect("a new leader");
+    let resumed = next.checkpoint().await.unwrap();
+    assert_eq!(
+        resumed, pending[0].position,
+        "the checkpoint never moves back"
+    );
+    let rest = next.read_after(resumed, 10).await.unwrap();
+    assert_eq!(rest.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
+}
+
+/// A database at the last migration of the previous release holding one stream of
+/// five events, of which the outbox still holds those after version `confirmed`.
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test helper: a failure fails the test"
+)]
+async fn previous_release_store(confirmed: i64) -> String {
+    let server = std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+    let url = format!("{server}/es_test_{}", Uuid::new_v4().simple());
+    <sqlx::Postgres as sqlx::migrate::MigrateDatabase>::create_database(&url)
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::migrate!("./migrations")
+        .run_to(20_261_130_000_001, &pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO events (event_id, stream_id, version, event_type, schema_version, data, metadata, occurred_at)
+         SELECT gen_random_uuid(), '00000000-0000-4000-8000-000000000001', v, 'A', 1, '{}', '{}', now()
+           FROM generate_series(1, 5) AS v ORDER BY v",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO outbox (position) SELECT position FROM events WHERE version > $1")
+        .bind(confirmed)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    url
+}
+
+#[tokio::test]
+async fn an_upgrade_relays_from_the_oldest_event_left_in_the_outbox() {
+    // Given a store of the previous release whose relay confirmed two of five events
+    let url = previous_release_store(2).await;
+
+    // When this release migrates it
+    let store = EventStore::connect(&url, 2).await.unwrap();
+
+    // Then its relay publishes the three others, and no event is left unrelayed
+    let mut leader = store.try_lead_outbox().await.unwrap().unwrap();
+    let checkpoint = leader.checkpoint().await.unwrap();
+    let pending = leader.read_after(checkpoint, 10).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [3, 4, 5]
+    );
+    assert_eq!(store.relay_backlog().await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn an_upgrade_with_an_empty_outbox_relays_only_new_events() {
+    let url = previous_release_store(5).await;
+    let store = EventStore::connect(&url, 2).await.unwrap();
+    assert_eq!(store.relay_backlog().await.unwrap(), 0);
+
+    let stream = Uuid::now_v7();
+    store
+        .append(append(stream, 0, &[event("N")]))
+        .await
+        .unwrap();
+    let mut leader = store.try_lead_outbox().await.unwrap().unwrap();
+    let checkpoint = leader.checkpoint().await.unwrap();
+    let pending = leader.read_after(checkpoint, 10).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|e| e.stream_id).collect::<Vec<_>>(),
+        [stream]
+    );
 }
 
 #[tokio::test]
@@ -335,7 +424,7 @@ async fn a_batch_commits_every_stream_whose_version_held_and_skips_the_others() 
         .map(|e| e.version)
         .collect();
     assert_eq!(versions, [1, 1, 1, 2, 2, 3]);
-    assert_eq!(store.outbox_backlog().await.unwrap(), 6);
+    assert_eq!(store.relay_backlog().await.unwrap(), 6);
 }
 
 #[tokio::test]

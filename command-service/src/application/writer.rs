@@ -1,6 +1,13 @@
 //! The writer tasks: batches of commands decided together and committed in one
 //! transaction, with the one retry loop for accounts written concurrently.
+//!
+//! A writer keeps the accounts it decided recently as it left them
+//! ([`RecentAccounts`]), so that a command on one of them costs the append alone. The
+//! append's version check still catches a write by another replica: the account is
+//! then forgotten, loaded again and the command decided again on the fresh state. An
+//! account is also forgotten when an append's outcome is unknown or failed.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
@@ -14,9 +21,10 @@ use uuid::Uuid;
 
 use super::idempotency::{self, ReplyEncoder};
 use super::rehydrate::{self, SNAPSHOT_SCHEMA};
-use super::{Accepted, CommandContext, MAX_BATCH, Outcome, Reply};
+use super::{Accepted, CommandContext, MAX_BATCH, Outcome, Reply, WRITERS};
 use crate::domain::{Account, AccountCommand, decide, evolve};
 use crate::error::CommandError;
+use crate::relay::{PIPELINE, seconds_since};
 
 /// Rounds a command is tried before it gives up with `concurrency_conflict`.
 const MAX_ATTEMPTS: u32 = 12;
@@ -25,6 +33,9 @@ const MAX_ATTEMPTS: u32 = 12;
 /// short, since that writer has just committed, and jittered so that the replicas do
 /// not clash again in step.
 const CONFLICT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(60));
+
+/// Accounts kept in memory across all writers (each keeps its share).
+const RECENT_ACCOUNTS: usize = 65_536;
 
 /// A command waiting for its writer, with where to send its outcome.
 #[derive(Debug)]
@@ -42,7 +53,11 @@ pub(super) async fn write_loop(
     encode: ReplyEncoder,
     mut receiver: mpsc::Receiver<Job>,
 ) {
-    let writer = Writer { store, encode };
+    let mut writer = Writer {
+        store,
+        encode,
+        recent: RecentAccounts::new(RECENT_ACCOUNTS / WRITERS),
+    };
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         metrics::histogram!("command_batch_size").record(batch.len() as f64);
@@ -53,22 +68,57 @@ pub(super) async fn write_loop(
 /// A batch failed because an idempotency key was taken by a concurrent request.
 struct TakenKey(Vec<Job>);
 
-/// The commands of one account within a batch, decided in arrival order.
+/// The commands of one account within a batch, decided in arrival order, and the
+/// account they leave.
 struct Plan {
     append: StreamAppend,
     decided: Vec<(Job, Outcome)>,
+    after: Option<Account>,
 }
 
 struct Writer {
     store: EventStore,
     encode: ReplyEncoder,
+    recent: RecentAccounts,
+}
+
+/// Accounts as last decided and committed, about the `capacity` most recent ones: two
+/// generations, the older dropped whole when the younger fills up (no per-access
+/// bookkeeping).
+struct RecentAccounts {
+    young: HashMap<Uuid, Account>,
+    old: HashMap<Uuid, Account>,
+    generation: usize,
+}
+
+impl RecentAccounts {
+    fn new(capacity: usize) -> Self {
+        Self {
+            young: HashMap::new(),
+            old: HashMap::new(),
+            generation: (capacity / 2).max(1),
+        }
+    }
+
+    /// The account as this writer left it, if kept; moved out (a command is about to
+    /// change it).
+    fn take(&mut self, id: Uuid) -> Option<Account> {
+        self.young.remove(&id).or_else(|| self.old.remove(&id))
+    }
+
+    fn keep(&mut self, id: Uuid, account: Account) {
+        if self.young.len() >= self.generation {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(id, account);
+    }
 }
 
 impl Writer {
     /// Answers every job of a batch. When a concurrent request took one of their
     /// idempotency keys, the jobs are committed one by one instead, so that only the
     /// job whose key was taken gets the stored reply.
-    async fn process(&self, jobs: Vec<Job>) {
+    async fn process(&mut self, jobs: Vec<Job>) {
         let Err(TakenKey(jobs)) = self.commit_with_retries(jobs).await else {
             return;
         };
@@ -85,7 +135,7 @@ impl Writer {
     /// Decides and commits `jobs`, deciding again (after a [`CONFLICT_BACKOFF`]
     /// pause) those whose account was written concurrently, at most [`MAX_ATTEMPTS`]
     /// times.
-    async fn commit_with_retries(&self, jobs: Vec<Job>) -> Result<(), TakenKey> {
+    async fn commit_with_retries(&mut self, jobs: Vec<Job>) -> Result<(), TakenKey> {
         let mut backoff = CONFLICT_BACKOFF;
         let mut pending = jobs;
         for attempt in 1..=MAX_ATTEMPTS {
@@ -104,9 +154,9 @@ impl Writer {
         Ok(())
     }
 
-    /// One round: load, decide, append. Answers every job it settles and returns the
-    /// jobs of the accounts that were written concurrently.
-    async fn attempt(&self, jobs: Vec<Job>) -> Result<Vec<Job>, TakenKey> {
+    /// One round: load (the accounts not kept), decide, append. Answers every job it
+    /// settles and returns the jobs of the accounts that were written concurrently.
+    async fn attempt(&mut self, jobs: Vec<Job>) -> Result<Vec<Job>, TakenKey> {
         let mut groups: Vec<(AccountId, Vec<Job>)> = Vec::new();
         for job in drop_abandoned(jobs) {
             match groups.iter_mut().find(|(id, _)| *id == job.id) {
@@ -114,18 +164,35 @@ impl Writer {
                 None => groups.push((job.id, vec![job])),
             }
         }
-        let ids: Vec<Uuid> = groups.iter().map(|(id, _)| id.as_uuid()).collect();
-        let mut loaded = match rehydrate::load(&self.store, &ids).await {
-            Ok(loaded) => loaded,
-            Err(error) => {
-                fail_all(groups.into_iter().flat_map(|(_, jobs)| jobs), &error);
-                return Ok(Vec::new());
+        let kept: Vec<Option<Account>> = groups
+            .iter()
+            .map(|(id, _)| self.recent.take(id.as_uuid()))
+            .collect();
+        let missing: Vec<Uuid> = groups
+            .iter()
+            .zip(&kept)
+            .filter(|(_, kept)| kept.is_none())
+            .map(|((id, _), _)| id.as_uuid())
+            .collect();
+        let mut loaded = if missing.is_empty() {
+            HashMap::new()
+        } else {
+            match rehydrate::load(&self.store, &missing).await {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    fail_all(groups.into_iter().flat_map(|(_, jobs)| jobs), &error);
+                    return Ok(Vec::new());
+                }
             }
         };
 
         let mut plans = Vec::new();
-        for (id, group) in groups {
-            let account = match rehydrate::rebuild(id, loaded.remove(&id.as_uuid())) {
+        for ((id, group), kept) in groups.into_iter().zip(kept) {
+            let account = match kept {
+                Some(account) => Ok(Some(account)),
+                None => rehydrate::rebuild(id, loaded.remove(&id.as_uuid())),
+            };
+            let account = match account {
                 Ok(account) => account,
                 Err(message) => {
                     tracing::error!(account_id = %id, error = %message, "cannot rebuild account");
@@ -140,6 +207,9 @@ impl Writer {
             };
             let plan = self.decide_group(id, account, group);
             if plan.append.events.is_empty() {
+                if let Some(unchanged) = plan.after {
+                    self.recent.keep(id.as_uuid(), unchanged);
+                }
                 idempotency::settle_refusals(&self.store, plan.decided, &plan.append.responses)
                     .await;
             } else {
@@ -161,8 +231,17 @@ impl Writer {
                 let (committed, conflicted): (Vec<Plan>, Vec<Plan>) = plans
                     .into_iter()
                     .partition(|plan| accepted.contains(&plan.append.stream_id));
-                for (job, outcome) in committed.into_iter().flat_map(|plan| plan.decided) {
-                    let _ = job.reply.send(outcome);
+                let stage = metrics::histogram!(PIPELINE, "stage" => "committed");
+                for plan in committed {
+                    for event in &plan.append.events {
+                        stage.record(seconds_since(event.occurred_at));
+                    }
+                    if let Some(after) = plan.after {
+                        self.recent.keep(plan.append.stream_id, after);
+                    }
+                    for (job, outcome) in plan.decided {
+                        let _ = job.reply.send(outcome);
+                    }
                 }
                 Ok(jobs_of(conflicted).collect())
             }
@@ -229,6 +308,7 @@ impl Writer {
                 responses: records,
             },
             decided,
+            after: account,
         }
     }
 }

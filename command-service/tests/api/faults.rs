@@ -111,6 +111,34 @@ async fn replicas_racing_on_one_account_resolve_to_success_or_insufficient_funds
     );
 }
 
+#[tokio::test]
+async fn an_account_a_replica_keeps_in_memory_is_decided_afresh_once_another_replica_wrote_it() {
+    // Given two replicas on one store, and an account the first has just debited
+    let database_url = fresh_database_url();
+    let exchange = fresh_exchange();
+    let first = spawn_app_on(&database_url, &exchange, &amqp_url()).await;
+    let second = spawn_app_on(&database_url, &exchange, &amqp_url()).await;
+    let id = first.active_account("10.00", "MAD").await;
+    let debit = format!("/accounts/{id}/debit");
+    let (status, body) = first.post(&debit, json!({"amount": "6.00"})).await;
+    assert_eq!((status, body["balance"].as_str()), (200, Some("4.00")));
+
+    // When the second replica debits what is left
+    let (status, body) = second.post(&debit, json!({"amount": "4.00"})).await;
+    assert_eq!((status, body["balance"].as_str()), (200, Some("0.00")));
+
+    // Then the first, which last left the account at 4.00, decides on the balance of 0.00
+    first
+        .expect_problem(&debit, json!({"amount": "3.00"}), 422, "insufficient_funds")
+        .await;
+    let (status, body) = first
+        .post(&format!("/accounts/{id}/credit"), json!({"amount": "1.00"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["balance"], "1.00");
+    assert_eq!(body["version"], 5);
+}
+
 /// Creates and activates an account on a command-service process; returns its id.
 #[expect(
     clippy::unwrap_used,
