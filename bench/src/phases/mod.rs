@@ -124,6 +124,16 @@ pub(crate) async fn run_all(ctx: &mut Ctx, results: &mut Results) {
     }
     for phase in Phase::ALL {
         let name = phase.name();
+        if !ctx.opts.only.is_empty()
+            && !ctx
+                .opts
+                .only
+                .iter()
+                .any(|only| name.contains(only.as_str()))
+        {
+            results.failures.push(format!("{name}: not run (--only)"));
+            continue;
+        }
         if phase.needs_query_service() && !ctx.has_query {
             results.failures.push(format!(
                 "{name}: skipped, the query-service binary is missing"
