@@ -37,7 +37,7 @@ impl Figures {
 }
 
 /// The number of the first long account of the big store (one per stream length).
-pub(crate) const LONG_FIRST: u64 = 10_000_000;
+const LONG_FIRST: u64 = 10_000_000;
 
 /// A small store and a big one, each behind its own command service: append rate at
 /// the same concurrency, and single-account latency on long streams.
@@ -77,7 +77,7 @@ pub(crate) async fn cost_growth(ctx: &mut Ctx, results: &mut Results) -> anyhow:
         seeded.took.as_secs_f64()
     );
     for (offset, &length) in (0u64..).zip(&ctx.plan.long_streams) {
-        pg::seed_history(&big_pool, LONG_FIRST + offset, length).await?;
+        pg::seed_accounts(&big_pool, LONG_FIRST + offset, 1, length, false).await?;
     }
     for pool in [&small_pool, &big_pool] {
         for statement in ["VACUUM ANALYZE events", "VACUUM ANALYZE streams"] {

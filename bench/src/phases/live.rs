@@ -1,5 +1,5 @@
 //! Time travel and live updates (issue #12), on a query service of its own that projects
-//! the big store's long accounts: `GET /accounts/{id}?as_of=` latency on histories of
+//! long accounts seeded in the big store: `GET /accounts/{id}?as_of=` latency on histories of
 //! every length the cost-growth phase seeded, then the memory of many idle open
 //! `GET /accounts/{id}/updates` streams.
 
@@ -15,7 +15,6 @@ use tokio::net::TcpStream;
 
 use crate::context::{BIG, Ctx, GROWTH_QUERY};
 use crate::load::{self, Conn, Target};
-use crate::phases::growth::LONG_FIRST;
 use crate::report::format::{MISSING, compared, mib, ms, rate, ratio};
 use crate::report::{Markdown, Part, Results, Target as Goal};
 use crate::stats::{Sample, median_sample};
@@ -53,6 +52,11 @@ impl Figures {
     }
 }
 
+/// The number of the first account of the phase (one per history length), seeded in
+/// the big store apart from the cost-growth phase's long accounts, which its credits
+/// have made longer.
+const HISTORY_FIRST: u64 = 20_000_000;
+
 /// Concurrent connection attempts while opening the streams.
 const OPENING: usize = 64;
 /// Limit of the targets table for the open streams.
@@ -72,8 +76,12 @@ pub(crate) async fn time_travel_and_streams(
 }
 
 async fn measure(ctx: &mut Ctx, results: &mut Results) -> anyhow::Result<()> {
-    start_query(ctx).await?;
     let lengths = ctx.plan.long_streams.clone();
+    let big_pool = Ctx::pool(ctx.big_pool.as_ref())?;
+    for (offset, &length) in (0u64..).zip(&lengths) {
+        pg::seed_history(big_pool, HISTORY_FIRST + offset, length).await?;
+    }
+    start_query(ctx).await?;
     project_long_accounts(ctx, &lengths).await?;
     as_of_latency(ctx, results, &lengths).await?;
     open_streams(ctx, results, &lengths).await
@@ -118,7 +126,7 @@ async fn project_long_accounts(ctx: &Ctx, lengths: &[u64]) -> anyhow::Result<()>
     let mut command = Conn::open(&ctx.target(BIG)?).await?;
     let query = ctx.service(GROWTH_QUERY)?.base_url();
     for (offset, &length) in (0u64..).zip(lengths) {
-        let id = pg::account_id(LONG_FIRST + offset);
+        let id = pg::account_id(HISTORY_FIRST + offset);
         let (status, body) = command
             .request(
                 Method::POST,
@@ -160,7 +168,7 @@ async fn as_of_latency(ctx: &Ctx, results: &mut Results, lengths: &[u64]) -> any
     let target = Target::new(ctx.service(GROWTH_QUERY)?.addr(), &ctx.tokens.admin)?;
     let mut paths = Vec::with_capacity(lengths.len());
     for (offset, &length) in (0u64..).zip(lengths) {
-        let n = LONG_FIRST + offset;
+        let n = HISTORY_FIRST + offset;
         let middle = (length / 2).max(1);
         let instant = pg::occurred_at(big_pool, n, middle).await?;
         let path = format!("/accounts/{}?as_of={instant}", pg::account_id(n));
@@ -214,7 +222,7 @@ async fn open_streams(ctx: &mut Ctx, results: &mut Results, lengths: &[u64]) -> 
         .map(|(offset, _)| {
             Bytes::from(format!(
                 "GET /accounts/{}/updates HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\n\r\n",
-                pg::account_id(LONG_FIRST + offset),
+                pg::account_id(HISTORY_FIRST + offset),
                 ctx.tokens.admin
             ))
         })
@@ -411,6 +419,6 @@ fn section(results: &Results, out: &mut Markdown) {
 
 fn method(_: &Results) -> Vec<String> {
     vec![format!(
-        "**Time travel and live updates**: after the cost-growth phase, one more query-service process on a read model of its own, fed by the big store's command service (its exchange, feed follower off): one credit on each long account makes it fill the account's whole history from the command service (seeded events 1 ms apart), which is awaited with a `min_version` read. The `as_of` runs then read each long account in turn as of the instant of its middle version (checked once to answer that version), one client, closed loop. Then the table's `GET /accounts/{{id}}/updates` streams (10000; 1000 with `--quick`), spread over the long accounts, are opened ({OPENING} at a time, raw TCP: the request written, the answer read until the end of its first message, the socket kept); the RSS (VmRSS) is read 1 s before and 1 s after, and `/health/ready` once they are closed."
+        "**Time travel and live updates**: after the cost-growth phase, one more query-service process on a read model of its own, fed by the big store's command service (its exchange, feed follower off): one account per stream length is seeded in the big store (events 1 ms apart) and credited once through the command service, which makes the query service fill the account's whole history from it (awaited with a `min_version` read). The `as_of` runs then read each of these accounts in turn as of the instant of its middle version (checked once to answer that version), one client, closed loop. Then the table's `GET /accounts/{{id}}/updates` streams (10000; 1000 with `--quick`), spread over these accounts, are opened ({OPENING} at a time, raw TCP: the request written, the answer read until the end of its first message, the socket kept); the RSS (VmRSS) is read 1 s before and 1 s after, and `/health/ready` once they are closed."
     )]
 }
