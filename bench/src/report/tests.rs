@@ -233,6 +233,7 @@ fn fixture() -> Results {
             rss_open_kib: Some(32_800),
             open_took: Some(Duration::from_millis(1_500)),
             survived: Some(true),
+            fill_peak_kib: Some(80_000),
         },
         peer: peer::Figures {
             version: Some("9.5.6 with psycopg 3.3.9".to_owned()),
