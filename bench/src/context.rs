@@ -24,6 +24,7 @@ pub(crate) const QUERY: &str = "query-service";
 pub(crate) const SMALL: &str = "command-service on the small store";
 pub(crate) const BIG: &str = "command-service on the big store";
 pub(crate) const REBUILD: &str = "query-service rebuild";
+pub(crate) const GROWTH_QUERY: &str = "query-service on the big store";
 
 /// The run's resources, so that they are cleaned up whatever happens.
 #[derive(Debug)]
@@ -101,6 +102,11 @@ impl Ctx {
 
     pub(crate) fn growth_exchange(&self) -> String {
         format!("bench.{}.growth", self.run)
+    }
+
+    /// The queue of the query service on the big store.
+    pub(crate) fn growth_queue(&self) -> String {
+        format!("bench.{}.growth-projection", self.run)
     }
 
     /// The projection's queue.
@@ -263,8 +269,11 @@ impl Ctx {
                 }
             }
             let exchange = self.exchange();
+            let growth = self.growth_exchange();
             let queues = [
                 self.queue(),
+                self.growth_queue(),
+                format!("{growth}.dlq"),
                 self.sink(),
                 self.raw_queue(),
                 self.cqrs_queue(),
@@ -273,7 +282,8 @@ impl Ctx {
             let exchanges = [
                 exchange.clone(),
                 format!("{exchange}.dlx"),
-                self.growth_exchange(),
+                format!("{growth}.dlx"),
+                growth,
                 self.raw_exchange(),
                 self.cqrs_exchange(),
             ];

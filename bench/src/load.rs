@@ -205,6 +205,43 @@ pub(crate) async fn closed_loop(
     Ok(sample)
 }
 
+/// `GET path` by one closed-loop client; requests started within the window after
+/// `warmup` count. Non-200 answers are errors.
+pub(crate) async fn one_client_get(
+    target: &Target,
+    path: &str,
+    warmup: Duration,
+    measure: Duration,
+) -> anyhow::Result<Sample> {
+    let mut conn = Conn::open(target).await?;
+    let window_start = Instant::now() + warmup;
+    let end = window_start + measure;
+    let mut latencies = Vec::with_capacity(8192);
+    let mut errors = 0;
+    let mut first_error = None;
+    loop {
+        let began = Instant::now();
+        if began >= end {
+            break;
+        }
+        let (status, body) = conn.request(Method::GET, path, None).await?;
+        if began < window_start {
+            continue;
+        }
+        if status == 200 {
+            latencies.push(micros(began.elapsed()));
+        } else {
+            errors += 1;
+            first_error.get_or_insert_with(|| {
+                format!("HTTP {status}: {}", String::from_utf8_lossy(&body))
+            });
+        }
+    }
+    let mut sample = Sample::from_latencies(latencies, measure, errors);
+    sample.note = first_error.map(|e| format!("first error: {}", truncate(&e, 160)));
+    Ok(sample)
+}
+
 /// Where and how often to check that acknowledged commands became visible.
 #[derive(Debug, Clone)]
 pub(crate) struct Probe {

@@ -102,6 +102,31 @@ pub(crate) async fn seed_accounts(
     events: u64,
     outbox: bool,
 ) -> anyhow::Result<Seeded> {
+    seed(pool, first, count, events, outbox, "now()").await
+}
+
+/// Seeds account `n` with `events` events one millisecond apart, the last one now (so
+/// that reads as of an instant in its history find a version in the middle).
+pub(crate) async fn seed_history(pool: &PgPool, n: u64, events: u64) -> anyhow::Result<Seeded> {
+    seed(
+        pool,
+        n,
+        1,
+        events,
+        false,
+        "now() - ($3::bigint - v.v) * interval '1 millisecond'",
+    )
+    .await
+}
+
+async fn seed(
+    pool: &PgPool,
+    first: u64,
+    count: u64,
+    events: u64,
+    outbox: bool,
+    occurred_at: &str,
+) -> anyhow::Result<Seeded> {
     if events < 2 || count == 0 {
         bail!("a seeded account has at least 2 events");
     }
@@ -119,7 +144,7 @@ pub(crate) async fn seed_accounts(
                      ELSE jsonb_build_object('amount', '1.00', 'currency', 'MAD',
                                              'balance', (1000 + v.v - 2)::text || '.00') END,
                 '{{\"correlation_id\": null, \"causation_id\": null, \"idempotency_key\": null}}'::jsonb,
-                now()
+                {occurred_at}
            FROM generate_series($1::bigint, $2::bigint) AS a(n)
           CROSS JOIN generate_series(1::bigint, $3::bigint) AS v(v)
           ORDER BY a.n, v.v"
@@ -177,6 +202,20 @@ pub(crate) async fn seed_accounts(
         events: inserted,
         took: started.elapsed(),
     })
+}
+
+/// When the event at `version` of seeded account `n` occurred, as RFC 3339 (UTC, µs).
+pub(crate) async fn occurred_at(pool: &PgPool, n: u64, version: u64) -> anyhow::Result<String> {
+    let id = sql_account_id("$1::bigint");
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+           FROM events WHERE stream_id = {id} AND version = $2"
+    )))
+    .bind(as_i64(n)?)
+    .bind(as_i64(version)?)
+    .fetch_one(pool)
+    .await
+    .with_context(|| format!("no event at version {version} of account {}", account_id(n)))
 }
 
 /// Creates the minimal event store of B1 (one `events` table, see

@@ -22,6 +22,8 @@ pub(crate) struct Plan {
     pub(crate) growth_timing: Timing,
     pub(crate) big_events_per_account: u64,
     pub(crate) append_clients: usize,
+    /// Idle `GET /accounts/{id}/updates` streams held open at once.
+    pub(crate) open_streams: usize,
     pub(crate) peer_clients: Vec<usize>,
     pub(crate) peer_accounts: u64,
     /// Optional phases are skipped once the run has taken this long.
@@ -51,6 +53,7 @@ impl Plan {
                 },
                 big_events_per_account: 10,
                 append_clients: 16,
+                open_streams: 1_000,
                 peer_clients: vec![4],
                 peer_accounts: 2_000,
                 budget: Duration::from_secs(4 * 60),
@@ -76,6 +79,7 @@ impl Plan {
                 },
                 big_events_per_account: 100,
                 append_clients: 16,
+                open_streams: 10_000,
                 peer_clients: vec![1, 4, 16],
                 peer_accounts: 10_000,
                 budget: Duration::from_secs(13 * 60),

@@ -118,6 +118,17 @@ impl Service {
         self.peak_kib
     }
 
+    /// Resident memory now (VmRSS), in KiB.
+    pub(crate) fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        parse_kib(&status, "VmRSS:")
+    }
+
+    /// Whether the process is still running.
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// User + system CPU time the process used so far.
     pub(crate) fn cpu_time(&self) -> Option<Duration> {
         cpu_time(self.pid)
@@ -235,9 +246,13 @@ pub(crate) fn vm_hwm_kib(pid: u32) -> Option<u64> {
 }
 
 fn parse_vm_hwm(status: &str) -> Option<u64> {
+    parse_kib(status, "VmHWM:")
+}
+
+fn parse_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
 }
@@ -266,6 +281,7 @@ mod tests {
         let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmHWM:\t   12345 kB\nVmRSS:\t 1000 kB\n";
         assert_eq!(parse_vm_hwm(status), Some(12345));
         assert_eq!(parse_vm_hwm("Name: x\n"), None);
+        assert_eq!(parse_kib(status, "VmRSS:"), Some(1000));
         assert!(vm_hwm_kib(std::process::id()).is_some_and(|kib| kib > 0));
     }
 

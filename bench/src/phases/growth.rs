@@ -88,8 +88,8 @@ pub(crate) async fn cost_growth(ctx: &mut Ctx, results: &mut Results) -> anyhow:
     results.growth.big_store_events = u64::try_from(pg::event_count(&big_pool).await?)?;
     append_rate(ctx, results, &small_pool, &big_pool).await?;
     long_stream_latency(ctx, results).await?;
+    // The big store's command service stays up for the time-travel phase.
     pg::wait_outbox_empty(&big_pool, Instant::now(), Duration::from_secs(120)).await?;
-    ctx.stop(BIG).await;
     Ok(())
 }
 

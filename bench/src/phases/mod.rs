@@ -13,6 +13,7 @@ pub(crate) mod b3;
 pub(crate) mod cqrs;
 pub(crate) mod growth;
 pub(crate) mod lag;
+pub(crate) mod live;
 pub(crate) mod peer;
 mod prepare;
 pub(crate) mod rss;
@@ -41,13 +42,15 @@ pub(crate) enum Phase {
     ProjectionLag,
     /// A small store against a big one, and latency on long streams.
     CostGrowth,
+    /// `as_of` reads on long histories, and idle open update streams.
+    TimeTravel,
     /// The Python `eventsourcing` peer against the command service.
     Peer,
 }
 
 impl Phase {
     /// Every phase, in the order of the run.
-    pub(crate) const ALL: [Self; 9] = [
+    pub(crate) const ALL: [Self; 10] = [
         Self::RelayVsB2,
         Self::LiveProjectionVsB3,
         Self::B1VsService,
@@ -56,6 +59,7 @@ impl Phase {
         Self::RebuildVsB3,
         Self::ProjectionLag,
         Self::CostGrowth,
+        Self::TimeTravel,
         Self::Peer,
     ];
 
@@ -70,6 +74,7 @@ impl Phase {
             Self::RebuildVsB3 => "rebuild vs B3",
             Self::ProjectionLag => "projection lag",
             Self::CostGrowth => "cost growth",
+            Self::TimeTravel => "time travel and live updates",
             Self::Peer => "peer",
         }
     }
@@ -78,7 +83,7 @@ impl Phase {
     fn needs_query_service(self) -> bool {
         matches!(
             self,
-            Self::LiveProjectionVsB3 | Self::RebuildVsB3 | Self::ProjectionLag
+            Self::LiveProjectionVsB3 | Self::RebuildVsB3 | Self::ProjectionLag | Self::TimeTravel
         )
     }
 
@@ -104,6 +109,7 @@ impl Phase {
             Self::RebuildVsB3 => Box::pin(b3::rebuild_vs_b3(ctx, results)).await,
             Self::ProjectionLag => Box::pin(lag::projection_lag(ctx, results)).await,
             Self::CostGrowth => Box::pin(growth::cost_growth(ctx, results)).await,
+            Self::TimeTravel => Box::pin(live::time_travel_and_streams(ctx, results)).await,
             Self::Peer => Box::pin(peer::peer_vs_service(ctx, results)).await,
         }
     }
@@ -118,6 +124,16 @@ pub(crate) async fn run_all(ctx: &mut Ctx, results: &mut Results) {
     }
     for phase in Phase::ALL {
         let name = phase.name();
+        if !ctx.opts.only.is_empty()
+            && !ctx
+                .opts
+                .only
+                .iter()
+                .any(|only| name.contains(only.as_str()))
+        {
+            results.failures.push(format!("{name}: not run (--only)"));
+            continue;
+        }
         if phase.needs_query_service() && !ctx.has_query {
             results.failures.push(format!(
                 "{name}: skipped, the query-service binary is missing"

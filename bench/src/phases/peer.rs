@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::context::{Ctx, SMALL};
+use crate::context::{BIG, Ctx, SMALL};
 use crate::load::{self, Accounts};
 use crate::phases::Side;
 use crate::report::format::{rate_p50_p99, ratio};
@@ -38,6 +38,8 @@ pub(crate) struct Figures {
 
 /// The Python peer and the small-store command service at the same client counts.
 pub(crate) async fn peer_vs_service(ctx: &mut Ctx, results: &mut Results) -> anyhow::Result<()> {
+    // Still up when the time-travel phase was skipped.
+    ctx.stop(BIG).await;
     let peer = ctx
         .peer
         .clone()

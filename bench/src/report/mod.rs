@@ -12,7 +12,7 @@ mod tests;
 use std::time::Duration;
 
 use crate::machine::Machine;
-use crate::phases::{b1, b2, b3, cqrs, growth, lag, peer, rss, token_check};
+use crate::phases::{b1, b2, b3, cqrs, growth, lag, live, peer, rss, token_check};
 pub(crate) use format::MISSING;
 pub(crate) use markdown::Markdown;
 
@@ -35,6 +35,7 @@ pub(crate) struct Results {
     pub(crate) b3: b3::Figures,
     pub(crate) lag: lag::Figures,
     pub(crate) growth: growth::Figures,
+    pub(crate) live: live::Figures,
     pub(crate) rss: rss::Figures,
     pub(crate) peer: peer::Figures,
     pub(crate) failures: Vec<String>,
@@ -68,7 +69,7 @@ impl Part {
 }
 
 /// The phases' sections and method bullets, in the report's order.
-const SECTIONS: [&Part; 9] = [
+const SECTIONS: [&Part; 10] = [
     &b1::REPORT,
     &cqrs::REPORT,
     &token_check::REPORT,
@@ -76,12 +77,13 @@ const SECTIONS: [&Part; 9] = [
     &b3::REPORT,
     &lag::REPORT,
     &growth::REPORT,
+    &live::REPORT,
     &rss::REPORT,
     &peer::REPORT,
 ];
 
 /// The phases' rows of the targets table, in order (the memory limits last).
-const TARGETS: [&Part; 9] = [
+const TARGETS: [&Part; 10] = [
     &b1::REPORT,
     &cqrs::REPORT,
     &token_check::REPORT,
@@ -89,6 +91,7 @@ const TARGETS: [&Part; 9] = [
     &b3::REPORT,
     &lag::REPORT,
     &growth::REPORT,
+    &live::REPORT,
     &peer::REPORT,
     &rss::REPORT,
 ];

@@ -8,7 +8,7 @@ use crate::phases::b1::Pair;
 use crate::phases::cqrs::Run;
 use crate::phases::lag::Lag;
 use crate::phases::peer::PeerPair;
-use crate::phases::{b1, b2, b3, cqrs, growth, lag, peer, rss, token_check};
+use crate::phases::{b1, b2, b3, cqrs, growth, lag, live, peer, rss, token_check};
 use crate::prom::Quantiles;
 use crate::stats::{Drain, Sample};
 
@@ -222,6 +222,18 @@ fn fixture() -> Results {
             small_store_events: 4_000,
             big_store_events: 210_000,
             append_clients: 16,
+        },
+        live: live::Figures {
+            as_of: vec![
+                (10, vec![sample(2000.0, 0.45, 0.9)]),
+                (10_000, vec![sample(1950.0, 0.47, 1.0)]),
+            ],
+            streams: 1_000,
+            rss_before_kib: Some(20_000),
+            rss_open_kib: Some(32_800),
+            open_took: Some(Duration::from_millis(1_500)),
+            survived: Some(true),
+            fill_peak_kib: Some(80_000),
         },
         peer: peer::Figures {
             version: Some("9.5.6 with psycopg 3.3.9".to_owned()),

@@ -357,8 +357,10 @@ impl ReadStore {
             }
             Err(error) => return Err(error),
         }
-        if !mutation.operations.is_empty() {
-            let operations = mutation.operations.iter().map(|op| (mutation.account, op));
+        // Chunked: a gap filled from a long history holds more rows than one statement
+        // may have placeholders (65,535).
+        for chunk in mutation.operations.chunks(ROWS_PER_STATEMENT) {
+            let operations = chunk.iter().map(|op| (mutation.account, op));
             match insert_operations(tables, operations)
                 .build()
                 .execute(&mut *tx)
@@ -370,8 +372,8 @@ impl ReadStore {
                 Err(error) => return Err(error),
             }
         }
-        if !mutation.versions.is_empty() {
-            let versions = mutation.versions.iter().map(|row| (mutation.account, row));
+        for chunk in mutation.versions.chunks(ROWS_PER_STATEMENT) {
+            let versions = chunk.iter().map(|row| (mutation.account, row));
             match insert_versions(tables, versions)
                 .build()
                 .execute(&mut *tx)

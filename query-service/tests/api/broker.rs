@@ -123,6 +123,38 @@ fn isolated() -> Options {
 }
 
 #[tokio::test]
+async fn a_gap_longer_than_one_statement_holds_is_filled_in_one_go() {
+    let app = spawn_app_with(isolated()).await;
+    let id = app.active_account("10.00", "MAD").await;
+    // 9,000 credits of 1.00 straight into the command service's store: more rows than
+    // one multi-row insert has placeholders for (65,535 / 8 columns).
+    let last = 9_002_i64;
+    let mut postgres = <sqlx::PgConnection as sqlx::Connection>::connect(&app.postgres_url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO events (event_id, stream_id, version, event_type, schema_version, data, metadata, occurred_at)
+         SELECT gen_random_uuid(), $1::uuid, v, 'AccountCredited', 1,
+                jsonb_build_object('amount', '1.00', 'currency', 'MAD',
+                                   'balance', (10 + v - 2)::text || '.00'),
+                '{\"correlation_id\": null, \"causation_id\": null, \"idempotency_key\": null}'::jsonb,
+                now()
+           FROM generate_series(3::bigint, $2::bigint) AS v",
+    )
+    .bind(&id)
+    .bind(last)
+    .execute(&mut postgres)
+    .await
+    .unwrap();
+    let events = app.stream(&id).await;
+    assert_eq!(events.len(), 9_002);
+
+    app.publisher().await.publish_event(&events[9_001]).await;
+    let account = app.account_at(&id, 9_002).await;
+    assert_eq!(account["balance"], "9010.00");
+}
+
+#[tokio::test]
 async fn a_gap_is_filled_from_the_command_service_before_the_event() {
     let app = spawn_app_with(isolated()).await;
     let id = app.active_account("10.00", "EUR").await;
