@@ -187,33 +187,36 @@ impl Writer {
         };
 
         let mut plans = Vec::new();
+        let mut refused_on_kept = Vec::new();
         for ((id, group), kept) in groups.into_iter().zip(kept) {
-            let account = match kept {
-                Some(account) => Ok(Some(account)),
-                None => rehydrate::rebuild(id, loaded.remove(&id.as_uuid())),
+            let Some(account) = kept else {
+                let account = rehydrate::rebuild(id, loaded.remove(&id.as_uuid()));
+                self.decide_or_settle(id, account, group, &mut plans).await;
+                continue;
             };
-            let account = match account {
-                Ok(account) => account,
-                Err(message) => {
-                    tracing::error!(account_id = %id, error = %message, "cannot rebuild account");
-                    for job in group {
-                        let _ = job.reply.send(Err(CommandError::CorruptStream(
-                            id.as_uuid(),
-                            message.clone(),
-                        )));
-                    }
-                    continue;
-                }
-            };
-            let plan = self.decide_group(id, account, group);
+            let plan = self.decide_group(id, Some(account), group);
             if plan.append.events.is_empty() {
-                if let Some(unchanged) = plan.after {
-                    self.recent.keep(id.as_uuid(), unchanged);
-                }
-                idempotency::settle_refusals(&self.store, plan.decided, &plan.append.responses)
-                    .await;
+                // No append will check the kept state: another replica may have changed
+                // the account since, so the refusals are decided again on the stored one.
+                refused_on_kept.push((id, plan.decided.into_iter().map(|(job, _)| job)));
             } else {
                 plans.push(plan);
+            }
+        }
+        if !refused_on_kept.is_empty() {
+            let ids: Vec<Uuid> = refused_on_kept.iter().map(|(id, _)| id.as_uuid()).collect();
+            match rehydrate::load(&self.store, &ids).await {
+                Ok(mut stored) => {
+                    for (id, group) in refused_on_kept {
+                        let account = rehydrate::rebuild(id, stored.remove(&id.as_uuid()));
+                        self.decide_or_settle(id, account, group.collect(), &mut plans)
+                            .await;
+                    }
+                }
+                Err(error) => fail_all(
+                    refused_on_kept.into_iter().flat_map(|(_, jobs)| jobs),
+                    &error,
+                ),
             }
         }
         if plans.is_empty() {
@@ -259,6 +262,39 @@ impl Writer {
                 fail_all(jobs_of(plans), &error);
                 Ok(Vec::new())
             }
+        }
+    }
+
+    /// Decides the commands of one account as loaded: when all are refused they are
+    /// answered at once, else their plan joins `plans`.
+    async fn decide_or_settle(
+        &mut self,
+        id: AccountId,
+        account: Result<Option<Account>, String>,
+        group: Vec<Job>,
+        plans: &mut Vec<Plan>,
+    ) {
+        let account = match account {
+            Ok(account) => account,
+            Err(message) => {
+                tracing::error!(account_id = %id, error = %message, "cannot rebuild account");
+                for job in group {
+                    let _ = job.reply.send(Err(CommandError::CorruptStream(
+                        id.as_uuid(),
+                        message.clone(),
+                    )));
+                }
+                return;
+            }
+        };
+        let plan = self.decide_group(id, account, group);
+        if plan.append.events.is_empty() {
+            if let Some(unchanged) = plan.after {
+                self.recent.keep(id.as_uuid(), unchanged);
+            }
+            idempotency::settle_refusals(&self.store, plan.decided, &plan.append.responses).await;
+        } else {
+            plans.push(plan);
         }
     }
 

@@ -139,6 +139,34 @@ async fn an_account_a_replica_keeps_in_memory_is_decided_afresh_once_another_rep
     assert_eq!(body["version"], 5);
 }
 
+#[tokio::test]
+async fn a_refusal_is_never_decided_on_what_a_replica_keeps_in_memory() {
+    // Given two replicas on one store, and an account the first has just emptied
+    let database_url = fresh_database_url();
+    let exchange = fresh_exchange();
+    let first = spawn_app_on(&database_url, &exchange, &amqp_url()).await;
+    let second = spawn_app_on(&database_url, &exchange, &amqp_url()).await;
+    let id = first.active_account("5.00", "MAD").await;
+    let debit = format!("/accounts/{id}/debit");
+    let (status, body) = first.post(&debit, json!({"amount": "5.00"})).await;
+    assert_eq!((status, body["balance"].as_str()), (200, Some("0.00")));
+
+    // When the second replica credits it
+    let (status, body) = second
+        .post(&format!("/accounts/{id}/credit"), json!({"amount": "8.00"}))
+        .await;
+    assert_eq!((status, body["balance"].as_str()), (200, Some("8.00")));
+
+    // Then a debit on the first, which last left the account at 0.00, is not refused
+    let (status, body) = first.post(&debit, json!({"amount": "3.00"})).await;
+    assert_eq!(
+        (status, body["balance"].as_str()),
+        (200, Some("5.00")),
+        "{body}"
+    );
+    assert_eq!(body["version"], 5);
+}
+
 /// Creates and activates an account on a command-service process; returns its id.
 #[expect(
     clippy::unwrap_used,
