@@ -76,7 +76,8 @@ impl ReadStore {
 
     /// One account as it stood at `instant` (its last projected version at or before
     /// it), if `reach` covers it and it existed then. One seek in the index
-    /// `account_versions_as_of`, however long the account's history.
+    /// `account_versions_as_of`, however long the account's history (forced: on some
+    /// statistics MariaDB chose the primary key and sorted the account's versions).
     pub(crate) async fn account_as_of(
         &self,
         id: Uuid,
@@ -86,7 +87,8 @@ impl ReadStore {
         let mut query = QueryBuilder::<MySql>::new(
             "SELECT a.id, v.status, a.currency, v.balance, v.version, a.created_at, \
              v.occurred_at AS updated_at \
-             FROM accounts a JOIN account_versions v ON v.account_id = a.id WHERE ",
+             FROM accounts a JOIN account_versions v FORCE INDEX (account_versions_as_of) \
+             ON v.account_id = a.id WHERE ",
         );
         if let Reach::OwnedBy(owner) = reach {
             query.push("a.owner = ").push_bind(owner).push(" AND ");
