@@ -188,32 +188,7 @@ fn section(results: &Results, out: &mut Markdown) {
     let figures = &results.growth;
     out.heading("Cost growth");
     out.line("Credit latency, one client, always the same account:\n");
-    let base = figures
-        .long_streams
-        .first()
-        .and_then(|(_, s)| median_sample(s))
-        .map(|s| s.p50_ms);
-    let latencies = figures.long_streams.iter().filter_map(|(events, samples)| {
-        let s = median_sample(samples)?;
-        Some([
-            events.to_string(),
-            ms(s.p50_ms),
-            ms(s.p99_ms),
-            rate(s.throughput),
-            base.map_or(MISSING.to_owned(), |b| ratio(s.p50_ms / b)),
-        ])
-    });
-    out.table(
-        &[
-            "events in the account's stream",
-            "p50 ms",
-            "p99 ms",
-            "cmd/s",
-            "p50 vs shortest",
-        ],
-        "rrrrr",
-        latencies,
-    );
+    latency_by_length(out, &figures.long_streams, "cmd/s");
     out.paragraph(&format!(
         "Append rate, {} clients, credits random over the same number of accounts:\n",
         figures.append_clients
@@ -252,4 +227,38 @@ fn method(results: &Results) -> Vec<String> {
         "**Cost growth**: two more command-service processes, one on a store with only its {} accounts, one on a store with {} events (the same accounts with longer streams, plus one account per stream length measured, all seeded with SQL, then `VACUUM ANALYZE`). The single-account latency runs one client against each long account in turn.",
         results.accounts, results.growth.big_store_events
     )]
+}
+
+/// A table of one client's latency on accounts of each stream length, against the
+/// shortest; `per_second` names the throughput column.
+pub(crate) fn latency_by_length(
+    out: &mut Markdown,
+    by_length: &[(u64, Vec<Sample>)],
+    per_second: &str,
+) {
+    let base = by_length
+        .first()
+        .and_then(|(_, s)| median_sample(s))
+        .map(|s| s.p50_ms);
+    let rows = by_length.iter().filter_map(|(events, samples)| {
+        let s = median_sample(samples)?;
+        Some([
+            events.to_string(),
+            ms(s.p50_ms),
+            ms(s.p99_ms),
+            rate(s.throughput),
+            base.map_or(MISSING.to_owned(), |b| ratio(s.p50_ms / b)),
+        ])
+    });
+    out.table(
+        &[
+            "events in the account's stream",
+            "p50 ms",
+            "p99 ms",
+            per_second,
+            "p50 vs shortest",
+        ],
+        "rrrrr",
+        rows,
+    );
 }

@@ -15,8 +15,9 @@ use tokio::net::TcpStream;
 
 use crate::context::{BIG, Ctx, GROWTH_QUERY};
 use crate::load::{self, Conn, Target};
+use crate::phases::growth;
 use crate::procs::Service;
-use crate::report::format::{MISSING, compared, mib, ms, rate, ratio};
+use crate::report::format::{MISSING, compared, mib, ms};
 use crate::report::{Markdown, Part, Results, Target as Goal};
 use crate::stats::{Sample, median_sample};
 use crate::{mariadb, pg};
@@ -385,32 +386,7 @@ fn section(results: &Results, out: &mut Markdown) {
     let figures = &results.live;
     out.heading("Time travel and live updates");
     out.line("`GET /accounts/{id}?as_of=<the instant of the middle version>`, one client, always the same account:\n");
-    let base = figures
-        .as_of
-        .first()
-        .and_then(|(_, s)| median_sample(s))
-        .map(|s| s.p50_ms);
-    let rows = figures.as_of.iter().filter_map(|(events, samples)| {
-        let s = median_sample(samples)?;
-        Some([
-            events.to_string(),
-            ms(s.p50_ms),
-            ms(s.p99_ms),
-            rate(s.throughput),
-            base.map_or(MISSING.to_owned(), |b| ratio(s.p50_ms / b)),
-        ])
-    });
-    out.table(
-        &[
-            "events in the account's stream",
-            "p50 ms",
-            "p99 ms",
-            "req/s",
-            "p50 vs shortest",
-        ],
-        "rrrrr",
-        rows,
-    );
+    growth::latency_by_length(out, &figures.as_of, "req/s");
     out.paragraph(&format!(
         "Peak RSS of the big store's command service once it served these histories to the gap fills: {}.",
         figures
