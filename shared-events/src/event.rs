@@ -6,13 +6,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::{AccountId, Currency, Money, parse_decimal};
+use crate::{
+    AccountId, Currency, LegKind, Money, TransferEvent, TransferId, TransferLeg, parse_decimal,
+};
 
 /// Schema version of the events whose data never changed shape (every type but
 /// `AccountCreated`, see [`EventType::schema_version`]).
 pub const SCHEMA_VERSION: i32 = 1;
 
-/// The kinds of account event, named as on the wire (`"AccountCredited"`).
+/// The kinds of event, named as on the wire (`"AccountCredited"`): those of account
+/// streams, then those of transfer streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventType {
     AccountCreated,
@@ -22,10 +25,15 @@ pub enum EventType {
     AccountSuspended,
     AccountReactivated,
     AccountClosed,
+    TransferRequested,
+    TransferDebited,
+    TransferCompleted,
+    TransferFailed,
+    TransferRefunded,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 12] = [
         Self::AccountCreated,
         Self::AccountActivated,
         Self::AccountCredited,
@@ -33,7 +41,24 @@ impl EventType {
         Self::AccountSuspended,
         Self::AccountReactivated,
         Self::AccountClosed,
+        Self::TransferRequested,
+        Self::TransferDebited,
+        Self::TransferCompleted,
+        Self::TransferFailed,
+        Self::TransferRefunded,
     ];
+
+    /// Whether events of this type belong to a transfer's stream (else an account's).
+    pub fn is_transfer(&self) -> bool {
+        matches!(
+            self,
+            Self::TransferRequested
+                | Self::TransferDebited
+                | Self::TransferCompleted
+                | Self::TransferFailed
+                | Self::TransferRefunded
+        )
+    }
 
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -44,6 +69,11 @@ impl EventType {
             Self::AccountSuspended => "AccountSuspended",
             Self::AccountReactivated => "AccountReactivated",
             Self::AccountClosed => "AccountClosed",
+            Self::TransferRequested => "TransferRequested",
+            Self::TransferDebited => "TransferDebited",
+            Self::TransferCompleted => "TransferCompleted",
+            Self::TransferFailed => "TransferFailed",
+            Self::TransferRefunded => "TransferRefunded",
         }
     }
 
@@ -56,7 +86,7 @@ impl EventType {
         }
     }
 
-    /// Routing key on the `bank.events` exchange: `account.<kind>`.
+    /// Routing key on the `bank.events` exchange: `account.<kind>` or `transfer.<kind>`.
     pub fn routing_key(&self) -> &'static str {
         match self {
             Self::AccountCreated => "account.created",
@@ -66,6 +96,11 @@ impl EventType {
             Self::AccountSuspended => "account.suspended",
             Self::AccountReactivated => "account.reactivated",
             Self::AccountClosed => "account.closed",
+            Self::TransferRequested => "transfer.requested",
+            Self::TransferDebited => "transfer.debited",
+            Self::TransferCompleted => "transfer.completed",
+            Self::TransferFailed => "transfer.failed",
+            Self::TransferRefunded => "transfer.refunded",
         }
     }
 }
@@ -97,13 +132,19 @@ pub enum AccountEvent {
         owner: Option<String>,
     },
     Activated,
+    /// `amount` credited, leaving `balance`; `leg` when it is a transfer's credit
+    /// (`TRANSFER_IN`) or refund (`TRANSFER_REFUND`).
     Credited {
         amount: Money,
         balance: Money,
+        leg: Option<TransferLeg>,
     },
+    /// `amount` debited, leaving `balance`; `leg` when it is a transfer's debit
+    /// (`TRANSFER_OUT`).
     Debited {
         amount: Money,
         balance: Money,
+        leg: Option<TransferLeg>,
     },
     Suspended {
         reason: Option<String>,
@@ -127,6 +168,8 @@ pub enum EventDecodeError {
         event_type: EventType,
         reason: String,
     },
+    #[error("{0} belongs to another kind of stream")]
+    WrongStream(EventType),
 }
 
 #[derive(Deserialize)]
@@ -143,6 +186,8 @@ struct MovementData {
     amount: String,
     currency: Currency,
     balance: String,
+    transfer_id: Option<TransferId>,
+    kind: Option<LegKind>,
 }
 
 #[derive(Deserialize)]
@@ -179,11 +224,27 @@ impl AccountEvent {
                 "currency": initial_balance.currency(),
                 "owner": owner,
             }),
-            Self::Credited { amount, balance } | Self::Debited { amount, balance } => json!({
-                "amount": amount.render(),
-                "currency": amount.currency(),
-                "balance": balance.render(),
-            }),
+            Self::Credited {
+                amount,
+                balance,
+                leg,
+            }
+            | Self::Debited {
+                amount,
+                balance,
+                leg,
+            } => {
+                let mut data = json!({
+                    "amount": amount.render(),
+                    "currency": amount.currency(),
+                    "balance": balance.render(),
+                });
+                if let (Some(leg), Some(fields)) = (leg, data.as_object_mut()) {
+                    fields.insert("transfer_id".into(), json!(leg.transfer_id));
+                    fields.insert("kind".into(), json!(leg.kind));
+                }
+                data
+            }
             Self::Suspended { reason } => json!({ "reason": reason }),
             Self::Activated | Self::Reactivated | Self::Closed => json!({}),
         }
@@ -203,6 +264,9 @@ impl AccountEvent {
         data: &Value,
     ) -> Result<Self, EventDecodeError> {
         let event_type: EventType = event_type.parse()?;
+        if event_type.is_transfer() {
+            return Err(EventDecodeError::WrongStream(event_type));
+        }
         let data = crate::upcast::to_current(event_type, schema_version, data)?;
         let data = data.as_ref();
         let invalid = |reason: String| EventDecodeError::InvalidData { event_type, reason };
@@ -230,10 +294,35 @@ impl AccountEvent {
                         return Err(invalid("amount must be greater than 0".into()));
                     }
                     let balance = money(&d.balance, d.currency)?;
-                    if event_type == EventType::AccountCredited {
-                        Self::Credited { amount, balance }
+                    let credit = event_type == EventType::AccountCredited;
+                    let leg = match (d.transfer_id, d.kind) {
+                        (None, None) => None,
+                        (Some(transfer_id), Some(kind))
+                            if credit != (kind == LegKind::TransferOut) =>
+                        {
+                            Some(TransferLeg { transfer_id, kind })
+                        }
+                        (Some(_), Some(kind)) => {
+                            return Err(invalid(format!("a {kind} leg is not an {event_type}")));
+                        }
+                        _ => {
+                            return Err(invalid(
+                                "transfer_id and kind come together or not at all".into(),
+                            ));
+                        }
+                    };
+                    if credit {
+                        Self::Credited {
+                            amount,
+                            balance,
+                            leg,
+                        }
                     } else {
-                        Self::Debited { amount, balance }
+                        Self::Debited {
+                            amount,
+                            balance,
+                            leg,
+                        }
                     }
                 }
                 EventType::AccountSuspended => {
@@ -250,9 +339,33 @@ impl AccountEvent {
                         _ => Self::Closed,
                     }
                 }
+                other => return Err(EventDecodeError::WrongStream(other)),
             })
         };
         parse(data)
+    }
+}
+
+/// Any event of the store: an account's or a transfer's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainEvent {
+    Account(AccountEvent),
+    Transfer(TransferEvent),
+}
+
+impl DomainEvent {
+    /// Reads any stored event back (see [`AccountEvent::decode`], [`TransferEvent::decode`]).
+    pub fn decode(
+        event_type: &str,
+        schema_version: i32,
+        data: &Value,
+    ) -> Result<Self, EventDecodeError> {
+        let kind: EventType = event_type.parse()?;
+        if kind.is_transfer() {
+            TransferEvent::decode(kind, schema_version, data).map(Self::Transfer)
+        } else {
+            AccountEvent::decode(event_type, schema_version, data).map(Self::Account)
+        }
     }
 }
 
@@ -284,6 +397,7 @@ pub struct Actor {
 pub struct EventEnvelope {
     #[schema(value_type = String, format = Uuid)]
     pub event_id: Uuid,
+    /// The event's stream: the account's id, or for a `Transfer*` event the transfer's.
     pub account_id: AccountId,
     /// 1-based, gap-free position of the event in its account's stream.
     pub version: u64,
@@ -306,8 +420,8 @@ pub struct EventEnvelope {
 
 impl EventEnvelope {
     /// The typed event inside the envelope.
-    pub fn decode(&self) -> Result<AccountEvent, EventDecodeError> {
-        AccountEvent::decode(&self.event_type, self.schema_version, &self.data)
+    pub fn decode(&self) -> Result<DomainEvent, EventDecodeError> {
+        DomainEvent::decode(&self.event_type, self.schema_version, &self.data)
     }
 }
 
@@ -347,10 +461,28 @@ mod tests {
             AccountEvent::Credited {
                 amount: mad(5_000),
                 balance: mad(15_000),
+                leg: None,
             },
             AccountEvent::Debited {
                 amount: mad(3_000),
                 balance: mad(12_000),
+                leg: None,
+            },
+            AccountEvent::Debited {
+                amount: mad(3_000),
+                balance: mad(9_000),
+                leg: Some(TransferLeg {
+                    transfer_id: TransferId::generate(),
+                    kind: LegKind::TransferOut,
+                }),
+            },
+            AccountEvent::Credited {
+                amount: mad(3_000),
+                balance: mad(12_000),
+                leg: Some(TransferLeg {
+                    transfer_id: TransferId::generate(),
+                    kind: LegKind::TransferRefund,
+                }),
             },
             AccountEvent::Suspended {
                 reason: Some("fraud check".into()),
@@ -377,10 +509,25 @@ mod tests {
         let credited = AccountEvent::Credited {
             amount: mad(5_000),
             balance: mad(15_000),
+            leg: None,
         };
         assert_eq!(
             credited.data(),
             json!({"amount": "50.00", "currency": "MAD", "balance": "150.00"})
+        );
+        let transfer_id = TransferId::generate();
+        let leg = AccountEvent::Credited {
+            amount: mad(5_000),
+            balance: mad(15_000),
+            leg: Some(TransferLeg {
+                transfer_id,
+                kind: LegKind::TransferIn,
+            }),
+        };
+        assert_eq!(
+            leg.data(),
+            json!({"amount": "50.00", "currency": "MAD", "balance": "150.00",
+                   "transfer_id": transfer_id, "kind": "TRANSFER_IN"})
         );
         assert_eq!(
             AccountEvent::Created {
@@ -417,6 +564,17 @@ mod tests {
                 json!({"initial_balance": "1.00", "currency": "ZZZ"}),
             ),
             ("AccountActivated", json!({"surprise": true})),
+            (
+                "AccountCredited",
+                json!({"amount": "1.00", "currency": "MAD", "balance": "1.00",
+                       "transfer_id": Uuid::nil(), "kind": "TRANSFER_OUT"}),
+            ),
+            (
+                "AccountDebited",
+                json!({"amount": "1.00", "currency": "MAD", "balance": "1.00",
+                       "transfer_id": Uuid::nil()}),
+            ),
+            ("TransferCompleted", json!({})),
             ("AccountActivated", json!(null)),
         ];
         for (kind, data) in cases {

@@ -8,11 +8,16 @@ mod account;
 mod currency;
 mod event;
 mod money;
+mod transfer;
 mod upcast;
 
 pub use account::{AccountId, AccountStatus};
 pub use currency::Currency;
 pub use event::{
-    AccountEvent, Actor, EventDecodeError, EventEnvelope, EventMetadata, EventType, SCHEMA_VERSION,
+    AccountEvent, Actor, DomainEvent, EventDecodeError, EventEnvelope, EventMetadata, EventType,
+    SCHEMA_VERSION,
 };
 pub use money::{MAX_BALANCE, MAX_COMMAND_AMOUNT, Money, MoneyError, parse_decimal, render_amount};
+pub use transfer::{
+    LegKind, MAX_REFERENCE_CHARS, TransferEvent, TransferId, TransferLeg, TransferStatus,
+};

@@ -152,7 +152,11 @@ pub(crate) fn decide(
                 .balance
                 .checked_add(amount)
                 .ok_or(DomainError::BalanceLimitExceeded)?;
-            Ok(vec![AccountEvent::Credited { amount, balance }])
+            Ok(vec![AccountEvent::Credited {
+                amount,
+                balance,
+                leg: None,
+            }])
         }
         AccountCommand::Debit { amount, currency } => {
             require(&[Active])?;
@@ -163,7 +167,11 @@ pub(crate) fn decide(
                     requested: amount.render(),
                 }
             })?;
-            Ok(vec![AccountEvent::Debited { amount, balance }])
+            Ok(vec![AccountEvent::Debited {
+                amount,
+                balance,
+                leg: None,
+            }])
         }
         AccountCommand::Suspend { reason } => {
             require(&[Active])?;

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use rust_decimal::Decimal;
-use shared_events::{AccountEvent, AccountStatus, Currency, EventEnvelope};
+use shared_events::{AccountEvent, AccountStatus, Currency, DomainEvent, EventEnvelope};
 use uuid::Uuid;
 
 /// Longest owner (`sub`) the read model's `owner` column holds.
@@ -38,7 +38,12 @@ impl Candidate {
                 envelope.version
             ));
         }
-        let event = envelope.decode().map_err(|error| error.to_string())?;
+        let event = match envelope.decode().map_err(|error| error.to_string())? {
+            DomainEvent::Account(event) => event,
+            DomainEvent::Transfer(_) => {
+                return Err(format!("{} is not projected yet", envelope.event_type));
+            }
+        };
         Ok(Self {
             envelope,
             event,
@@ -392,10 +397,12 @@ pub(crate) fn plan(
             AccountEvent::Credited {
                 amount,
                 balance: after,
+                ..
             }
             | AccountEvent::Debited {
                 amount,
                 balance: after,
+                ..
             } => match currency {
                 Some(known) if known == amount.currency() => {
                     let kind = if matches!(candidate.event, AccountEvent::Credited { .. }) {

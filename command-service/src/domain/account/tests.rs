@@ -171,7 +171,8 @@ fn money_moves_only_once_the_account_is_active() {
         then,
         Ok(vec![AccountEvent::Credited {
             amount: money("5"),
-            balance: money("15")
+            balance: money("15"),
+            leg: None,
         }])
     );
 }
@@ -196,7 +197,8 @@ fn a_debit_larger_than_the_balance_is_insufficient_funds() {
         when(&active, debit("37")),
         Ok(vec![AccountEvent::Debited {
             amount: money("37"),
-            balance: money("0")
+            balance: money("0"),
+            leg: None,
         }])
     );
 }
@@ -248,6 +250,7 @@ fn closing_needs_a_zero_balance() {
         &[AccountEvent::Debited {
             amount: money("1"),
             balance: money("0"),
+            leg: None,
         }],
     ]
     .concat();
@@ -315,6 +318,7 @@ fn a_credit_past_the_balance_limit_is_refused() {
         AccountEvent::Credited {
             amount: money("1"),
             balance: money("999999999999999"),
+            leg: None,
         },
     ];
     assert_eq!(
