@@ -27,6 +27,7 @@ mod http;
 mod relay;
 mod settings;
 mod startup;
+mod transfers;
 
 pub use settings::Settings;
 pub use startup::Application;

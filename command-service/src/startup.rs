@@ -12,6 +12,7 @@ use crate::application::CommandHandler;
 use crate::http::{AppState, encode_reply, router};
 use crate::relay::Relay;
 use crate::settings::Settings;
+use crate::transfers::TransferProcess;
 use service_kit::amqp::BrokerStatus;
 use service_kit::auth::Authenticator;
 use service_kit::http::ConnectionLimits;
@@ -22,6 +23,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     relay: Relay,
+    transfers: TransferProcess,
     store: EventStore,
     idempotency_retention: Duration,
     connections: ConnectionLimits,
@@ -48,8 +50,13 @@ impl Application {
             status: broker.clone(),
             publisher_user: publisher_user(settings.amqp_url.expose()),
         };
+        let handler = CommandHandler::new(store.clone(), encode_reply);
+        let transfers = TransferProcess {
+            store: store.clone(),
+            handler: handler.clone(),
+        };
         let state = AppState {
-            handler: CommandHandler::new(store.clone(), encode_reply),
+            handler,
             store: store.clone(),
             command_timeout: settings.command_timeout(),
         };
@@ -58,6 +65,7 @@ impl Application {
             listener,
             router: router(state, broker, authenticator),
             relay,
+            transfers,
             store,
             idempotency_retention: Duration::from_secs(
                 settings.idempotency_retention_hours.max(24) * 3600,
@@ -74,10 +82,12 @@ impl Application {
             .unwrap_or_default()
     }
 
-    /// Serves until `shutdown`, then drains requests and stops the relay.
+    /// Serves until `shutdown`, then drains requests and stops the relay and the
+    /// transfer process.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(port = self.port(), "command service listening");
         let relay = tokio::spawn(self.relay.run(shutdown.clone()));
+        let transfers = tokio::spawn(self.transfers.run(shutdown.clone()));
         let purge = tokio::spawn(purge_idempotency_keys(
             self.store.clone(),
             self.idempotency_retention,
@@ -99,6 +109,12 @@ impl Application {
             tracing::warn!(
                 "outbox relay did not stop in time; unpublished events stay in the outbox"
             );
+        }
+        if tokio::time::timeout(Duration::from_secs(2), transfers)
+            .await
+            .is_err()
+        {
+            tracing::warn!("transfer process did not stop in time; its steps resume on restart");
         }
         purge.abort();
         tracing::info!("command service stopped");

@@ -18,8 +18,8 @@ pub const ACCOUNT_FIELDS: [&str; 7] = [
     "created_at",
     "updated_at",
 ];
-/// Contract fields of an operation.
-pub const OPERATION_FIELDS: [&str; 7] = [
+/// Contract fields of an operation (`transfer_id` only on a transfer's legs).
+pub const OPERATION_FIELDS: [&str; 8] = [
     "event_id",
     "type",
     "amount",
@@ -27,6 +27,7 @@ pub const OPERATION_FIELDS: [&str; 7] = [
     "balance_after",
     "version",
     "occurred_at",
+    "transfer_id",
 ];
 
 /// What the read model must hold for one account.
@@ -61,14 +62,20 @@ impl Expected {
                 "AccountClosed" => status = "CLOSED",
                 kind @ ("AccountCredited" | "AccountDebited") => {
                     balance = data["balance"].clone();
+                    let operation = match (data["kind"].as_str(), kind) {
+                        (Some(leg), _) => leg,
+                        (None, "AccountCredited") => "CREDIT",
+                        (None, _) => "DEBIT",
+                    };
                     operations.push(json!({
                         "event_id": event["event_id"],
-                        "type": if kind == "AccountCredited" { "CREDIT" } else { "DEBIT" },
+                        "type": operation,
                         "amount": data["amount"],
                         "currency": data["currency"],
                         "balance_after": data["balance"],
                         "version": event["version"],
                         "occurred_at": instant(&event["occurred_at"]),
+                        "transfer_id": data["transfer_id"],
                     }));
                 }
                 _ => {}

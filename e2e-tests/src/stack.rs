@@ -249,6 +249,19 @@ impl Stack {
         &self.logs
     }
 
+    /// SIGKILLs the command service and starts it again with the same environment, on
+    /// the same port (so the query service still reaches it at its URL).
+    pub async fn restart_command_killed(&mut self) {
+        self.command.kill();
+        let env = self.command.env.clone();
+        self.command = Service::start(
+            Binary::CommandService,
+            env,
+            &self.logs.join("command-service-restarted.log"),
+        )
+        .await;
+    }
+
     /// SIGKILLs the query service.
     pub fn kill_query(&mut self) {
         if let Some(mut query) = self.query.take() {

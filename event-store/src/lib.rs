@@ -5,11 +5,14 @@
 //! - [`EventStore::load`]: the latest snapshot plus the events after it;
 //! - [`EventStore::read_all`]: the global feed, gap-free in position order;
 //! - [`OutboxLeader`]: the single active relay; the events table is the outbox, read
-//!   after the relay checkpoint (the position of the last event the broker confirmed).
+//!   after the relay checkpoint (the position of the last event the broker confirmed);
+//! - [`TransferProcessLeader`]: the single active transfer process, its checkpoint and
+//!   the transfer requests after it.
 
 mod error;
 mod outbox;
 mod store;
+mod transfers;
 
 pub use error::StoreError;
 pub use outbox::OutboxLeader;
@@ -17,3 +20,4 @@ pub use store::{
     Append, EventStore, LoadedStream, NewEvent, RecordedEvent, Snapshot, StoredResponse,
     StreamAppend,
 };
+pub use transfers::{TransferProcessLeader, TransferRequest};

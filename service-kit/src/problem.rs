@@ -25,11 +25,12 @@ pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     OutcomeUnknown,
+    SameAccount,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the contract's table.
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::InvalidRequest,
         Self::UnsupportedMediaType,
         Self::PayloadTooLarge,
@@ -48,6 +49,7 @@ impl ErrorCode {
         Self::Unauthorized,
         Self::Forbidden,
         Self::OutcomeUnknown,
+        Self::SameAccount,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -70,6 +72,7 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::OutcomeUnknown => "outcome_unknown",
+            Self::SameAccount => "same_account",
         }
     }
 
@@ -86,7 +89,8 @@ impl ErrorCode {
             Self::InsufficientFunds
             | Self::CurrencyMismatch
             | Self::BalanceLimitExceeded
-            | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            | Self::IdempotencyKeyReused
+            | Self::SameAccount => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotYetProjected => StatusCode::GATEWAY_TIMEOUT,
             Self::ServiceUnavailable | Self::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -115,6 +119,7 @@ impl ErrorCode {
             Self::Unauthorized => "Authentication required",
             Self::Forbidden => "The token lacks the scope this operation needs",
             Self::OutcomeUnknown => "The outcome of the command is unknown",
+            Self::SameAccount => "A transfer needs two different accounts",
         }
     }
 }
@@ -210,6 +215,7 @@ impl Problem {
             ErrorCode::OutcomeUnknown => {
                 "the command may or may not have been committed; retry with the same Idempotency-Key"
             }
+            ErrorCode::SameAccount => "a transfer cannot move money from an account to itself",
         };
         serde_json::to_value(Self::new(code, detail)).unwrap_or_default()
     }

@@ -132,7 +132,7 @@ impl fmt::Display for LegKind {
 }
 
 /// The mark of a transfer leg on an account's `AccountDebited` / `AccountCredited`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TransferLeg {
     pub transfer_id: TransferId,
     pub kind: LegKind,

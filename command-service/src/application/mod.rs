@@ -14,6 +14,7 @@
 
 mod idempotency;
 mod rehydrate;
+mod transfers;
 mod writer;
 
 use std::sync::Arc;
@@ -24,6 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 pub(crate) use idempotency::{IdempotencyKey, ReplyEncoder, StoredReply};
+pub(crate) use transfers::{
+    TransferRecord, TransferReply, TransferRequest, load_transfer, to_new_events as transfer_events,
+};
 
 use crate::domain::{Account, AccountCommand, Requester};
 use crate::error::CommandError;
@@ -174,7 +178,12 @@ impl CommandHandler {
     /// The account `id` as the event store holds it now (`None`: no such account).
     pub(crate) async fn account(&self, id: AccountId) -> Result<Option<Account>, CommandError> {
         let mut loaded = rehydrate::load(&self.store, &[id.as_uuid()]).await?;
-        rehydrate::rebuild(id, loaded.remove(&id.as_uuid()))
-            .map_err(|message| CommandError::CorruptStream(id.as_uuid(), message))
+        match rehydrate::rebuild(id, loaded.remove(&id.as_uuid())) {
+            Ok(account) => Ok(account),
+            Err(rehydrate::NotAnAccount::OtherStream) => Ok(None),
+            Err(rehydrate::NotAnAccount::Corrupt(message)) => {
+                Err(CommandError::CorruptStream(id.as_uuid(), message))
+            }
+        }
     }
 }

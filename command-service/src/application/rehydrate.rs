@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use event_store::{EventStore, LoadedStream, StoreError};
 use serde_json::Value;
-use shared_events::{AccountEvent, AccountId};
+use shared_events::{AccountEvent, AccountId, EventDecodeError};
 use uuid::Uuid;
 
 use crate::domain::{Account, evolve};
@@ -43,11 +43,26 @@ pub(super) async fn load(
     Ok(loaded)
 }
 
-/// The account a stream holds (`None`: no such stream), or why it cannot be read back.
+/// Why a stream does not rebuild to an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum NotAnAccount {
+    /// The id is another kind of stream's (a transfer's).
+    OtherStream,
+    /// The stream cannot be read back.
+    Corrupt(String),
+}
+
+impl From<String> for NotAnAccount {
+    fn from(message: String) -> Self {
+        Self::Corrupt(message)
+    }
+}
+
+/// The account a stream holds (`None`: no such stream), or why it holds none.
 pub(super) fn rebuild(
     id: AccountId,
     stream: Option<LoadedStream>,
-) -> Result<Option<Account>, String> {
+) -> Result<Option<Account>, NotAnAccount> {
     let Some(stream) = stream else {
         return Ok(None);
     };
@@ -60,27 +75,32 @@ pub(super) fn rebuild(
             return Err(format!(
                 "stream {id} has a snapshot of schema {}, not one of {READABLE_SNAPSHOT_SCHEMAS:?}",
                 snapshot.schema_version
-            ));
+            )
+            .into());
         }
         None => None,
     };
     for recorded in &stream.events {
-        let event = AccountEvent::decode(
+        let event = match AccountEvent::decode(
             &recorded.event_type,
             recorded.schema_version,
             &recorded.data,
-        )
-        .map_err(|e| format!("event {} of {id}: {e}", recorded.version))?;
+        ) {
+            Ok(event) => event,
+            Err(EventDecodeError::WrongStream(_)) => return Err(NotAnAccount::OtherStream),
+            Err(e) => return Err(format!("event {} of {id}: {e}", recorded.version).into()),
+        };
         account = evolve(account, &event);
     }
     let Some(account) = account else {
-        return Err(format!("stream {id} holds no account"));
+        return Err(format!("stream {id} holds no account").into());
     };
     if i64::try_from(account.version).ok() != Some(stream.version) {
         return Err(format!(
             "stream {id} rebuilds to version {} not {}",
             account.version, stream.version
-        ));
+        )
+        .into());
     }
     Ok(Some(account))
 }

@@ -20,9 +20,9 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::idempotency::{self, ReplyEncoder};
-use super::rehydrate::{self, SNAPSHOT_SCHEMA};
+use super::rehydrate::{self, NotAnAccount, SNAPSHOT_SCHEMA};
 use super::{Accepted, CommandContext, MAX_BATCH, Outcome, Reply, WRITERS};
-use crate::domain::{Account, AccountCommand, decide, evolve};
+use crate::domain::{Account, AccountCommand, DomainError, decide, evolve};
 use crate::error::CommandError;
 use crate::relay::{PIPELINE, seconds_since};
 
@@ -270,13 +270,25 @@ impl Writer {
     async fn decide_or_settle(
         &mut self,
         id: AccountId,
-        account: Result<Option<Account>, String>,
+        account: Result<Option<Account>, NotAnAccount>,
         group: Vec<Job>,
         plans: &mut Vec<Plan>,
     ) {
         let account = match account {
             Ok(account) => account,
-            Err(message) => {
+            Err(NotAnAccount::OtherStream) => {
+                // Another kind of stream (a transfer's) holds the id: it is taken, and
+                // no account has it.
+                for job in group {
+                    let refusal = match job.command {
+                        AccountCommand::Create { .. } => DomainError::AccountExists,
+                        _ => DomainError::NotFound,
+                    };
+                    let _ = job.reply.send(Err(CommandError::Domain(refusal)));
+                }
+                return;
+            }
+            Err(NotAnAccount::Corrupt(message)) => {
                 tracing::error!(account_id = %id, error = %message, "cannot rebuild account");
                 for job in group {
                     let _ = job.reply.send(Err(CommandError::CorruptStream(
@@ -386,7 +398,9 @@ fn accepted(id: AccountId, command: &AccountCommand, after: &Account) -> Accepte
         version: after.version,
         balance: matches!(
             command,
-            AccountCommand::Credit { .. } | AccountCommand::Debit { .. }
+            AccountCommand::Credit { .. }
+                | AccountCommand::Debit { .. }
+                | AccountCommand::Leg { .. }
         )
         .then_some(after.balance),
         opened: matches!(command, AccountCommand::Create { .. }),
@@ -405,7 +419,11 @@ fn to_new_events(events: &[AccountEvent], context: &CommandContext) -> Vec<NewEv
     events
         .iter()
         .map(|event| NewEvent {
-            event_id: Uuid::now_v7(),
+            event_id: match event {
+                AccountEvent::Credited { leg: Some(leg), .. }
+                | AccountEvent::Debited { leg: Some(leg), .. } => leg.event_id(),
+                _ => Uuid::now_v7(),
+            },
             event_type: event.event_type().as_str().to_owned(),
             schema_version: event.schema_version(),
             data: event.data(),

@@ -1,6 +1,8 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use shared_events::{AccountEvent, AccountStatus, Currency, Money, MoneyError};
+use shared_events::{
+    AccountEvent, AccountStatus, Currency, LegKind, Money, MoneyError, TransferLeg,
+};
 
 /// What the write side knows of an account: enough to decide every command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +63,12 @@ pub(crate) enum AccountCommand {
     },
     Reactivate,
     Close,
+    /// A leg of a transfer, decided for the bank by the transfer process: the
+    /// source's debit, the destination's credit, or the source's refund.
+    Leg {
+        leg: TransferLeg,
+        amount: Money,
+    },
 }
 
 impl AccountCommand {
@@ -73,6 +81,11 @@ impl AccountCommand {
             Self::Suspend { .. } => "suspend",
             Self::Reactivate => "reactivate",
             Self::Close => "close",
+            Self::Leg { leg, .. } => match leg.kind {
+                LegKind::TransferOut => "transfer_out",
+                LegKind::TransferIn => "transfer_in",
+                LegKind::TransferRefund => "transfer_refund",
+            },
         }
     }
 }
@@ -191,6 +204,41 @@ pub(crate) fn decide(
                 });
             }
             Ok(vec![AccountEvent::Closed])
+        }
+        AccountCommand::Leg { leg, amount } => {
+            let amount = movement(account, amount.amount(), Some(amount.currency()))?;
+            match leg.kind {
+                LegKind::TransferOut => {
+                    require(&[Active])?;
+                    let balance = account.balance.checked_sub(amount).ok_or_else(|| {
+                        DomainError::InsufficientFunds {
+                            balance: account.balance.render(),
+                            requested: amount.render(),
+                        }
+                    })?;
+                    Ok(vec![AccountEvent::Debited {
+                        amount,
+                        balance,
+                        leg: Some(*leg),
+                    }])
+                }
+                LegKind::TransferIn | LegKind::TransferRefund => {
+                    // A refund returns money the account already held: whatever its
+                    // status since (even closed), it is taken back.
+                    if leg.kind == LegKind::TransferIn {
+                        require(&[Active])?;
+                    }
+                    let balance = account
+                        .balance
+                        .checked_add(amount)
+                        .ok_or(DomainError::BalanceLimitExceeded)?;
+                    Ok(vec![AccountEvent::Credited {
+                        amount,
+                        balance,
+                        leg: Some(*leg),
+                    }])
+                }
+            }
         }
     }
 }

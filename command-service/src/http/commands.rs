@@ -29,7 +29,7 @@ const MAX_REASON_CHARS: usize = 500;
 const MAX_OWNER_CHARS: usize = 255;
 
 /// Runs one command of `caller` for a request and turns the outcome into the response.
-async fn run(
+pub(super) async fn run(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
@@ -45,7 +45,7 @@ async fn run(
     reply::respond(state.handler.execute(id, command, context).await)
 }
 
-fn context(
+pub(super) fn context(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
@@ -85,7 +85,7 @@ fn context(
 }
 
 /// Why a request was refused before its command was built.
-enum Refused {
+pub(super) enum Refused {
     /// The caller lacks the operation's scope (or an admin's right to name an owner).
     Scope(AuthRejection),
     /// The path or the body is not a valid request.
@@ -103,7 +103,11 @@ impl IntoResponse for Refused {
 
 /// The request's parts once the caller is known to hold `scope`: the scope is
 /// checked before the path and the body are looked at.
-fn authorised<T>(caller: &Caller, scope: Scope, request: Result<T, Problem>) -> Result<T, Refused> {
+pub(super) fn authorised<T>(
+    caller: &Caller,
+    scope: Scope,
+    request: Result<T, Problem>,
+) -> Result<T, Refused> {
     caller.require(scope).map_err(Refused::Scope)?;
     request.map_err(|problem| Refused::Request(Box::new(problem)))
 }

@@ -3,7 +3,7 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
-use shared_events::{Currency, EventEnvelope, parse_decimal};
+use shared_events::{Currency, EventEnvelope, TransferStatus, parse_decimal};
 use utoipa::ToSchema;
 use utoipa::openapi::{RefOr, Schema};
 use uuid::Uuid;
@@ -73,6 +73,53 @@ impl utoipa::PartialSchema for MovementRequest {
 }
 
 impl ToSchema for MovementRequest {}
+
+/// Body of `POST /transfers`; its schema is [`super::schema::transfer`].
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TransferRequestBody {
+    pub(super) from: Uuid,
+    pub(super) to: Uuid,
+    /// `0 < amount <= 10^12`, with at most the source's currency's fraction digits.
+    pub(super) amount: AmountInput,
+    /// Must be the source's currency when given.
+    pub(super) currency: Option<Currency>,
+    /// Free text kept with the transfer, at most 140 characters.
+    pub(super) reference: Option<String>,
+}
+
+impl utoipa::PartialSchema for TransferRequestBody {
+    fn schema() -> RefOr<Schema> {
+        super::schema::transfer()
+    }
+}
+
+impl ToSchema for TransferRequestBody {}
+
+/// A transfer: the answer to `POST /transfers`, as the query service shows it too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(super) struct TransferResponse {
+    #[schema(value_type = String, format = Uuid)]
+    pub(super) id: Uuid,
+    #[schema(value_type = String, format = Uuid)]
+    pub(super) from: Uuid,
+    #[schema(value_type = String, format = Uuid)]
+    pub(super) to: Uuid,
+    /// With exactly the currency's fraction digits.
+    #[schema(example = "25.00")]
+    pub(super) amount: String,
+    #[schema(value_type = String, example = "MAD")]
+    pub(super) currency: Currency,
+    pub(super) reference: Option<String>,
+    pub(super) status: TransferStatus,
+    /// Why it failed or was refunded: the refusing account's error code.
+    #[schema(example = "insufficient_funds")]
+    pub(super) reason: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub(super) created_at: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub(super) updated_at: String,
+}
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -6,6 +6,7 @@ mod feeds;
 mod refusals;
 mod reply;
 mod schema;
+mod transfers;
 
 use std::time::Duration;
 
@@ -45,12 +46,15 @@ pub(crate) struct AppState {
         commands::close,
         feeds::account_events,
         feeds::all_events,
+        transfers::request_transfer,
     ),
     components(schemas(
         service_kit::Problem,
         shared_events::EventEnvelope,
         dto::CreateAccountRequest,
-        dto::MovementRequest
+        dto::MovementRequest,
+        dto::TransferRequestBody,
+        dto::TransferResponse
     ))
 )]
 struct ApiDoc;
@@ -72,6 +76,7 @@ pub(crate) fn router(
         .route("/accounts/{id}/close", post(commands::close))
         .route("/accounts/{id}/events", get(feeds::account_events))
         .route("/events", get(feeds::all_events))
+        .route("/transfers", post(transfers::request_transfer))
         .layer(authenticator.layer())
         .with_state(state.clone());
     let store = state.store;

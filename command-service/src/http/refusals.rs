@@ -57,6 +57,20 @@ const MOVEMENT_REFUSED: Refusal = Refusal::new(
         ErrorCode::IdempotencyKeyReused,
     ],
 );
+const TRANSFER_REFUSED: Refusal = Refusal::new(
+    422,
+    "same_account: from and to are the same account; currency_mismatch: the currency is not the source's; idempotency_key_reused.",
+    &[
+        ErrorCode::SameAccount,
+        ErrorCode::CurrencyMismatch,
+        ErrorCode::IdempotencyKeyReused,
+    ],
+);
+const TRANSFER_CONFLICT: Refusal = Refusal::new(
+    409,
+    "concurrency_conflict: a concurrent request with the same Idempotency-Key has not answered yet.",
+    &[ErrorCode::ConcurrencyConflict],
+);
 const OUTCOME_UNKNOWN: Refusal = Refusal::new(
     503,
     "outcome_unknown: the command may or may not have been committed (retry with the same Idempotency-Key to learn which); service_unavailable: the event store is unreachable.",
@@ -80,4 +94,8 @@ refusals!(pub(super) AccountEventsRefusals = [
 ]);
 refusals!(pub(super) FeedRefusals = [
     INVALID_REQUEST, UNAUTHORIZED, FORBIDDEN_FEED, SERVICE_UNAVAILABLE,
+]);
+refusals!(pub(super) TransferRefusals = [
+    INVALID_REQUEST, UNAUTHORIZED, FORBIDDEN_TO_MOVE, NOT_FOUND, TRANSFER_CONFLICT,
+    PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, TRANSFER_REFUSED, OUTCOME_UNKNOWN,
 ]);

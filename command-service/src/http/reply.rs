@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use service_kit::{ErrorCode, Problem};
 
-use super::dto::{BalanceResponse, VersionResponse};
-use crate::application::{Accepted, Reply, StoredReply};
-use crate::domain::DomainError;
+use super::dto::{BalanceResponse, TransferResponse, VersionResponse};
+use crate::application::{Accepted, Reply, StoredReply, TransferRecord, TransferReply};
+use crate::domain::transfer::TransferError;
 use crate::error::CommandError;
 
 /// The body of a command's answer. Untagged: a stored body is read back as the first
@@ -142,6 +142,90 @@ impl IntoResponse for CommandResponse {
     }
 }
 
+/// The body of a transfer request's answer: the transfer, or why it was refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum TransferReplyBody {
+    Transfer(TransferResponse),
+    Problem(Problem),
+}
+
+fn transfer_response(record: &TransferRecord) -> TransferResponse {
+    let transfer = &record.transfer;
+    let at = |instant: &chrono::DateTime<chrono::Utc>| {
+        instant.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+    TransferResponse {
+        id: transfer.id.as_uuid(),
+        from: transfer.from.as_uuid(),
+        to: transfer.to.as_uuid(),
+        amount: transfer.amount.render(),
+        currency: transfer.amount.currency(),
+        reference: transfer.reference.clone(),
+        status: transfer.status,
+        reason: transfer.reason.clone(),
+        created_at: at(&record.created_at),
+        updated_at: at(&record.updated_at),
+    }
+}
+
+/// Writes the reply remembered under an idempotency key for a transfer request (the
+/// application's [`TransferReplyEncoder`](crate::application::TransferReplyEncoder)).
+pub(crate) fn encode_transfer_reply(result: Result<&TransferRecord, &CommandError>) -> StoredReply {
+    let (status, body) = match result {
+        Ok(record) => (
+            StatusCode::ACCEPTED,
+            TransferReplyBody::Transfer(transfer_response(record)),
+        ),
+        Err(error) => {
+            let problem = problem(error);
+            (problem.status_code(), TransferReplyBody::Problem(problem))
+        }
+    };
+    StoredReply {
+        status: status.as_u16(),
+        body: serde_json::to_value(&body).unwrap_or(Value::Null),
+    }
+}
+
+/// The answer to a transfer request: 202 with the transfer and its `Location`, the
+/// stored first answer to a repeat, or the refusal.
+pub(super) fn respond_transfer(outcome: Result<TransferReply, CommandError>) -> Response {
+    let (stored, replayed) = match outcome {
+        Ok(TransferReply::Requested(record)) => (encode_transfer_reply(Ok(&record)), false),
+        Ok(TransferReply::Replayed(stored)) => (stored, true),
+        Err(error) => return error.into_response(),
+    };
+    let Ok(status) = StatusCode::from_u16(stored.status) else {
+        return Problem::internal(&format!("stored reply has status {}", stored.status))
+            .into_response();
+    };
+    let body: TransferReplyBody = match serde_json::from_value(stored.body) {
+        Ok(body) => body,
+        Err(error) => {
+            return Problem::internal(&format!("stored reply cannot be read back: {error}"))
+                .into_response();
+        }
+    };
+    let mut response = match body {
+        TransferReplyBody::Transfer(transfer) => {
+            let location = HeaderValue::from_str(&format!("/transfers/{}", transfer.id)).ok();
+            let mut response = (status, Json(transfer)).into_response();
+            if let Some(location) = location {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        TransferReplyBody::Problem(problem) => problem.into_response(),
+    };
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
 impl IntoResponse for CommandError {
     fn into_response(self) -> Response {
         problem(&self).into_response()
@@ -151,16 +235,13 @@ impl IntoResponse for CommandError {
 /// The problem document for an error: the command service's one mapping.
 fn problem(error: &CommandError) -> Problem {
     let code = match error {
-        CommandError::Domain(refusal) => match refusal {
-            DomainError::AccountExists => ErrorCode::AccountExists,
-            DomainError::NotFound => ErrorCode::NotFound,
-            DomainError::InvalidState { .. } | DomainError::NonZeroBalance { .. } => {
-                ErrorCode::InvalidState
+        CommandError::Domain(refusal) => refusal.code(),
+        CommandError::Transfer(refusal) => match refusal {
+            TransferError::SameAccount => ErrorCode::SameAccount,
+            TransferError::NotFound => ErrorCode::NotFound,
+            TransferError::Exists | TransferError::OutOfOrder { .. } => {
+                ErrorCode::ConcurrencyConflict
             }
-            DomainError::InsufficientFunds { .. } => ErrorCode::InsufficientFunds,
-            DomainError::CurrencyMismatch { .. } => ErrorCode::CurrencyMismatch,
-            DomainError::BalanceLimitExceeded => ErrorCode::BalanceLimitExceeded,
-            DomainError::InvalidAmount(_) => ErrorCode::InvalidRequest,
         },
         CommandError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
         CommandError::Conflict => ErrorCode::ConcurrencyConflict,
@@ -185,6 +266,7 @@ mod tests {
     use shared_events::{AccountId, Currency, Money};
 
     use super::*;
+    use crate::domain::DomainError;
 
     fn money(text: &str) -> Money {
         let currency = Currency::parse("MAD").unwrap();

@@ -182,6 +182,78 @@ pub(super) fn movement() -> RefOr<Schema> {
     shapes.into()
 }
 
+/// `from`, `to` and `reference`, common to every shape of a transfer request.
+fn transfer_parties(shape: ObjectBuilder) -> ObjectBuilder {
+    let account = |description: &str| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+            .description(Some(description.to_owned()))
+    };
+    shape
+        .property(
+            "from",
+            account("The account debited: one the caller owns (any, for accounts:admin)."),
+        )
+        .required("from")
+        .property(
+            "to",
+            account("The account credited: any account, not `from`."),
+        )
+        .required("to")
+        .property(
+            "reference",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(shared_events::MAX_REFERENCE_CHARS))
+                .description(Some(
+                    "Free text the transfer keeps (at most 140 characters).",
+                )),
+        )
+}
+
+pub(super) fn transfer() -> RefOr<Schema> {
+    let mut shapes = OneOfBuilder::new().description(Some(
+        "A transfer from one account to another of the same currency. `0 < amount <= 10^12` \
+         major units, with no more fraction digits than the source's currency has; `currency`, \
+         when given, must be the source's.",
+    ));
+    let groups = currencies_by_minor_units();
+    let most_digits = groups.keys().copied().max().unwrap_or(0);
+    shapes = shapes.item(
+        transfer_parties(ObjectBuilder::new().title(Some("Transfer in the source currency")))
+            .property(
+                "amount",
+                amount(
+                    most_digits,
+                    Zero::Refused,
+                    "`0 < amount <= 10^12`, with at most the source's currency's fraction digits.",
+                ),
+            )
+            .required("amount")
+            .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false))),
+    );
+    for (minor_units, codes) in groups {
+        shapes = shapes.item(
+            transfer_parties(ObjectBuilder::new().title(Some(format!(
+                "Transfer with up to {minor_units} fraction digits"
+            ))))
+            .property(
+                "amount",
+                amount(minor_units, Zero::Refused, "`0 < amount <= 10^12`."),
+            )
+            .required("amount")
+            .property(
+                "currency",
+                currency_of(&codes).description(Some("Must be the source's currency.")),
+            )
+            .required("currency")
+            .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false))),
+        );
+    }
+    shapes.into()
+}
+
 #[cfg(test)]
 mod tests {
     use shared_events::{Money, parse_decimal};

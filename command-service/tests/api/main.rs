@@ -7,3 +7,4 @@ mod contract;
 mod faults;
 mod helpers;
 mod outcomes;
+mod transfers;

@@ -1,0 +1,340 @@
+//! The transfer process: drives every requested transfer to its end, across crashes
+//! and restarts. One process leads across all replicas (a session advisory lock);
+//! the others stand by.
+//!
+//! Woken by every commit (the store's append notification), the leader reads the
+//! transfer requests after the last one it saw and drives each in a task of its own:
+//! debit the source, then credit the destination, or refund the source when the
+//! destination refuses, recording each outcome in the transfer's stream. Every leg is
+//! an account command with a deterministic identity: its idempotency key
+//! (`transfer:<id>:<kind>`) and its event id ([`TransferLeg::event_id`]), so a leg
+//! repeated after a crash is recognised instead of applied again. The checkpoint
+//! stays before the oldest transfer not yet ended, so a new leader resumes every one.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use event_store::{Append, EventStore, StoreError, TransferProcessLeader};
+use service_kit::backoff::Backoff;
+use shared_events::{LegKind, TransferId};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::application::{
+    CommandContext, CommandHandler, IdempotencyKey, Reply, TransferRecord, load_transfer,
+    transfer_events,
+};
+use crate::domain::transfer::{Step, Transfer, TransferCommand, decide, evolve};
+use crate::domain::{AccountCommand, Requester};
+use crate::error::CommandError;
+
+/// How often a standby process tries to take the lead, and the longest wait for a
+/// wake-up before looking for requests anyway.
+const STANDBY_RETRY: Duration = Duration::from_secs(2);
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Transfers driven at once; the others wait their turn.
+const MAX_DRIVEN: usize = 64;
+/// Requests read at once.
+const READ_LIMIT: i64 = 1_000;
+/// The pause before trying a step again after the store failed.
+const STEP_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+/// How long a leg may take before it is tried again.
+const LEG_TIMEOUT: Duration = Duration::from_secs(10);
+/// Who the legs' events record as their client.
+const PROCESS_CLIENT: &str = "transfer-process";
+
+/// Drives transfers to their end. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct TransferProcess {
+    pub(crate) store: EventStore,
+    pub(crate) handler: CommandHandler,
+}
+
+/// What a leg came to.
+enum LegOutcome {
+    Taken,
+    /// Refused by the account, with the contract's code.
+    Refused(String),
+}
+
+impl TransferProcess {
+    /// Runs until `shutdown`: waits for the lead, then drives transfers.
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match self.store.try_lead_transfers().await {
+                Ok(Some(leader)) => {
+                    tracing::info!("transfer process is leading");
+                    if let Err(error) = self.lead(leader, &shutdown).await {
+                        tracing::warn!(error = %error, "transfer process lost its database connection; re-electing");
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(error = %error, "transfer process cannot reach the database")
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(STANDBY_RETRY) => {}
+            }
+        }
+    }
+
+    async fn lead(
+        &self,
+        mut leader: TransferProcessLeader,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let mut listener = self.store.listen_appends().await?;
+        let mut saved = leader.checkpoint().await?;
+        let mut read_to = saved;
+        // Transfers seen and not known to have ended, by the position of their request.
+        let mut open: BTreeMap<i64, Uuid> = BTreeMap::new();
+        let mut waiting: VecDeque<(i64, Uuid)> = VecDeque::new();
+        // Each task answers with its transfer's position and whether it ended.
+        let mut driven: JoinSet<(i64, bool)> = JoinSet::new();
+        let stop = shutdown.child_token();
+        let outcome = loop {
+            if shutdown.is_cancelled() {
+                break Ok(());
+            }
+            let requests = match leader.requests_after(read_to, READ_LIMIT).await {
+                Ok(requests) => requests,
+                Err(error) => break Err(error),
+            };
+            let full = i64::try_from(requests.len()).unwrap_or(i64::MAX) >= READ_LIMIT;
+            for request in requests {
+                read_to = request.position;
+                open.insert(request.position, request.transfer_id);
+                waiting.push_back((request.position, request.transfer_id));
+            }
+            while driven.len() < MAX_DRIVEN
+                && let Some((position, id)) = waiting.pop_front()
+            {
+                let process = self.clone();
+                let stop = stop.clone();
+                driven.spawn(async move {
+                    let ended = process.drive(TransferId::from(id), &stop).await;
+                    (position, ended)
+                });
+            }
+            let checkpoint = open.keys().next().map_or(read_to, |oldest| oldest - 1);
+            if checkpoint > saved {
+                if let Err(error) = leader.save_checkpoint(checkpoint).await {
+                    break Err(error);
+                }
+                saved = checkpoint;
+            }
+            metrics::gauge!("transfers_in_progress").set(open.len() as f64);
+            if full && driven.len() < MAX_DRIVEN {
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                Some(first) = driven.join_next() => {
+                    let mut finished = vec![first];
+                    while let Some(next) = driven.try_join_next() {
+                        finished.push(next);
+                    }
+                    for (position, ended) in finished.into_iter().flatten() {
+                        if ended {
+                            open.remove(&position);
+                        }
+                    }
+                }
+                notification = listener.recv() => {
+                    if let Err(error) = notification {
+                        break Err(error.into());
+                    }
+                    while listener.next_buffered().is_some() {}
+                }
+                () = tokio::time::sleep(IDLE_POLL) => {}
+            }
+        };
+        stop.cancel();
+        while driven.join_next().await.is_some() {}
+        outcome
+    }
+
+    /// Drives one transfer until it ends (true) or the process stops (false): step
+    /// after step, each retried after a pause while the store or an account fails.
+    async fn drive(&self, id: TransferId, stop: &CancellationToken) -> bool {
+        let mut backoff = STEP_BACKOFF;
+        let mut current: Option<TransferRecord> = None;
+        while !stop.is_cancelled() {
+            let record = match current.take() {
+                Some(record) => record,
+                None => match load_transfer(&self.store, id).await {
+                    Ok(Some(record)) => record,
+                    Ok(None) => {
+                        tracing::error!(transfer_id = %id, "a requested transfer has no stream");
+                        return true;
+                    }
+                    Err(error) => {
+                        tracing::warn!(transfer_id = %id, error = %error, "cannot load transfer");
+                        pause(&mut backoff, stop).await;
+                        continue;
+                    }
+                },
+            };
+            let Some(step) = record.transfer.next_step() else {
+                return true;
+            };
+            match self.step(&record, step).await {
+                Ok(next) => {
+                    backoff = STEP_BACKOFF;
+                    current = next;
+                }
+                Err(error) => {
+                    tracing::warn!(transfer_id = %id, error = %error, "transfer step failed; retrying");
+                    pause(&mut backoff, stop).await;
+                }
+            }
+        }
+        false
+    }
+
+    /// Runs one step and records its outcome; returns the transfer after it (`None`
+    /// when it must be loaded again: another writer recorded first).
+    async fn step(
+        &self,
+        record: &TransferRecord,
+        step: Step,
+    ) -> Result<Option<TransferRecord>, CommandError> {
+        let transfer = &record.transfer;
+        let command = match step {
+            Step::DebitSource => match self.leg(transfer, LegKind::TransferOut).await? {
+                LegOutcome::Taken => TransferCommand::RecordDebit,
+                LegOutcome::Refused(code) => TransferCommand::RecordDebitRefused { code },
+            },
+            Step::CreditDestination => match self.leg(transfer, LegKind::TransferIn).await? {
+                LegOutcome::Taken => TransferCommand::RecordCredit,
+                LegOutcome::Refused(code) => {
+                    match self.leg(transfer, LegKind::TransferRefund).await? {
+                        LegOutcome::Taken => TransferCommand::RecordRefund { code },
+                        LegOutcome::Refused(refusal) => {
+                            return Err(CommandError::Unavailable(format!(
+                                "the source refused the refund ({refusal})"
+                            )));
+                        }
+                    }
+                }
+            },
+        };
+        self.record(record, &command).await
+    }
+
+    /// Runs a leg once: a leg whose event is already in the store was taken.
+    async fn leg(&self, transfer: &Transfer, kind: LegKind) -> Result<LegOutcome, CommandError> {
+        let leg = transfer.leg(kind);
+        if self.store.event_exists(leg.event_id()).await? {
+            return Ok(LegOutcome::Taken);
+        }
+        let account = match kind {
+            LegKind::TransferOut | LegKind::TransferRefund => transfer.from,
+            LegKind::TransferIn => transfer.to,
+        };
+        let key = format!("transfer:{}:{kind}", transfer.id);
+        let context = CommandContext {
+            requester: Requester {
+                sub: transfer.requested_by.clone(),
+                admin: true,
+            },
+            client_id: Some(PROCESS_CLIENT.to_owned()),
+            correlation_id: Some(transfer.id.to_string()),
+            idempotency: Some(IdempotencyKey {
+                key: key.clone(),
+                client_key: key,
+                fingerprint: b"transfer-leg".to_vec(),
+            }),
+            deadline: Instant::now() + LEG_TIMEOUT,
+        };
+        let command = AccountCommand::Leg {
+            leg,
+            amount: transfer.amount,
+        };
+        match self.handler.execute(account, command, context).await {
+            Ok(Reply::Accepted(_)) => Ok(LegOutcome::Taken),
+            Ok(Reply::Replayed(stored)) if stored.status < 300 => Ok(LegOutcome::Taken),
+            Ok(Reply::Replayed(stored)) => Ok(LegOutcome::Refused(
+                stored.body["code"]
+                    .as_str()
+                    .unwrap_or("invalid_state")
+                    .to_owned(),
+            )),
+            Err(CommandError::Domain(refusal)) => {
+                Ok(LegOutcome::Refused(refusal.code().as_str().to_owned()))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Appends the events `command` causes to the transfer's stream.
+    async fn record(
+        &self,
+        record: &TransferRecord,
+        command: &TransferCommand,
+    ) -> Result<Option<TransferRecord>, CommandError> {
+        let transfer = &record.transfer;
+        let events = decide(Some(transfer), command)?;
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let context = CommandContext {
+            requester: Requester {
+                sub: transfer.requested_by.clone(),
+                admin: true,
+            },
+            client_id: Some(PROCESS_CLIENT.to_owned()),
+            correlation_id: Some(transfer.id.to_string()),
+            idempotency: None,
+            deadline: Instant::now() + LEG_TIMEOUT,
+        };
+        let occurred_at = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
+        let new_events = transfer_events(&events, &context, occurred_at);
+        let append = Append {
+            stream_id: transfer.id.as_uuid(),
+            expected_version: i64::try_from(transfer.version).unwrap_or(i64::MAX),
+            events: &new_events,
+            snapshot: None,
+            response: None,
+        };
+        match self.store.append(append).await {
+            Ok(_) => {
+                let after = events
+                    .iter()
+                    .try_fold(transfer.clone(), |t, e| evolve(transfer.id, Some(t), e));
+                metrics::counter!("transfer_steps_total", "outcome" => outcome_label(command))
+                    .increment(1);
+                Ok(after.map(|transfer| TransferRecord {
+                    transfer,
+                    created_at: record.created_at,
+                    updated_at: new_events
+                        .first()
+                        .map_or(record.updated_at, |event| event.occurred_at),
+                }))
+            }
+            Err(StoreError::Conflict { .. }) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+fn outcome_label(command: &TransferCommand) -> &'static str {
+    match command {
+        TransferCommand::Request { .. } => "requested",
+        TransferCommand::RecordDebit => "debited",
+        TransferCommand::RecordDebitRefused { .. } => "failed",
+        TransferCommand::RecordCredit => "completed",
+        TransferCommand::RecordRefund { .. } => "refunded",
+    }
+}
+
+async fn pause(backoff: &mut Backoff, stop: &CancellationToken) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = tokio::time::sleep(backoff.next_delay()) => {}
+    }
+}
