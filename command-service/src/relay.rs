@@ -44,6 +44,8 @@ enum PublishError {
     Encode(i64, serde_json::Error),
     #[error("a published window held no event")]
     EmptyWindow,
+    #[error("the broker did not {0} within {1:?}")]
+    Stalled(&'static str, Duration),
 }
 
 /// Publishes the outbox to the events exchange.
@@ -56,6 +58,8 @@ pub(crate) struct Relay {
     pub(crate) publisher_user: String,
     pub(crate) exchange: String,
     pub(crate) batch_size: i64,
+    /// Longest wait for the broker to take a window or confirm it, or to connect.
+    pub(crate) broker_timeout: Duration,
     pub(crate) status: BrokerStatus,
 }
 
@@ -121,11 +125,13 @@ impl Relay {
                 };
                 let connected = match publisher.take().filter(Publisher::is_connected) {
                     Some(connected) => Ok(connected),
-                    None => self.connect().await,
+                    None => self.within("connect", self.connect()).await,
                 };
                 match connected {
                     Ok(connected) => {
-                        let published = connected.publish(&self.exchange, &batch).await;
+                        let published = self
+                            .within("take a window", connected.publish(&self.exchange, &batch))
+                            .await;
                         publisher = Some(connected);
                         published.map(|window| {
                             read_to = last;
@@ -136,7 +142,7 @@ impl Relay {
                 }
             } else if let Some(window) = in_flight.pop_front() {
                 caught_up = false;
-                match window.settle().await {
+                match self.within("confirm a window", window.settle()).await {
                     Ok((last, count)) => {
                         leader.confirm(last).await?;
                         confirmed = last;
@@ -203,13 +209,25 @@ impl Relay {
         Ok(())
     }
 
+    /// `operation`'s outcome, or [`PublishError::Stalled`] once the broker took longer
+    /// than [`Relay::broker_timeout`].
+    async fn within<T>(
+        &self,
+        what: &'static str,
+        operation: impl Future<Output = Result<T, PublishError>>,
+    ) -> Result<T, PublishError> {
+        tokio::time::timeout(self.broker_timeout, operation)
+            .await
+            .unwrap_or(Err(PublishError::Stalled(what, self.broker_timeout)))
+    }
+
     /// While idle, keeps the broker connection open (or retries it) so that
     /// readiness reports an outage even when nothing is being published.
     async fn keep_connected(&self, publisher: Option<Publisher>) -> Option<Publisher> {
         if let Some(connected) = publisher.filter(Publisher::is_connected) {
             return Some(connected);
         }
-        match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT.min(self.broker_timeout), self.connect()).await {
             Ok(Ok(connected)) => {
                 self.status.set_up();
                 Some(connected)
@@ -361,10 +379,10 @@ impl Publisher {
         })
     }
 
+    /// Closes the connection; a broker that does not answer the close within a second
+    /// is left behind (the socket is dropped with the connection).
     async fn close(self) {
-        let _ = self
-            .connection
-            .close(200, "relay reconnecting".into())
-            .await;
+        let closing = self.connection.close(200, "relay reconnecting".into());
+        let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
     }
 }

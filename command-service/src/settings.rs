@@ -22,6 +22,10 @@ pub struct Settings {
     pub log_format: String,
     /// Events published per broker round (confirms awaited per window).
     pub relay_batch_size: i64,
+    /// Milliseconds the relay waits for the broker to take a window (publish) or to
+    /// confirm it before it counts the broker as down and reconnects: a broker that
+    /// stalls (a resource alarm, a half-open socket) is found out, not waited on.
+    pub relay_broker_timeout_ms: u64,
     /// How long responses to idempotent requests are kept.
     pub idempotency_retention_hours: u64,
     /// Seconds a command's caller waits for its outcome (at most 29, under the 30 s
@@ -47,6 +51,7 @@ impl Default for Settings {
             http_port: 8081,
             log_format: "pretty".to_owned(),
             relay_batch_size: 500,
+            relay_broker_timeout_ms: 10_000,
             idempotency_retention_hours: 48,
             command_timeout_secs: 25,
             auth: AuthSettings::default(),

@@ -47,6 +47,7 @@ impl Application {
             amqp_url: settings.amqp_url.expose().to_owned(),
             exchange: settings.amqp_exchange.clone(),
             batch_size: settings.relay_batch_size.clamp(1, 10_000),
+            broker_timeout: Duration::from_millis(settings.relay_broker_timeout_ms.max(100)),
             status: broker.clone(),
             publisher_user: publisher_user(settings.amqp_url.expose()),
         };

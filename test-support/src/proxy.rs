@@ -17,6 +17,9 @@ struct Gate {
     open: bool,
     /// Bumped to drop the connections open so far.
     generation: u64,
+    /// Connections stay open but nothing crosses them, as with a broker that stalls or
+    /// a half-open socket.
+    stalled: bool,
 }
 
 /// Forwards every connection to its upstream until cut; stops when dropped.
@@ -53,6 +56,7 @@ impl TcpProxy {
             watch::channel(Gate {
                 open: true,
                 generation: 0,
+                stalled: false,
             })
             .0,
         );
@@ -90,9 +94,22 @@ impl TcpProxy {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// Accepts connections again.
+    /// Accepts connections again (and ends a stall: the stalled connections are
+    /// dropped, new ones forward again).
     pub fn restore(&self) {
-        self.gate.send_modify(|gate| gate.open = true);
+        self.gate.send_modify(|gate| {
+            gate.open = true;
+            if gate.stalled {
+                gate.stalled = false;
+                gate.generation += 1;
+            }
+        });
+    }
+
+    /// Keeps every connection, open and new, but forwards nothing on it until
+    /// [`TcpProxy::restore`]: the peer neither answers nor hangs up.
+    pub fn stall(&self) {
+        self.gate.send_modify(|gate| gate.stalled = true);
     }
 
     /// Drops every open connection, and goes on accepting new ones.
@@ -115,7 +132,11 @@ async fn forward(
     refused: Arc<AtomicUsize>,
 ) {
     while let Ok((mut client, _)) = listener.accept().await {
-        let Gate { open, generation } = *gate.borrow();
+        let Gate {
+            open,
+            generation,
+            stalled,
+        } = *gate.borrow();
         if !open {
             // Refused: the connection is dropped at once.
             refused.fetch_add(1, Ordering::Relaxed);
@@ -124,13 +145,23 @@ async fn forward(
         let mut changes = gate.subscribe();
         let upstream = upstream.clone();
         tokio::spawn(async move {
+            let ended = |gate: &Gate| !gate.open || gate.generation != generation;
+            if stalled {
+                // Held open, silent, until the stall ends.
+                let _ = changes.wait_for(ended).await;
+                return;
+            }
             let Ok(mut server) = TcpStream::connect(&upstream).await else {
                 return;
             };
             tokio::select! {
                 _ = copy_bidirectional(&mut client, &mut server) => {}
-                _ = changes.wait_for(|gate| !gate.open || gate.generation != generation) => {}
+                _ = changes.wait_for(|gate| ended(gate) || gate.stalled) => {}
             }
+            if changes.borrow().stalled && !ended(&changes.borrow()) {
+                let _ = changes.wait_for(ended).await;
+            }
+            drop((client, server));
         });
     }
 }

@@ -14,7 +14,7 @@ use test_support::servers::{Server, amqp_url};
 
 use crate::helpers::{
     Process, TestApp, admin_client, bind_queue, fresh_database_url, fresh_exchange, spawn_app_on,
-    spawn_app_with,
+    spawn_app_with, spawn_app_with_settings, test_settings,
 };
 
 #[tokio::test]
@@ -65,6 +65,43 @@ async fn events_committed_while_the_broker_is_unreachable_are_all_published_once
             .filter(|(account, _)| *account == other)
             .count(),
         2
+    );
+}
+
+#[tokio::test]
+async fn a_broker_that_stalls_is_reported_down_and_left_and_nothing_is_lost() {
+    // Given a relay publishing through a proxy, with a short broker timeout
+    let proxy = TcpProxy::to(Server::RabbitMq).await;
+    let mut settings = test_settings(&fresh_database_url(), &fresh_exchange(), &proxy.url());
+    settings.relay_broker_timeout_ms = 500;
+    let app = spawn_app_with_settings(settings).await;
+    let mut queue = bind_queue(&app.exchange).await;
+    let id = app.active_account("10.00", "EUR").await;
+    assert_eq!(queue.receive(2, Duration::from_secs(10)).await.len(), 2);
+
+    // When the broker stops answering without hanging up, and commands go on
+    proxy.stall();
+    for _ in 0..3 {
+        let (status, _) = app
+            .post(&format!("/accounts/{id}/credit"), json!({"amount": "1.00"}))
+            .await;
+        assert_eq!(status, 200, "commands are accepted while the broker stalls");
+    }
+
+    // Then readiness reports the broker down (the service stays ready), and once the
+    // broker answers again every event is published
+    wait_for_broker(&app, "down").await;
+    proxy.restore();
+    wait_for_broker(&app, "up").await;
+    let versions: Vec<u64> = queue
+        .receive(3, Duration::from_secs(30))
+        .await
+        .iter()
+        .filter_map(|m| m.body["version"].as_u64())
+        .collect();
+    assert!(
+        [3, 4, 5].iter().all(|v| versions.contains(v)),
+        "every credit was published: {versions:?}"
     );
 }
 
