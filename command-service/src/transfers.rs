@@ -2,7 +2,8 @@
 //! and restarts. One process leads across all replicas (a session advisory lock);
 //! the others stand by.
 //!
-//! Woken by every commit (the store's append notification), the leader reads the
+//! Woken after every transfer request (a notification the requesting replica sends once
+//! it committed; a poll every second covers one lost with a crash), the leader reads the
 //! transfer requests after the last one it saw and drives each in a task of its own:
 //! debit the source, then credit the destination, or refund the source when the
 //! destination refuses, recording each outcome in the transfer's stream. Every leg is
@@ -87,7 +88,7 @@ impl TransferProcess {
         mut leader: TransferProcessLeader,
         shutdown: &CancellationToken,
     ) -> Result<(), StoreError> {
-        let mut listener = self.store.listen_appends().await?;
+        let mut listener = self.store.listen_transfer_requests().await?;
         let mut saved = leader.checkpoint().await?;
         let mut read_to = saved;
         // Transfers seen and not known to have ended, by the position of their request.

@@ -1,6 +1,7 @@
 //! What the transfer process needs of the store: one leader across replicas, its
 //! checkpoint, and the transfer requests after a position.
 
+use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
@@ -8,6 +9,9 @@ use crate::{EventStore, StoreError};
 
 /// Session advisory lock held by the one active transfer process.
 const TRANSFER_PROCESS_LOCK: i64 = 7_305_954_634_617_839_619;
+
+/// Channel notified after a transfer was requested.
+const REQUEST_CHANNEL: &str = "bank_transfer_requests";
 
 /// The only active transfer process, across every replica. Leadership is a session
 /// advisory lock on a dedicated connection; the checkpoint is read and moved on that
@@ -39,6 +43,22 @@ impl EventStore {
             connection.close().await?;
             Ok(None)
         }
+    }
+
+    /// Wakes the transfer process, wherever it leads, after a transfer was requested.
+    pub async fn notify_transfer_requested(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(REQUEST_CHANNEL)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// A listener woken after every transfer request (not by other appends).
+    pub async fn listen_transfer_requests(&self) -> Result<PgListener, StoreError> {
+        let mut listener = PgListener::connect_with(self.pool()).await?;
+        listener.listen(REQUEST_CHANNEL).await?;
+        Ok(listener)
     }
 
     /// Whether an event with this id was committed.

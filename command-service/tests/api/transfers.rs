@@ -378,3 +378,56 @@ async fn a_transfer_id_is_no_account() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn transfers_requested_while_no_process_leads_are_driven_by_the_next_leader() {
+    use sqlx::Connection;
+
+    // Given another process holding the transfer process's lead before the service starts
+    let database_url = crate::helpers::fresh_database_url();
+    <sqlx::Postgres as sqlx::migrate::MigrateDatabase>::create_database(&database_url)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let mut other = sqlx::PgConnection::connect(&database_url)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let led: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(7305954634617839619)")
+        .fetch_one(&mut other)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert!(led, "the test took the lead");
+    let app = crate::helpers::spawn_app_on(
+        &database_url,
+        &crate::helpers::fresh_exchange(),
+        &test_support::servers::amqp_url(),
+    )
+    .await;
+    let from = app.active_account("100.00", "MAD").await;
+    let to = app.active_account("0.00", "MAD").await;
+
+    // When transfers are requested, nothing drives them
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = transfer(app.admin(), &from, &to, "10.00").await["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        ids.push(id);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(legs(&app, &from).await.is_empty());
+
+    // Then once the lead is free, the service's process takes it and ends every one
+    other
+        .close()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    for id in &ids {
+        assert_eq!(
+            ended(&app, id).await,
+            ["TransferRequested", "TransferDebited", "TransferCompleted"]
+        );
+    }
+    assert_eq!(balance(&app, &from).await, "70.00");
+    assert_eq!(balance(&app, &to).await, "30.00");
+}
