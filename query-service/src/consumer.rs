@@ -341,14 +341,16 @@ impl Consumer {
                 continue;
             }
             match parse(&delivery) {
-                Ok((candidate, span)) => accounts
-                    .entry(candidate.stream())
-                    .or_default()
-                    .push(Received {
-                        delivery,
-                        candidate,
-                        span,
-                    }),
+                Ok((candidate, span)) => {
+                    accounts
+                        .entry(candidate.stream())
+                        .or_default()
+                        .push(Received {
+                            delivery,
+                            candidate,
+                            span,
+                        })
+                }
                 Err((reason, span)) => {
                     dead_letter(&delivery, "unreadable", &reason)
                         .instrument(span)

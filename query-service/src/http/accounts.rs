@@ -255,7 +255,11 @@ pub(super) async fn list_operations(
 }
 
 /// A 404 unless the account exists and `reach` covers it.
-pub(super) async fn ensure_visible(state: &AppState, id: Uuid, reach: Reach<'_>) -> Result<(), ApiError> {
+pub(super) async fn ensure_visible(
+    state: &AppState,
+    id: Uuid,
+    reach: Reach<'_>,
+) -> Result<(), ApiError> {
     match state.store.account(id, reach).await? {
         Some(_) => Ok(()),
         None => Err(ApiError::NotFound(id)),

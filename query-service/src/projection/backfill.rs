@@ -27,7 +27,8 @@ pub(super) async fn backfill(
     let mut run = Vec::with_capacity(events.len());
     let mut stop = None;
     for envelope in events {
-        if envelope.account_id.as_uuid() != stream.id || envelope.version != from + run.len() as u64 {
+        if envelope.account_id.as_uuid() != stream.id || envelope.version != from + run.len() as u64
+        {
             stop = Some(format!(
                 "the command service's stream is out of order at version {}",
                 envelope.version

@@ -132,7 +132,10 @@ impl Projector {
             let (event_id, version, stream) =
                 (envelope.event_id, envelope.version, envelope.account_id);
             match Candidate::decode(envelope, Origin::Delivered) {
-                Ok(candidate) => streams.entry(candidate.stream()).or_default().push(candidate),
+                Ok(candidate) => streams
+                    .entry(candidate.stream())
+                    .or_default()
+                    .push(candidate),
                 Err(reason) => {
                     tracing::error!(%event_id, %stream, version, path, %reason, "skipping an event that cannot be projected");
                     metrics::counter!("projection_events_total", "path" => path, "outcome" => "poison")
@@ -218,8 +221,9 @@ impl Projector {
             if !ranges.is_empty() {
                 let ids = self.store.recorded_ids(self.tables, kind, &ranges).await?;
                 recorded.extend(
-                    ids.into_iter()
-                        .map(|((id, version), event_id)| ((Stream { kind, id }, version), event_id)),
+                    ids.into_iter().map(|((id, version), event_id)| {
+                        ((Stream { kind, id }, version), event_id)
+                    }),
                 );
             }
         }
@@ -301,7 +305,9 @@ impl Projector {
         results
             .into_iter()
             .zip(streams)
-            .map(|(result, (stream, _))| result.unwrap_or(Err(ProjectionError::Contention(stream.id))))
+            .map(|(result, (stream, _))| {
+                result.unwrap_or(Err(ProjectionError::Contention(stream.id)))
+            })
             .collect()
     }
 
@@ -386,7 +392,7 @@ impl Projector {
             let (Some(mutation), None) = head.plan(stream.id, &run) else {
                 continue; // an event that cannot apply: the per-stream path condemns it
             };
-            let to_version = mutation.to_version();
+            let to_version = mutation.end_version();
             if !writes.add(stream.id, &accounts, mutation) {
                 continue;
             }
@@ -486,7 +492,7 @@ impl Projector {
                 match self.store.apply(self.tables, &mutation).await? {
                     Applied::Committed { written } => {
                         let count =
-                            usize::try_from(mutation.to_version() - mutation.from_version())
+                            usize::try_from(mutation.end_version() - mutation.start_version())
                                 .unwrap_or(run.len());
                         let run = &run[..count.min(run.len())];
                         if path != "rebuild" {
@@ -495,7 +501,7 @@ impl Projector {
                             stages::record(Stage::Projected, Utc::now(), occurred());
                         }
                         self.committed(run, &mut decided, path);
-                        self.watch.publish(stream.id, mutation.to_version());
+                        self.watch.publish(stream.id, mutation.end_version());
                     }
                     Applied::Conflict => continue,
                     Applied::DuplicateEventId if !one_at_a_time && run.len() > 1 => {

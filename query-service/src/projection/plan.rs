@@ -201,14 +201,15 @@ pub(crate) enum StreamMutation {
 
 impl StreamMutation {
     /// The projected version the run starts from (0 for a new stream).
-    pub(crate) fn from_version(&self) -> i64 {
+    pub(crate) fn start_version(&self) -> i64 {
         match self {
             Self::Account(mutation) => mutation.from_version,
             Self::Transfer(mutation) => mutation.from_version,
         }
     }
 
-    pub(crate) fn to_version(&self) -> i64 {
+    /// The version the run ends at.
+    pub(crate) fn end_version(&self) -> i64 {
         match self {
             Self::Account(mutation) => mutation.to_version,
             Self::Transfer(mutation) => mutation.row.version,
@@ -549,7 +550,10 @@ pub(crate) fn plan(
         let event = match &candidate.event {
             StreamEvent::Account(event) => event,
             StreamEvent::Transfer(_) => {
-                invalid = Some((index, "a transfer's event in an account's stream".to_owned()));
+                invalid = Some((
+                    index,
+                    "a transfer's event in an account's stream".to_owned(),
+                ));
                 break;
             }
         };

@@ -283,7 +283,9 @@ impl ReadStore {
                 .push_bind(limit)
                 .push(")");
         }
-        query.push(" ORDER BY created_at, id LIMIT ").push_bind(limit);
+        query
+            .push(" ORDER BY created_at, id LIMIT ")
+            .push_bind(limit);
         query.build_query_as().fetch_all(&self.pool).await
     }
 }

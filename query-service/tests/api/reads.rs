@@ -358,8 +358,21 @@ async fn operational_endpoints_answer() {
         "/accounts/{id}",
         "/accounts/{id}/operations",
         "/balance-sheet",
+        "/transfers/{id}",
+        "/accounts/{id}/transfers",
     ] {
         assert!(openapi.body["paths"][path]["get"].is_object(), "{path}");
+    }
+    for schema in [
+        "Transfer",
+        "TransferPage",
+        "TransferStatus",
+        "CurrencyTotal",
+    ] {
+        assert!(
+            openapi.body["components"]["schemas"][schema].is_object(),
+            "{schema}"
+        );
     }
     let docs = app.query_get("/docs/").await;
     assert_eq!(docs.status, 200);

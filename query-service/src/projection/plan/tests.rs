@@ -380,7 +380,11 @@ fn transfer_legs_are_operations_naming_their_transfer() {
     assert_eq!(
         operations,
         [
-            (OperationKind::TransferOut, Some(transfer), Decimal::new(600, 2)),
+            (
+                OperationKind::TransferOut,
+                Some(transfer),
+                Decimal::new(600, 2)
+            ),
             (
                 OperationKind::TransferRefund,
                 Some(transfer),
@@ -434,7 +438,12 @@ fn the_balance_sheet_gains_what_the_run_changes_in_the_accounts_slot() {
         sheet_of(
             account,
             Some(&head(2)),
-            &[candidate(account, 3, "AccountSuspended", json!({"reason": null}))]
+            &[candidate(
+                account,
+                3,
+                "AccountSuspended",
+                json!({"reason": null})
+            )]
         ),
         None
     );

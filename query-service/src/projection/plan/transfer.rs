@@ -100,7 +100,10 @@ pub(crate) fn plan_transfer(
     for (index, candidate) in run.iter().enumerate() {
         let occurred_at = candidate.envelope.occurred_at.trunc_subsecs(6);
         let StreamEvent::Transfer(event) = &candidate.event else {
-            invalid = Some((index, "an account's event in a transfer's stream".to_owned()));
+            invalid = Some((
+                index,
+                "an account's event in a transfer's stream".to_owned(),
+            ));
             break;
         };
         let refusal = match (event, row.as_mut()) {
@@ -116,8 +119,7 @@ pub(crate) fn plan_transfer(
             ) => {
                 if candidate.version() != 1 {
                     Some("a transfer is requested by its first event only".to_owned())
-                } else if requested_by.is_empty()
-                    || requested_by.chars().count() > MAX_OWNER_CHARS
+                } else if requested_by.is_empty() || requested_by.chars().count() > MAX_OWNER_CHARS
                 {
                     Some(format!(
                         "its requested_by is empty or longer than the {MAX_OWNER_CHARS} characters the read model keeps"
@@ -153,10 +155,7 @@ pub(crate) fn plan_transfer(
             }
             (event, Some(row)) => match (event, row.stage()) {
                 (TransferEvent::Debited | TransferEvent::Failed { .. }, Stage::Requested)
-                | (
-                    TransferEvent::Completed | TransferEvent::Refunded { .. },
-                    Stage::Debited,
-                ) => {
+                | (TransferEvent::Completed | TransferEvent::Refunded { .. }, Stage::Debited) => {
                     row.status = event.status();
                     row.reason = match event {
                         TransferEvent::Failed { reason } | TransferEvent::Refunded { reason } => {

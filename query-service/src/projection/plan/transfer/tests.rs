@@ -101,7 +101,10 @@ fn a_request_opens_a_pending_transfer_with_its_terms() {
         (row.reference.as_deref(), row.requested_by.as_str()),
         (Some("rent"), "alice")
     );
-    assert_eq!((row.status, row.reason, row.version), (TransferStatus::Pending, None, 1));
+    assert_eq!(
+        (row.status, row.reason, row.version),
+        (TransferStatus::Pending, None, 1)
+    );
     assert_eq!(row.created_at.timestamp_subsec_micros(), 123_456);
     assert_eq!(row.created_at, row.updated_at);
     assert_eq!(mutation.versions.len(), 1);
@@ -113,7 +116,11 @@ fn each_terminal_outcome_ends_the_transfer_with_its_reason() {
     let transfer = Transfer::new();
     let cases = [
         (
-            vec![transfer.requested(), transfer.debited(2), transfer.completed(3)],
+            vec![
+                transfer.requested(),
+                transfer.debited(2),
+                transfer.completed(3),
+            ],
             TransferStatus::Completed,
             None,
         ),
@@ -123,7 +130,11 @@ fn each_terminal_outcome_ends_the_transfer_with_its_reason() {
             Some("insufficient_funds"),
         ),
         (
-            vec![transfer.requested(), transfer.debited(2), transfer.refunded(3)],
+            vec![
+                transfer.requested(),
+                transfer.debited(2),
+                transfer.refunded(3),
+            ],
             TransferStatus::Refunded,
             Some("invalid_state"),
         ),
@@ -139,7 +150,10 @@ fn each_terminal_outcome_ends_the_transfer_with_its_reason() {
             (row.status, row.reason.as_deref(), row.version),
             (status, reason, i64::try_from(run.len()).unwrap())
         );
-        assert_eq!(row.updated_at, run[run.len() - 1].envelope.occurred_at.trunc_subsecs(6));
+        assert_eq!(
+            row.updated_at,
+            run[run.len() - 1].envelope.occurred_at.trunc_subsecs(6)
+        );
         assert_eq!(mutation.versions.len(), run.len());
     }
 }
@@ -195,13 +209,21 @@ fn events_that_do_not_fit_the_lifecycle_are_refused_where_they_come() {
         // a second request
         (Some(&requested), vec![again], 0),
         // a second debit, after a good one
-        (Some(&requested), vec![transfer.debited(2), transfer.debited(3)], 1),
+        (
+            Some(&requested),
+            vec![transfer.debited(2), transfer.debited(3)],
+            1,
+        ),
     ];
     for (current, run, culprit) in cases {
         // When such a run is planned
         let (mutation, invalid) = plan_transfer(transfer.id, current, &run);
         // Then it stops at the culprit, keeping what came before it
-        assert_eq!(invalid.as_ref().map(|(index, _)| *index), Some(culprit), "{run:?}");
+        assert_eq!(
+            invalid.as_ref().map(|(index, _)| *index),
+            Some(culprit),
+            "{run:?}"
+        );
         assert_eq!(mutation.is_some(), culprit > 0, "{run:?}");
     }
 }
