@@ -1,5 +1,6 @@
-//! The broker path: consumes `account.*` events from the projection's durable queue,
-//! projects them and acknowledges each message only once its effect is committed.
+//! The broker path: consumes `account.*` and `transfer.*` events from the projection's
+//! durable queue, projects them and acknowledges each message only once its effect is
+//! committed.
 //!
 //! Only messages whose AMQP `user_id` is the publisher user (the command service's
 //! relay; RabbitMQ refuses a `user_id` that is not the publishing connection's user)
@@ -11,9 +12,9 @@
 //! the queue after a growing pause. A lost connection is re-established with backoff.
 //!
 //! Batches are pipelined: the next batch is projected while the previous one commits,
-//! unless the two share an account; batches are settled in delivery order.
+//! unless the two share a stream; batches are settled in delivery order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -33,7 +34,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::projection::plan::{Candidate, Origin, Verdict};
+use crate::projection::plan::{Candidate, Origin, Stream, Verdict};
 use crate::projection::stages::{self, Stage};
 use crate::projection::{ProjectionError, Projector};
 use crate::settings::Settings;
@@ -42,6 +43,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest name RabbitMQ accepts for an exchange or a queue.
 const MAX_NAME_BYTES: usize = 255;
+/// The routing keys the projection queue is bound to: accounts' and transfers' events.
+const PROJECTED_ROUTING_KEYS: [&str; 2] = ["account.*", "transfer.*"];
 
 #[derive(Debug, thiserror::Error)]
 enum ConsumeError {
@@ -84,8 +87,9 @@ impl Topology {
         Ok(topology)
     }
 
-    /// Declares the events exchange, the projection queue (dead-lettering to the DLX)
-    /// and the dead-letter exchange and queue, all durable.
+    /// Declares the events exchange, the projection queue (dead-lettering to the DLX,
+    /// bound to `account.*` and `transfer.*`) and the dead-letter exchange and queue,
+    /// all durable.
     pub(crate) async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
         let durable_exchange = ExchangeDeclareOptions {
             durable: true,
@@ -128,15 +132,18 @@ impl Topology {
         channel
             .queue_declare(self.queue.as_str().into(), durable_queue, arguments)
             .await?;
-        channel
-            .queue_bind(
-                self.queue.as_str().into(),
-                self.exchange.as_str().into(),
-                "account.*".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
+        for routing_key in PROJECTED_ROUTING_KEYS {
+            channel
+                .queue_bind(
+                    self.queue.as_str().into(),
+                    self.exchange.as_str().into(),
+                    routing_key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -158,17 +165,18 @@ enum Next {
     Projected(Result<Vec<Result<Vec<Verdict>, ProjectionError>>, tokio::task::JoinError>),
 }
 
-/// A batch being projected, with its messages by account.
+/// A batch being projected, with its messages by stream.
 struct InFlight {
-    accounts: BTreeMap<Uuid, Vec<Received>>,
+    accounts: BTreeMap<Stream, Vec<Received>>,
     projecting: AbortOnDropHandle<Vec<Result<Vec<Verdict>, ProjectionError>>>,
 }
 
 impl InFlight {
-    fn shares_an_account(&self, accounts: &BTreeMap<Uuid, Vec<Received>>) -> bool {
-        accounts
-            .keys()
-            .any(|account| self.accounts.contains_key(account))
+    /// Whether it holds messages of any stream of `streams` (of any kind: an id is
+    /// one stream's only).
+    fn shares_a_stream(&self, streams: &BTreeMap<Stream, Vec<Received>>) -> bool {
+        let ids: HashSet<Uuid> = self.accounts.keys().map(|stream| stream.id).collect();
+        streams.keys().any(|stream| ids.contains(&stream.id))
     }
 }
 
@@ -246,8 +254,8 @@ impl Consumer {
         tracing::info!(queue = %self.topology.queue, "projection consumer connected");
         let mut retry = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         // At most two batches in flight: the next one is projected while the previous
-        // one commits, unless they share an account (then it waits its turn, so each
-        // account's events stay in order). Batches are settled in delivery order.
+        // one commits, unless they share a stream (then it waits its turn, so each
+        // stream's events stay in order). Batches are settled in delivery order.
         let mut previous: Option<InFlight> = None;
         let outcome = loop {
             let next = match previous.as_mut() {
@@ -294,7 +302,7 @@ impl Consumer {
             if accounts.is_empty() {
                 continue;
             }
-            if let Some(earlier) = previous.take_if(|earlier| earlier.shares_an_account(&accounts))
+            if let Some(earlier) = previous.take_if(|earlier| earlier.shares_a_stream(&accounts))
                 && let Err(error) = self.settle(earlier, &mut retry, shutdown).await
             {
                 break Err(error.into());
@@ -319,13 +327,13 @@ impl Consumer {
         outcome
     }
 
-    /// Sorts a batch's messages by account, dead-lettering those that are not from
+    /// Sorts a batch's messages by stream, dead-lettering those that are not from
     /// the publisher or cannot be read.
     async fn sort(
         &self,
         batch: Vec<Delivery>,
-    ) -> Result<BTreeMap<Uuid, Vec<Received>>, lapin::Error> {
-        let mut accounts: BTreeMap<Uuid, Vec<Received>> = BTreeMap::new();
+    ) -> Result<BTreeMap<Stream, Vec<Received>>, lapin::Error> {
+        let mut accounts: BTreeMap<Stream, Vec<Received>> = BTreeMap::new();
         let received_at = Utc::now();
         for delivery in batch {
             if let Some(reason) = untrusted(&delivery, &self.publisher) {
@@ -333,14 +341,16 @@ impl Consumer {
                 continue;
             }
             match parse(&delivery) {
-                Ok((candidate, span)) => accounts
-                    .entry(candidate.envelope.account_id.as_uuid())
-                    .or_default()
-                    .push(Received {
-                        delivery,
-                        candidate,
-                        span,
-                    }),
+                Ok((candidate, span)) => {
+                    accounts
+                        .entry(candidate.stream())
+                        .or_default()
+                        .push(Received {
+                            delivery,
+                            candidate,
+                            span,
+                        })
+                }
                 Err((reason, span)) => {
                     dead_letter(&delivery, "unreadable", &reason)
                         .instrument(span)
@@ -359,9 +369,9 @@ impl Consumer {
         Ok(accounts)
     }
 
-    /// Starts projecting the messages of a batch, each account's in one go.
-    fn start(&self, accounts: BTreeMap<Uuid, Vec<Received>>) -> InFlight {
-        let groups: Vec<(Uuid, Vec<Candidate>)> = accounts
+    /// Starts projecting the messages of a batch, each stream's in one go.
+    fn start(&self, accounts: BTreeMap<Stream, Vec<Received>>) -> InFlight {
+        let groups: Vec<(Stream, Vec<Candidate>)> = accounts
             .iter()
             .map(|(account, received)| {
                 let candidates = received.iter().map(|r| r.candidate.clone()).collect();
@@ -393,7 +403,7 @@ impl Consumer {
     /// Settles every message of a batch whose projection ended.
     async fn settle_joined(
         &self,
-        accounts: BTreeMap<Uuid, Vec<Received>>,
+        accounts: BTreeMap<Stream, Vec<Received>>,
         joined: Result<Vec<Result<Vec<Verdict>, ProjectionError>>, tokio::task::JoinError>,
         retry: &mut Backoff,
         shutdown: &CancellationToken,

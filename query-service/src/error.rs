@@ -16,6 +16,8 @@ pub(crate) enum ApiError {
     Invalid(String),
     #[error("account {0} does not exist")]
     NotFound(Uuid),
+    #[error("transfer {0} does not exist")]
+    TransferNotFound(Uuid),
     #[error(
         "account {id} is projected up to version {projected}, not yet {min_version}; retry later"
     )]
@@ -53,7 +55,7 @@ impl ApiError {
         match self {
             Self::Auth(rejection) => rejection.problem(),
             Self::Invalid(detail) => Problem::invalid(detail.clone()),
-            Self::NotFound(_) => Problem::not_found(self.to_string()),
+            Self::NotFound(_) | Self::TransferNotFound(_) => Problem::not_found(self.to_string()),
             Self::NotYetProjected { .. } => {
                 Problem::new(ErrorCode::NotYetProjected, self.to_string())
             }

@@ -1,7 +1,7 @@
 //! The safety net beside the broker: follows the command service's global feed from
 //! a stored checkpoint and projects whatever the broker did not deliver (a message
 //! lost to a crash, a queue created after the event). Both paths go through the same
-//! idempotent per-account projection, so whichever comes second finds duplicates.
+//! idempotent per-stream projection, so whichever comes second finds duplicates.
 
 use std::time::Duration;
 

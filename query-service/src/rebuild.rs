@@ -1,6 +1,7 @@
-//! `query-service rebuild`: rebuilds the read model from the command service's global
-//! feed into fresh tables, then swaps them in with one atomic `RENAME TABLE`, so that
-//! readers see either the old model or the complete new one.
+//! `query-service rebuild`: rebuilds the read model (accounts, operations, transfers,
+//! the balance sheet) from the command service's global feed into fresh tables, then
+//! swaps them in with one atomic `RENAME TABLE`, so that readers see either the old
+//! model or the complete new one.
 //!
 //! The rebuilt checkpoint is the feed position the rebuild read up to, under a new
 //! generation. Events the live projection writes to the old tables meanwhile are
@@ -29,12 +30,18 @@ const PAGE_SIZE: u32 = 1000;
 const PAGE_ATTEMPTS: u32 = 8;
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
-const PREPARE: [&str; 6] = [
-    "DROP TABLE IF EXISTS accounts_rebuild, operations_rebuild, account_versions_rebuild, projection_checkpoint_rebuild",
-    "DROP TABLE IF EXISTS accounts_old, operations_old, account_versions_old, projection_checkpoint_old",
+const PREPARE: [&str; 9] = [
+    "DROP TABLE IF EXISTS accounts_rebuild, operations_rebuild, account_versions_rebuild, \
+     transfers_rebuild, transfer_versions_rebuild, balance_sheet_rebuild, projection_checkpoint_rebuild",
+    "DROP TABLE IF EXISTS accounts_old, operations_old, account_versions_old, transfers_old, \
+     transfer_versions_old, balance_sheet_old, projection_checkpoint_old",
     "CREATE TABLE accounts_rebuild LIKE accounts",
     "CREATE TABLE operations_rebuild LIKE operations",
     "CREATE TABLE account_versions_rebuild LIKE account_versions",
+    "CREATE TABLE transfers_rebuild LIKE transfers",
+    "CREATE TABLE transfer_versions_rebuild LIKE transfer_versions",
+    // Empty: the replayed events add up the counters from zero.
+    "CREATE TABLE balance_sheet_rebuild LIKE balance_sheet",
     "CREATE TABLE projection_checkpoint_rebuild LIKE projection_checkpoint",
 ];
 const WRITE_CHECKPOINT: &str = "INSERT INTO projection_checkpoint_rebuild (name, generation, position, updated_at) \
@@ -42,9 +49,12 @@ const WRITE_CHECKPOINT: &str = "INSERT INTO projection_checkpoint_rebuild (name,
 const SWAP: &str = "RENAME TABLE accounts TO accounts_old, accounts_rebuild TO accounts, \
      operations TO operations_old, operations_rebuild TO operations, \
      account_versions TO account_versions_old, account_versions_rebuild TO account_versions, \
+     transfers TO transfers_old, transfers_rebuild TO transfers, \
+     transfer_versions TO transfer_versions_old, transfer_versions_rebuild TO transfer_versions, \
+     balance_sheet TO balance_sheet_old, balance_sheet_rebuild TO balance_sheet, \
      projection_checkpoint TO projection_checkpoint_old, projection_checkpoint_rebuild TO projection_checkpoint";
 const DROP_OLD: &str = "DROP TABLE IF EXISTS accounts_old, operations_old, account_versions_old, \
-     projection_checkpoint_old";
+     transfers_old, transfer_versions_old, balance_sheet_old, projection_checkpoint_old";
 const LOCK: &str = "SELECT GET_LOCK(CONCAT('query-service-rebuild:', DATABASE()), 0)";
 
 /// What a rebuild did.

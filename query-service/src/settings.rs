@@ -22,7 +22,7 @@ pub struct Settings {
     /// Topic exchange the command service publishes to. The dead-letter exchange and
     /// queue are named after it (`{exchange}.dlx`, `{exchange}.dlq`).
     pub amqp_exchange: String,
-    /// The projection's own durable queue, bound to `account.*`.
+    /// The projection's own durable queue, bound to `account.*` and `transfer.*`.
     pub amqp_queue: String,
     /// Unacknowledged messages the broker may hand over at once (also the batch size).
     pub amqp_prefetch: u16,

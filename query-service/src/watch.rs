@@ -1,5 +1,6 @@
 //! In-process notifications of projected versions, so that a read waiting for
-//! `min_version` is woken by the projection instead of polling the database.
+//! `min_version` (or for a transfer to end) is woken by the projection instead of
+//! polling the database. Channels are keyed by stream id: an account's or a transfer's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -4,6 +4,7 @@ mod accounts;
 mod cursor;
 mod dto;
 mod refusals;
+mod transfers;
 mod updates;
 
 use axum::Router;
@@ -29,7 +30,7 @@ pub(crate) struct AppState {
 #[openapi(
     info(
         title = "Bank query service",
-        description = "Read model of the bank accounts, projected from the account events."
+        description = "Read model of the bank accounts and transfers, projected from their events."
     ),
     paths(
         accounts::list_accounts,
@@ -37,6 +38,8 @@ pub(crate) struct AppState {
         accounts::list_operations,
         updates::account_updates,
         accounts::balance_sheet,
+        transfers::get_transfer,
+        transfers::list_account_transfers,
     ),
     components(schemas(service_kit::Problem))
 )]
@@ -55,6 +58,11 @@ pub(crate) fn router(
         .route("/accounts/{id}/operations", get(accounts::list_operations))
         .route("/accounts/{id}/updates", get(updates::account_updates))
         .route("/balance-sheet", get(accounts::balance_sheet))
+        .route("/transfers/{id}", get(transfers::get_transfer))
+        .route(
+            "/accounts/{id}/transfers",
+            get(transfers::list_account_transfers),
+        )
         .layer(authenticator.layer())
         .with_state(state.clone());
     let store = state.store;

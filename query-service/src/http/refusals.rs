@@ -19,6 +19,11 @@ const NOT_FOUND: Refusal = Refusal::new(
     "not_found: no account has this id, it is not the caller's, or it is not projected yet.",
     &[ErrorCode::NotFound],
 );
+const TRANSFER_NOT_FOUND: Refusal = Refusal::new(
+    404,
+    "not_found: no transfer has this id, neither its source nor its destination is the caller's, or it is not projected yet (by the end of `wait_ms`).",
+    &[ErrorCode::NotFound],
+);
 const NOT_YET_PROJECTED: Refusal = Refusal::new(
     504,
     "not_yet_projected: the projection did not reach `min_version` within `wait_ms`.",
@@ -37,4 +42,7 @@ refusals!(pub(super) OperationsRefusals = [
 ]);
 refusals!(pub(super) BalanceSheetRefusals = [
     UNAUTHORIZED, FORBIDDEN_TO_ADMINISTER, SERVICE_UNAVAILABLE,
+]);
+refusals!(pub(super) TransferRefusals = [
+    INVALID_REQUEST, UNAUTHORIZED, FORBIDDEN_TO_READ, TRANSFER_NOT_FOUND, SERVICE_UNAVAILABLE,
 ]);

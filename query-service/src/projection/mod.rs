@@ -1,15 +1,18 @@
-//! The projection: applies each account's events to the read model exactly once and
-//! in version order, whatever order and however many times they arrive.
+//! The projection: applies each stream's events (an account's or a transfer's) to
+//! the read model exactly once and in version order, whatever order and however many
+//! times they arrive.
 //!
-//! An event at or below the account's projected version is a duplicate when the read
-//! model holds that very event there (`account_versions`), a conflict otherwise. The next
-//! version is applied in one transaction whose `UPDATE ... WHERE version = ?` (or the
-//! account's primary key, for its first event) makes concurrent writers (other
-//! replicas, the feed follower) lose cleanly and look again. A version further ahead
-//! is a gap, filled first from the command service's stream of that account.
+//! An event at or below the stream's projected version is a duplicate when the read
+//! model holds that very event there (`account_versions`, `transfer_versions`), a
+//! conflict otherwise. The next version is applied in one transaction whose
+//! `UPDATE ... WHERE version = ?` (or the row's primary key, for its first event)
+//! makes concurrent writers (other replicas, the feed follower) lose cleanly and look
+//! again. A version further ahead is a gap, filled first from the command service's
+//! stream of that id. An account's transaction also adds what its events change to the
+//! balance sheet's counters.
 //!
-//! - [`plan`]: pure decisions (what a run of events does to a row, each candidate's
-//!   verdict); no clock, no I/O.
+//! - [`plan`]: pure decisions (what a run of events does to a row and to the balance
+//!   sheet, each candidate's verdict); no clock, no I/O.
 //! - [`backfill`]: gap filling over HTTP from the command service.
 //! - this module: the orchestration, with one entry point per caller:
 //!   [`Projector::project_deliveries`] for the broker consumer and
@@ -19,26 +22,30 @@ mod backfill;
 pub(crate) mod plan;
 pub(crate) mod stages;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::Utc;
 use futures::StreamExt;
-use shared_events::{AccountId, EventEnvelope};
+use shared_events::EventEnvelope;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use self::plan::{AccountRow, Candidate, Decisions, Origin, Verdict, next_run, plan};
+use self::plan::transfer::TransferVersionRow;
+use self::plan::{
+    AccountRow, Candidate, Decisions, OperationRow, Origin, SheetDelta, Stream, StreamHead,
+    StreamKind, StreamMutation, TransferRow, Verdict, VersionRow, next_run,
+};
 use self::stages::Stage;
 use crate::source::{CommandClient, SourceError};
-use crate::store::{Applied, ReadStore, Tables};
+use crate::store::{Applied, Batch, ReadStore, Tables};
 use crate::watch::ProjectionWatch;
 
-/// Rounds of read-decide-write before an account is given up as too contended.
+/// Rounds of read-decide-write before a stream is given up as too contended.
 const MAX_ROUNDS: usize = 16;
-/// Accounts projected at the same time within one batch.
-const ACCOUNT_CONCURRENCY: usize = 4;
+/// Streams projected at the same time within one batch.
+const STREAM_CONCURRENCY: usize = 4;
 
 /// A failure worth retrying: nothing about the events themselves is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +54,7 @@ pub enum ProjectionError {
     Database(#[from] sqlx::Error),
     #[error("cannot fill a gap: {0}")]
     Source(#[from] SourceError),
-    #[error("account {0} kept changing under concurrent writers")]
+    #[error("stream {0} kept changing under concurrent writers")]
     Contention(Uuid),
     #[error("the projection task stopped: {0}")]
     Stopped(String),
@@ -112,7 +119,7 @@ impl Projector {
     }
 
     /// The feed follower's and the rebuild's entry: projects a page of the global feed
-    /// (events of any accounts), each account's in one go, several accounts at once.
+    /// (events of any streams), each stream's in one go, several streams at once.
     /// Events that cannot be decoded count as poison.
     pub async fn project_feed_page(
         &self,
@@ -120,34 +127,34 @@ impl Projector {
         path: &'static str,
     ) -> Result<BatchOutcome, ProjectionError> {
         let mut outcome = BatchOutcome::default();
-        let mut accounts: BTreeMap<AccountId, Vec<Candidate>> = BTreeMap::new();
+        let mut streams: BTreeMap<Stream, Vec<Candidate>> = BTreeMap::new();
         for envelope in events {
-            let (event_id, version, account) =
+            let (event_id, version, stream) =
                 (envelope.event_id, envelope.version, envelope.account_id);
             match Candidate::decode(envelope, Origin::Delivered) {
-                Ok(candidate) => accounts.entry(account).or_default().push(candidate),
+                Ok(candidate) => streams
+                    .entry(candidate.stream())
+                    .or_default()
+                    .push(candidate),
                 Err(reason) => {
-                    tracing::error!(%event_id, %account, version, path, %reason, "skipping an event that cannot be projected");
+                    tracing::error!(%event_id, %stream, version, path, %reason, "skipping an event that cannot be projected");
                     metrics::counter!("projection_events_total", "path" => path, "outcome" => "poison")
                         .increment(1);
                     outcome.poisoned += 1;
                 }
             }
         }
-        let mut accounts: Vec<(Uuid, Vec<Candidate>)> = accounts
-            .into_iter()
-            .map(|(account, candidates)| (account.as_uuid(), candidates))
-            .collect();
+        let mut streams: Vec<(Stream, Vec<Candidate>)> = streams.into_iter().collect();
         if path == "feed" {
             let skipped;
-            (accounts, skipped) = self.skip_recorded(accounts).await?;
+            (streams, skipped) = self.skip_recorded(streams).await?;
             metrics::counter!("projection_events_total", "path" => path, "outcome" => "duplicate")
                 .increment(skipped);
             outcome.duplicates += skipped;
         }
-        let results = self.project_deliveries(&accounts, path).await;
+        let results = self.project_deliveries(&streams, path).await;
         let mut failure = None;
-        for ((_, candidates), verdicts) in accounts.iter().zip(results) {
+        for ((_, candidates), verdicts) in streams.iter().zip(results) {
             match verdicts {
                 Ok(verdicts) => {
                     for (candidate, verdict) in candidates.iter().zip(verdicts) {
@@ -157,7 +164,7 @@ impl Projector {
                             Verdict::Conflict(reason) => {
                                 tracing::error!(
                                     event_id = %candidate.envelope.event_id,
-                                    account = %candidate.account(),
+                                    stream = %candidate.stream(),
                                     version = candidate.envelope.version,
                                     path,
                                     %reason,
@@ -168,7 +175,7 @@ impl Projector {
                             Verdict::Poison(reason) => {
                                 tracing::error!(
                                     event_id = %candidate.envelope.event_id,
-                                    account = %candidate.account(),
+                                    stream = %candidate.stream(),
                                     version = candidate.envelope.version,
                                     path,
                                     %reason,
@@ -190,71 +197,80 @@ impl Projector {
 
     /// Leaves out the candidates the read model already records with their own event
     /// id, and says how many: what the feed follower reads is mostly what the broker
-    /// delivered already, and one plain read spares locking those accounts (which
+    /// delivered already, and one plain read spares locking those streams (which
     /// would hold up the consumer's transactions on them).
     async fn skip_recorded(
         &self,
-        accounts: Vec<(Uuid, Vec<Candidate>)>,
-    ) -> Result<(Vec<(Uuid, Vec<Candidate>)>, u64), sqlx::Error> {
-        if let Some(highest) = accounts
+        streams: Vec<(Stream, Vec<Candidate>)>,
+    ) -> Result<(Vec<(Stream, Vec<Candidate>)>, u64), sqlx::Error> {
+        if let Some(highest) = streams
             .iter()
             .flat_map(|(_, candidates)| candidates.iter().map(|c| c.envelope.position))
             .max()
         {
             self.highest_position.fetch_max(highest, Ordering::Relaxed);
         }
-        let ranges: Vec<(Uuid, i64, i64)> = accounts
-            .iter()
-            .filter_map(|(account, candidates)| {
-                let lowest = candidates.iter().map(Candidate::version).min()?;
-                let highest = candidates.iter().map(Candidate::version).max()?;
-                Some((*account, lowest, highest))
-            })
-            .collect();
-        if ranges.is_empty() {
-            return Ok((accounts, 0));
+        let mut recorded = HashMap::new();
+        for kind in [StreamKind::Account, StreamKind::Transfer] {
+            let ranges = version_ranges(
+                streams
+                    .iter()
+                    .filter(|(stream, _)| stream.kind == kind)
+                    .map(|(stream, candidates)| (stream.id, candidates.iter())),
+            );
+            if !ranges.is_empty() {
+                let ids = self.store.recorded_ids(self.tables, kind, &ranges).await?;
+                recorded.extend(
+                    ids.into_iter().map(|((id, version), event_id)| {
+                        ((Stream { kind, id }, version), event_id)
+                    }),
+                );
+            }
         }
-        let recorded = self.store.recorded_ids(self.tables, &ranges).await?;
+        if recorded.is_empty() {
+            return Ok((streams, 0));
+        }
         let mut skipped = 0;
-        let fresh = accounts
+        let fresh = streams
             .into_iter()
-            .filter_map(|(account, candidates)| {
+            .filter_map(|(stream, candidates)| {
                 let before = candidates.len();
                 let rest: Vec<Candidate> = candidates
                     .into_iter()
-                    .filter(|c| recorded.get(&(account, c.version())) != Some(&c.envelope.event_id))
+                    .filter(|c| recorded.get(&(stream, c.version())) != Some(&c.envelope.event_id))
                     .collect();
                 skipped += (before - rest.len()) as u64;
-                (!rest.is_empty()).then_some((account, rest))
+                (!rest.is_empty()).then_some((stream, rest))
             })
             .collect();
         Ok((fresh, skipped))
     }
 
-    /// The broker consumer's entry: projects the candidates of many accounts (each
-    /// account once in `accounts`); returns each account's verdicts (one per candidate, in order) or why it must be
-    /// retried, in the order of `accounts`.
+    /// The broker consumer's entry: projects the candidates of many streams (each
+    /// stream once in `streams`); returns each stream's verdicts (one per candidate, in
+    /// order) or why it must be retried, in the order of `streams`.
     ///
-    /// Every account whose candidates are a plain continuation of its projection goes
+    /// Every stream whose candidates are a plain continuation of its projection goes
     /// into one transaction: its row locked and read, its events folded in memory, all
-    /// rows and operations written with multi-row statements, one commit. The others (a
-    /// gap to fill, an event that cannot apply) and, should that transaction fail, all
-    /// of them, go through the per-account path ([`Projector::project_alone`]).
+    /// rows, operations and balance-sheet counters written with multi-row statements,
+    /// one commit. The others (a gap to fill, an event that cannot apply) and, should
+    /// that transaction fail, all of them, go through the per-stream path
+    /// ([`Projector::project_alone`]).
     pub(crate) async fn project_deliveries(
         &self,
-        accounts: &[(Uuid, Vec<Candidate>)],
+        streams: &[(Stream, Vec<Candidate>)],
         path: &'static str,
     ) -> Vec<Result<Vec<Verdict>, ProjectionError>> {
         let mut results: Vec<Option<Result<Vec<Verdict>, ProjectionError>>> =
-            accounts.iter().map(|_| None).collect();
-        if let Some(highest) = accounts
+            streams.iter().map(|_| None).collect();
+        if let Some(highest) = streams
             .iter()
             .flat_map(|(_, candidates)| candidates.iter().map(|c| c.envelope.position))
             .max()
         {
             self.highest_position.fetch_max(highest, Ordering::Relaxed);
         }
-        match self.project_together(accounts, path).await {
+        match self.project_together(streams, path).await {
             Ok(done) => {
                 for (index, verdicts) in done {
                     count_verdicts(&verdicts, path);
@@ -263,7 +279,7 @@ impl Projector {
             }
             Err(error) => {
                 metrics::counter!("projection_batch_fallbacks_total", "path" => path).increment(1);
-                tracing::debug!(error = %error, accounts = accounts.len(), path, "batched apply failed; projecting account by account");
+                tracing::debug!(error = %error, streams = streams.len(), path, "batched apply failed; projecting stream by stream");
             }
         }
         let rest: Vec<_> = futures::stream::iter(
@@ -275,75 +291,91 @@ impl Projector {
                 .collect::<Vec<_>>(),
         )
         .map(|index| async move {
-            let (account, candidates) = &accounts[index];
-            (index, self.project_alone(*account, candidates, path).await)
+            let (stream, candidates) = &streams[index];
+            (index, self.project_alone(*stream, candidates, path).await)
         })
-        .buffer_unordered(ACCOUNT_CONCURRENCY)
+        .buffer_unordered(STREAM_CONCURRENCY)
         .collect()
         .await;
         for (index, result) in rest {
             results[index] = Some(result);
         }
-        // Every account was settled above; one that somehow was not is retried, never
+        // Every stream was settled above; one that somehow was not is retried, never
         // left without verdicts (its messages would stay unacknowledged).
         results
             .into_iter()
-            .zip(accounts)
-            .map(|(result, (account, _))| {
-                result.unwrap_or(Err(ProjectionError::Contention(*account)))
+            .zip(streams)
+            .map(|(result, (stream, _))| {
+                result.unwrap_or(Err(ProjectionError::Contention(stream.id)))
             })
             .collect()
     }
 
     /// The one-transaction part of [`Projector::project_deliveries`]: the verdicts of the
-    /// accounts it settled, by index. Nothing is committed when it fails.
+    /// streams it settled, by index. Nothing is committed when it fails.
     async fn project_together(
         &self,
-        accounts: &[(Uuid, Vec<Candidate>)],
+        streams: &[(Stream, Vec<Candidate>)],
         path: &'static str,
     ) -> Result<Vec<(usize, Vec<Verdict>)>, sqlx::Error> {
-        if accounts.is_empty() {
+        if streams.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<Uuid> = accounts.iter().map(|(account, _)| *account).collect();
+        let ids = |kind: StreamKind| -> Vec<Uuid> {
+            streams
+                .iter()
+                .filter(|(stream, _)| stream.kind == kind)
+                .map(|(stream, _)| stream.id)
+                .collect()
+        };
         let mut batch = self.store.batch(self.tables).await?;
-        let rows = batch.lock(&ids).await?;
-        let mut settled = Vec::new();
-        let mut runs = Vec::new();
-        let (mut opened, mut moved, mut operations) = (Vec::new(), Vec::new(), Vec::new());
-        let mut versions = Vec::new();
-        let mut decisions: Vec<Decisions<'_>> = accounts
+        // The one lock order of every transaction: accounts, transfers, the sheet.
+        let accounts = batch.lock(&ids(StreamKind::Account)).await?;
+        let transfers = batch.lock_transfers(&ids(StreamKind::Transfer)).await?;
+        let head = |stream: &Stream| match stream.kind {
+            StreamKind::Account => {
+                StreamHead::Account(accounts.get(&stream.id).map(AccountRow::head))
+            }
+            StreamKind::Transfer => StreamHead::Transfer(transfers.get(&stream.id).cloned()),
+        };
+        let mut decisions: Vec<Decisions<'_>> = streams
             .iter()
             .map(|(_, candidates)| Decisions::new(candidates))
             .collect();
         // Versions at or below the projected one whose event ids must be looked up:
-        // one statement for the whole batch (redeliveries come in bursts).
-        let unknown: Vec<(usize, (Uuid, i64, i64))> = accounts
-            .iter()
-            .zip(&decisions)
-            .enumerate()
-            .filter_map(|(index, ((account, _), decided))| {
-                let projected = rows.get(account).map_or(0, |row| row.version);
-                let unknown = decided.unknown_up_to(projected);
-                Some((index, (*account, *unknown.first()?, *unknown.last()?)))
-            })
-            .collect();
-        if !unknown.is_empty() {
+        // one statement per kind of stream for the whole batch (redeliveries come in
+        // bursts).
+        for kind in [StreamKind::Account, StreamKind::Transfer] {
+            let unknown: Vec<(usize, (Uuid, i64, i64))> = streams
+                .iter()
+                .zip(&decisions)
+                .enumerate()
+                .filter(|(_, ((stream, _), _))| stream.kind == kind)
+                .filter_map(|(index, ((stream, _), decided))| {
+                    let unknown = decided.unknown_up_to(head(stream).version());
+                    Some((index, (stream.id, *unknown.first()?, *unknown.last()?)))
+                })
+                .collect();
+            if unknown.is_empty() {
+                continue;
+            }
             let ranges: Vec<_> = unknown.iter().map(|(_, range)| *range).collect();
-            let recorded = batch.recorded_ids(&ranges).await?;
-            for (index, (account, lowest, highest)) in unknown {
-                decisions[index]
-                    .learn((lowest..=highest).filter_map(|version| {
-                        Some((version, *recorded.get(&(account, version))?))
-                    }));
+            let recorded = batch.recorded_ids(kind, &ranges).await?;
+            for (index, (id, lowest, highest)) in unknown {
+                decisions[index].learn(
+                    (lowest..=highest)
+                        .filter_map(|version| Some((version, *recorded.get(&(id, version))?))),
+                );
             }
         }
-        for ((index, (account, candidates)), mut decided) in
-            accounts.iter().enumerate().zip(decisions)
+        let mut settled = Vec::new();
+        let mut runs = Vec::new();
+        let mut writes = BatchWrites::default();
+        for ((index, (stream, candidates)), mut decided) in
+            streams.iter().enumerate().zip(decisions)
         {
-            let row = rows.get(account);
-            let head = row.map(AccountRow::head);
-            let projected = head.as_ref().map_or(0, |h| h.version);
+            let head = head(stream);
+            let projected = head.version();
             decided.settle_up_to(projected);
             let pending = decided.pending();
             let Some(&highest) = pending.last() else {
@@ -355,25 +387,19 @@ impl Projector {
                 .last()
                 .is_none_or(|last| last.version() < candidates[highest].version())
             {
-                continue; // a gap: the per-account path fills it
+                continue; // a gap: the per-stream path fills it
             }
-            let (Some(mutation), None) = plan(*account, head.as_ref(), &run) else {
-                continue; // an event that cannot apply: the per-account path condemns it
+            let (Some(mutation), None) = head.plan(stream.id, &run) else {
+                continue; // an event that cannot apply: the per-stream path condemns it
             };
-            let Some(after) = AccountRow::after(row, &mutation) else {
+            let to_version = mutation.end_version();
+            if !writes.add(stream.id, &accounts, mutation) {
                 continue;
-            };
-            operations.extend(mutation.operations.iter().map(|op| (*account, op.clone())));
-            versions.extend(mutation.versions.iter().map(|row| (*account, row.clone())));
-            if row.is_some() {
-                moved.push(after);
-            } else {
-                opened.push(after);
             }
-            runs.push((index, decided, run, mutation.to_version));
+            runs.push((index, decided, run, to_version));
         }
         if !runs.is_empty() {
-            batch.write(&opened, &moved, &operations, &versions).await?;
+            writes.write(&mut batch).await?;
         }
         let written = Utc::now();
         batch.commit().await?;
@@ -387,23 +413,23 @@ impl Projector {
         }
         let mut done = Vec::with_capacity(settled.len() + runs.len());
         for (index, verdicts, projected) in settled {
-            self.watch.publish(accounts[index].0, projected);
+            self.watch.publish(streams[index].0.id, projected);
             done.push((index, verdicts));
         }
         for (index, mut decided, run, version) in runs {
             self.committed(&run, &mut decided, path);
             decided.settle_up_to(version);
-            self.watch.publish(accounts[index].0, version);
+            self.watch.publish(streams[index].0.id, version);
             done.push((index, decided.finish()));
         }
         Ok(done)
     }
 
-    /// Projects candidates of one account, in its own transactions; returns one
+    /// Projects candidates of one stream, in its own transactions; returns one
     /// verdict per candidate, in order.
     async fn project_alone(
         &self,
-        account: Uuid,
+        stream: Stream,
         candidates: &[Candidate],
         path: &'static str,
     ) -> Result<Vec<Verdict>, ProjectionError> {
@@ -411,20 +437,20 @@ impl Projector {
             .iter()
             .find_map(|c| c.envelope.metadata.correlation_id.clone())
             .unwrap_or_default();
-        let span = tracing::debug_span!("project", %account, path, correlation_id);
+        let span = tracing::debug_span!("project", %stream, path, correlation_id);
         let verdicts = self
-            .read_decide_write(account, candidates, path)
+            .read_decide_write(stream, candidates, path)
             .instrument(span)
             .await?;
         count_verdicts(&verdicts, path);
         Ok(verdicts)
     }
 
-    /// Rounds of: read the account's head, plan the next run, write it guarded by the
+    /// Rounds of: read the stream's head, plan the next run, write it guarded by the
     /// version; until every candidate has its verdict.
     async fn read_decide_write(
         &self,
-        account: Uuid,
+        stream: Stream,
         candidates: &[Candidate],
         path: &'static str,
     ) -> Result<Vec<Verdict>, ProjectionError> {
@@ -434,14 +460,14 @@ impl Projector {
         let mut decided = Decisions::new(candidates);
         let mut one_at_a_time = false;
         for _ in 0..MAX_ROUNDS {
-            let head = self.store.head(self.tables, account).await?;
-            let projected = head.as_ref().map_or(0, |h| h.version);
-            self.watch.publish(account, projected);
+            let head = self.store.stream_head(self.tables, stream).await?;
+            let projected = head.version();
+            self.watch.publish(stream.id, projected);
             let unknown = decided.unknown_up_to(projected);
             if !unknown.is_empty() {
                 decided.learn(
                     self.store
-                        .projected_ids(self.tables, account, &unknown)
+                        .projected_ids(self.tables, stream, &unknown)
                         .await?,
                 );
             }
@@ -453,7 +479,7 @@ impl Projector {
             let highest = candidates[highest].version();
             let mut run = next_run(candidates, &pending, projected);
             if run.last().is_none_or(|last| last.version() < highest) {
-                run = backfill::backfill(&self.source, account, projected, &mut decided).await?;
+                run = backfill::backfill(&self.source, stream, projected, &mut decided).await?;
                 if run.is_empty() {
                     continue;
                 }
@@ -461,12 +487,13 @@ impl Projector {
             if one_at_a_time {
                 run.truncate(1);
             }
-            let (mutation, invalid) = plan(account, head.as_ref(), &run);
+            let (mutation, invalid) = head.plan(stream.id, &run);
             if let Some(mutation) = mutation {
                 match self.store.apply(self.tables, &mutation).await? {
                     Applied::Committed { written } => {
-                        let count = usize::try_from(mutation.to_version - mutation.from_version)
-                            .unwrap_or(run.len());
+                        let count =
+                            usize::try_from(mutation.end_version() - mutation.start_version())
+                                .unwrap_or(run.len());
                         let run = &run[..count.min(run.len())];
                         if path != "rebuild" {
                             let occurred = || run.iter().map(|c| c.envelope.occurred_at);
@@ -474,7 +501,7 @@ impl Projector {
                             stages::record(Stage::Projected, Utc::now(), occurred());
                         }
                         self.committed(run, &mut decided, path);
-                        self.watch.publish(account, mutation.to_version);
+                        self.watch.publish(stream.id, mutation.end_version());
                     }
                     Applied::Conflict => continue,
                     Applied::DuplicateEventId if !one_at_a_time && run.len() > 1 => {
@@ -500,7 +527,7 @@ impl Projector {
         if decided.pending().is_empty() {
             Ok(decided.finish())
         } else {
-            Err(ProjectionError::Contention(account))
+            Err(ProjectionError::Contention(stream.id))
         }
     }
 
@@ -534,5 +561,106 @@ fn count_verdicts(verdicts: &[Verdict], path: &'static str) {
         };
         metrics::counter!("projection_events_total", "path" => path, "outcome" => outcome)
             .increment(1);
+    }
+}
+
+/// The lowest and highest version of each stream's candidates.
+fn version_ranges<'a>(
+    streams: impl IntoIterator<Item = (Uuid, impl Iterator<Item = &'a Candidate>)>,
+) -> Vec<(Uuid, i64, i64)> {
+    streams
+        .into_iter()
+        .filter_map(|(id, candidates)| {
+            let versions: Vec<i64> = candidates.map(Candidate::version).collect();
+            Some((id, *versions.iter().min()?, *versions.iter().max()?))
+        })
+        .collect()
+}
+
+/// What one batch transaction writes: the rows after every planned run, and the sum
+/// of their balance-sheet deltas per currency and slot.
+#[derive(Debug, Default)]
+struct BatchWrites {
+    opened: Vec<AccountRow>,
+    moved: Vec<AccountRow>,
+    operations: Vec<(Uuid, OperationRow)>,
+    versions: Vec<(Uuid, VersionRow)>,
+    opened_transfers: Vec<TransferRow>,
+    moved_transfers: Vec<TransferRow>,
+    transfer_versions: Vec<(Uuid, TransferVersionRow)>,
+    sheet: BTreeMap<(&'static str, u8), SheetDelta>,
+}
+
+impl BatchWrites {
+    /// Adds the run planned for stream `id` (whose locked account row, if it is an
+    /// account's, is in `accounts`); `false` when it cannot be folded in.
+    fn add(
+        &mut self,
+        id: Uuid,
+        accounts: &HashMap<Uuid, AccountRow>,
+        mutation: StreamMutation,
+    ) -> bool {
+        match mutation {
+            StreamMutation::Account(mutation) => {
+                let row = accounts.get(&id);
+                let Some(after) = AccountRow::after(row, &mutation) else {
+                    return false;
+                };
+                self.operations
+                    .extend(mutation.operations.into_iter().map(|op| (id, op)));
+                self.versions
+                    .extend(mutation.versions.into_iter().map(|v| (id, v)));
+                if let Some(delta) = mutation.sheet {
+                    self.sheet
+                        .entry((delta.currency, delta.slot))
+                        .and_modify(|sum| sum.absorb(&delta))
+                        .or_insert(delta);
+                }
+                if row.is_some() {
+                    self.moved.push(after);
+                } else {
+                    self.opened.push(after);
+                }
+            }
+            StreamMutation::Transfer(mutation) => {
+                self.transfer_versions
+                    .extend(mutation.versions.iter().map(|v| (id, v.clone())));
+                if mutation.opens() {
+                    self.opened_transfers.push(mutation.row);
+                } else {
+                    self.moved_transfers.push(mutation.row);
+                }
+            }
+        }
+        true
+    }
+
+    /// Writes everything in the batch's transaction, the sheet's counters last (in
+    /// currency and slot order).
+    async fn write(&self, batch: &mut Batch) -> Result<(), sqlx::Error> {
+        if !(self.opened.is_empty() && self.moved.is_empty()) {
+            batch
+                .write(&self.opened, &self.moved, &self.operations, &self.versions)
+                .await?;
+        }
+        if !(self.opened_transfers.is_empty() && self.moved_transfers.is_empty()) {
+            batch
+                .write_transfers(
+                    &self.opened_transfers,
+                    &self.moved_transfers,
+                    &self.transfer_versions,
+                )
+                .await?;
+        }
+        let deltas: Vec<SheetDelta> = self
+            .sheet
+            .values()
+            .filter(|delta| !delta.is_zero())
+            .cloned()
+            .collect();
+        if !deltas.is_empty() {
+            batch.add_to_sheet(&deltas).await?;
+        }
+        Ok(())
     }
 }

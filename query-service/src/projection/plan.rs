@@ -1,16 +1,82 @@
-//! The pure part of the projection: what a run of events does to an account, and
-//! which verdict each candidate gets. No clock, no I/O: the orchestration in
-//! [`super`] reads the read model, asks here, and writes what comes back.
+//! The pure part of the projection: what a run of events does to an account or a
+//! transfer, which verdict each candidate gets, and what the balance sheet gains. No
+//! clock, no I/O: the orchestration in [`super`] reads the read model, asks here, and
+//! writes what comes back.
+//!
+//! - this module: candidates and verdicts of any stream, and the accounts' planner;
+//! - [`transfer`]: the transfers' planner.
+
+pub(crate) mod transfer;
 
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use rust_decimal::Decimal;
-use shared_events::{AccountEvent, AccountStatus, Currency, DomainEvent, EventEnvelope};
+use shared_events::{
+    AccountEvent, AccountStatus, Currency, DomainEvent, EventEnvelope, LegKind, TransferEvent,
+};
 use uuid::Uuid;
 
-/// Longest owner (`sub`) the read model's `owner` column holds.
-const MAX_OWNER_CHARS: usize = 512;
+pub(crate) use self::transfer::{TransferMutation, TransferRow, plan_transfer};
+
+/// Longest owner (`sub`) the read model's `owner` column holds (also a transfer's
+/// `requested_by`).
+pub(crate) const MAX_OWNER_CHARS: usize = 512;
+
+/// Rows of counters per currency in the balance sheet: each account adds to one of
+/// them (see [`sheet_slot`]), so that concurrent writers rarely wait for one another.
+pub(crate) const SHEET_SLOTS: u8 = 8;
+
+/// The balance-sheet slot of an account: the low bits of its id (in SQL,
+/// `CONV(RIGHT(id, 2), 16, 10) % 8`, as the migration that fills the sheet computes it).
+pub(crate) fn sheet_slot(account: Uuid) -> u8 {
+    account.as_bytes()[15] % SHEET_SLOTS
+}
+
+/// The kinds of event stream the read model projects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum StreamKind {
+    Account,
+    Transfer,
+}
+
+impl StreamKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Account => "account",
+            Self::Transfer => "transfer",
+        }
+    }
+}
+
+/// One event stream: an account's or a transfer's (the envelope's `account_id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Stream {
+    pub(crate) kind: StreamKind,
+    pub(crate) id: Uuid,
+}
+
+impl std::fmt::Display for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind.as_str(), self.id)
+    }
+}
+
+/// A decoded event of either kind of stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StreamEvent {
+    Account(AccountEvent),
+    Transfer(TransferEvent),
+}
+
+impl StreamEvent {
+    pub(crate) fn kind(&self) -> StreamKind {
+        match self {
+            Self::Account(_) => StreamKind::Account,
+            Self::Transfer(_) => StreamKind::Transfer,
+        }
+    }
+}
 
 /// Where a candidate event came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +91,7 @@ pub(crate) enum Origin {
 #[derive(Debug, Clone)]
 pub(crate) struct Candidate {
     pub(crate) envelope: EventEnvelope,
-    pub(crate) event: AccountEvent,
+    pub(crate) event: StreamEvent,
     pub(crate) origin: Origin,
 }
 
@@ -39,10 +105,8 @@ impl Candidate {
             ));
         }
         let event = match envelope.decode().map_err(|error| error.to_string())? {
-            DomainEvent::Account(event) => event,
-            DomainEvent::Transfer(_) => {
-                return Err(format!("{} is not projected yet", envelope.event_type));
-            }
+            DomainEvent::Account(event) => StreamEvent::Account(event),
+            DomainEvent::Transfer(event) => StreamEvent::Transfer(event),
         };
         Ok(Self {
             envelope,
@@ -55,8 +119,17 @@ impl Candidate {
         i64::try_from(self.envelope.version).unwrap_or(i64::MAX)
     }
 
-    pub(crate) fn account(&self) -> Uuid {
+    /// The id of its stream (an account's or a transfer's).
+    pub(crate) fn stream_id(&self) -> Uuid {
         self.envelope.account_id.as_uuid()
+    }
+
+    /// Its stream, of the kind its event says.
+    pub(crate) fn stream(&self) -> Stream {
+        Stream {
+            kind: self.event.kind(),
+            id: self.stream_id(),
+        }
     }
 }
 
@@ -82,11 +155,76 @@ pub(crate) struct Head {
     pub(crate) balance: Decimal,
 }
 
-/// A credit or a debit.
+/// Where a stream's projection stands, read from the table of its kind; `None`
+/// inside before its first event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StreamHead {
+    Account(Option<Head>),
+    Transfer(Option<TransferRow>),
+}
+
+impl StreamHead {
+    /// The stream's projected version (0 before its first event).
+    pub(crate) fn version(&self) -> i64 {
+        match self {
+            Self::Account(head) => head.as_ref().map_or(0, |h| h.version),
+            Self::Transfer(row) => row.as_ref().map_or(0, |row| row.version),
+        }
+    }
+
+    /// Plans a run of consecutive events after this head (see [`plan`] and
+    /// [`plan_transfer`]).
+    pub(crate) fn plan(
+        &self,
+        id: Uuid,
+        run: &[Candidate],
+    ) -> (Option<StreamMutation>, Option<(usize, String)>) {
+        match self {
+            Self::Account(head) => {
+                let (mutation, invalid) = plan(id, head.as_ref(), run);
+                (mutation.map(StreamMutation::Account), invalid)
+            }
+            Self::Transfer(row) => {
+                let (mutation, invalid) = plan_transfer(id, row.as_ref(), run);
+                (mutation.map(StreamMutation::Transfer), invalid)
+            }
+        }
+    }
+}
+
+/// The changes one run of events makes to a stream's projection.
+#[derive(Debug, Clone)]
+pub(crate) enum StreamMutation {
+    Account(Mutation),
+    Transfer(TransferMutation),
+}
+
+impl StreamMutation {
+    /// The projected version the run starts from (0 for a new stream).
+    pub(crate) fn start_version(&self) -> i64 {
+        match self {
+            Self::Account(mutation) => mutation.from_version,
+            Self::Transfer(mutation) => mutation.from_version,
+        }
+    }
+
+    /// The version the run ends at.
+    pub(crate) fn end_version(&self) -> i64 {
+        match self {
+            Self::Account(mutation) => mutation.to_version,
+            Self::Transfer(mutation) => mutation.row.version,
+        }
+    }
+}
+
+/// Kind of an operation: a plain credit or debit, or a leg of a transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OperationKind {
     Credit,
     Debit,
+    TransferOut,
+    TransferIn,
+    TransferRefund,
 }
 
 impl OperationKind {
@@ -95,7 +233,47 @@ impl OperationKind {
         match self {
             Self::Credit => "CREDIT",
             Self::Debit => "DEBIT",
+            Self::TransferOut => LegKind::TransferOut.as_str(),
+            Self::TransferIn => LegKind::TransferIn.as_str(),
+            Self::TransferRefund => LegKind::TransferRefund.as_str(),
         }
+    }
+
+    fn of_leg(kind: LegKind) -> Self {
+        match kind {
+            LegKind::TransferOut => Self::TransferOut,
+            LegKind::TransferIn => Self::TransferIn,
+            LegKind::TransferRefund => Self::TransferRefund,
+        }
+    }
+}
+
+/// What a run of an account's events adds to the balance sheet: to the counters of
+/// its currency in its slot ([`sheet_slot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SheetDelta {
+    pub(crate) currency: &'static str,
+    pub(crate) slot: u8,
+    /// Change of the sum of the balances (of every account, closed or not).
+    pub(crate) balance: Decimal,
+    /// Change of the number of accounts that are not closed.
+    pub(crate) accounts: i64,
+    /// Money debited by transfers (`TRANSFER_OUT`) less money that arrived or came back
+    /// (`TRANSFER_IN`, `TRANSFER_REFUND`).
+    pub(crate) in_transit: Decimal,
+}
+
+impl SheetDelta {
+    /// Whether it changes nothing.
+    pub(crate) fn is_zero(&self) -> bool {
+        self.balance.is_zero() && self.accounts == 0 && self.in_transit.is_zero()
+    }
+
+    /// Adds another delta of the same currency and slot.
+    pub(crate) fn absorb(&mut self, other: &Self) {
+        self.balance += other.balance;
+        self.accounts += other.accounts;
+        self.in_transit += other.in_transit;
     }
 }
 
@@ -114,6 +292,8 @@ pub(crate) struct Mutation {
     pub(crate) operations: Vec<OperationRow>,
     /// One per event of the run.
     pub(crate) versions: Vec<VersionRow>,
+    /// What the run adds to the balance sheet; `None` when nothing.
+    pub(crate) sheet: Option<SheetDelta>,
 }
 
 /// The columns only an account's first event sets.
@@ -146,6 +326,8 @@ pub(crate) struct OperationRow {
     pub(crate) currency: &'static str,
     pub(crate) balance_after: Decimal,
     pub(crate) occurred_at: DateTime<Utc>,
+    /// The transfer it is a leg of.
+    pub(crate) transfer_id: Option<Uuid>,
 }
 
 /// An account's whole projected row, as a batch reads, folds and writes it.
@@ -359,12 +541,23 @@ pub(crate) fn plan(
     let mut opening = None;
     let mut status = None;
     let mut balance = None;
+    let mut in_transit = Decimal::ZERO;
     let mut operations = Vec::new();
     let mut last: Option<(i64, DateTime<Utc>)> = None;
     let mut invalid = None;
     for (index, candidate) in run.iter().enumerate() {
         let occurred_at = candidate.envelope.occurred_at.trunc_subsecs(6);
-        let refusal = match &candidate.event {
+        let event = match &candidate.event {
+            StreamEvent::Account(event) => event,
+            StreamEvent::Transfer(_) => {
+                invalid = Some((
+                    index,
+                    "a transfer's event in an account's stream".to_owned(),
+                ));
+                break;
+            }
+        };
+        let refusal = match event {
             AccountEvent::Created {
                 initial_balance,
                 owner,
@@ -397,19 +590,28 @@ pub(crate) fn plan(
             AccountEvent::Credited {
                 amount,
                 balance: after,
-                ..
+                leg,
             }
             | AccountEvent::Debited {
                 amount,
                 balance: after,
-                ..
+                leg,
             } => match currency {
                 Some(known) if known == amount.currency() => {
-                    let kind = if matches!(candidate.event, AccountEvent::Credited { .. }) {
-                        OperationKind::Credit
-                    } else {
-                        OperationKind::Debit
+                    let kind = match leg {
+                        Some(leg) => OperationKind::of_leg(leg.kind),
+                        None if matches!(event, AccountEvent::Credited { .. }) => {
+                            OperationKind::Credit
+                        }
+                        None => OperationKind::Debit,
                     };
+                    match kind {
+                        OperationKind::TransferOut => in_transit += amount.amount(),
+                        OperationKind::TransferIn | OperationKind::TransferRefund => {
+                            in_transit -= amount.amount();
+                        }
+                        OperationKind::Credit | OperationKind::Debit => {}
+                    }
                     operations.push(OperationRow {
                         event_id: candidate.envelope.event_id,
                         version: candidate.version(),
@@ -418,6 +620,7 @@ pub(crate) fn plan(
                         currency: known.code(),
                         balance_after: after.amount(),
                         occurred_at,
+                        transfer_id: leg.map(|leg| leg.transfer_id.as_uuid()),
                     });
                     balance = Some(after.amount());
                     None
@@ -449,7 +652,7 @@ pub(crate) fn plan(
         versions.push(VersionRow {
             version: candidate.version(),
             event_id: candidate.envelope.event_id,
-            kind: candidate.event.event_type().as_str(),
+            kind: event.event_type().as_str(),
             status: current_status,
             balance: current_balance,
             occurred_at,
@@ -458,18 +661,39 @@ pub(crate) fn plan(
     }
     let mutation =
         last.filter(|&(to_version, _)| to_version > projected)
-            .map(|(to_version, updated_at)| Mutation {
-                account,
-                from_version: projected,
-                to_version,
-                opening,
-                status,
-                balance,
-                updated_at,
-                operations,
-                versions,
+            .map(|(to_version, updated_at)| {
+                let sheet = currency
+                    .map(|currency| SheetDelta {
+                        currency: currency.code(),
+                        slot: sheet_slot(account),
+                        balance: current_balance - head.map_or(Decimal::ZERO, |h| h.balance),
+                        accounts: counted(Some(current_status)) - counted(head.map(|h| h.status)),
+                        in_transit,
+                    })
+                    .filter(|delta| !delta.is_zero());
+                Mutation {
+                    account,
+                    from_version: projected,
+                    to_version,
+                    opening,
+                    status,
+                    balance,
+                    updated_at,
+                    operations,
+                    versions,
+                    sheet,
+                }
             });
     (mutation, invalid)
+}
+
+/// How many accounts the balance sheet counts for an account in `status` (`None`:
+/// not opened): the ones that are not closed.
+fn counted(status: Option<AccountStatus>) -> i64 {
+    match status {
+        Some(AccountStatus::Closed) | None => 0,
+        Some(_) => 1,
+    }
 }
 
 #[cfg(test)]

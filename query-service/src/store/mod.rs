@@ -5,7 +5,8 @@
 //! projection's statements exist once per set of tables ([`LIVE`] and [`REBUILD`]), so
 //! that a rebuild runs the very same writes against fresh tables.
 //!
-//! - [`projection`](self::projection): the projection's guarded writes and the checkpoint.
+//! - [`projection`](self::projection): the projection's guarded writes (accounts,
+//!   transfers, the balance sheet's counters) and the checkpoint.
 //! - [`queries`]: the reads behind the REST API.
 //! - this module: the connection, the sets of tables, error classification.
 
@@ -20,10 +21,12 @@ use sqlx::migrate::MigrateDatabase;
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::{MySql, MySqlPool};
 
-pub(crate) use self::projection::Applied;
+pub(crate) use self::projection::{Applied, Batch};
 pub(crate) use self::queries::{
-    AccountFilter, AccountRecord, CurrencyTotalRecord, OperationRecord, Reach,
+    AccountFilter, AccountRecord, CurrencyTotalRecord, OperationRecord, Reach, TransferCursor,
+    TransferRecord,
 };
+use crate::projection::plan::StreamKind;
 
 /// The statements of the projection, for one set of tables.
 #[derive(Debug)]
@@ -33,16 +36,56 @@ pub struct Tables {
     update_account: &'static str,
     insert_operations: &'static str,
     insert_versions: &'static str,
-    projected_ids: &'static str,
-    recorded_versions: &'static str,
+    account_versions: Versions,
     lock_accounts: &'static str,
     insert_accounts: &'static str,
+    transfer: &'static str,
+    lock_transfers: &'static str,
+    insert_transfers: &'static str,
+    update_transfer: &'static str,
+    insert_transfer_versions: &'static str,
+    transfer_versions: Versions,
+    add_to_sheet: &'static str,
     read_checkpoint: &'static str,
     advance_checkpoint: &'static str,
 }
 
+/// The statements reading the record of projected versions of one kind of stream.
+#[derive(Debug)]
+struct Versions {
+    /// Completed with one stream's id and a list of versions.
+    projected_ids: &'static str,
+    /// Completed with conditions on `stream_column` and `version`.
+    recorded: &'static str,
+    stream_column: &'static str,
+}
+
+impl Tables {
+    fn versions(&self, kind: StreamKind) -> &Versions {
+        match kind {
+            StreamKind::Account => &self.account_versions,
+            StreamKind::Transfer => &self.transfer_versions,
+        }
+    }
+}
+
+/// The columns of a transfer row, in [`projection`]'s order.
+macro_rules! transfer_columns {
+    () => {
+        "id, from_account, to_account, amount, currency, reference, status, reason, requested_by, version, created_at, updated_at"
+    };
+}
+
 macro_rules! tables {
-    ($accounts:literal, $operations:literal, $versions:literal, $checkpoint:literal) => {
+    (
+        $accounts:literal,
+        $operations:literal,
+        $versions:literal,
+        $transfers:literal,
+        $transfer_versions:literal,
+        $sheet:literal,
+        $checkpoint:literal
+    ) => {
         Tables {
             head: concat!(
                 "SELECT version, currency, status, balance FROM ",
@@ -63,23 +106,26 @@ macro_rules! tables {
             insert_operations: concat!(
                 "INSERT INTO ",
                 $operations,
-                " (event_id, account_id, version, type, amount, currency, balance_after, occurred_at) "
+                " (event_id, account_id, version, type, amount, currency, balance_after, occurred_at, transfer_id) "
             ),
             insert_versions: concat!(
                 "INSERT INTO ",
                 $versions,
                 " (account_id, version, event_id, type, status, balance, occurred_at) "
             ),
-            projected_ids: concat!(
-                "SELECT version, event_id FROM ",
-                $versions,
-                " WHERE account_id = "
-            ),
-            recorded_versions: concat!(
-                "SELECT account_id, version, event_id FROM ",
-                $versions,
-                " WHERE "
-            ),
+            account_versions: Versions {
+                projected_ids: concat!(
+                    "SELECT version, event_id FROM ",
+                    $versions,
+                    " WHERE account_id = "
+                ),
+                recorded: concat!(
+                    "SELECT account_id AS stream_id, version, event_id FROM ",
+                    $versions,
+                    " WHERE "
+                ),
+                stream_column: "account_id",
+            },
             lock_accounts: concat!(
                 "SELECT id, owner, status, currency, balance, version, created_at, updated_at FROM ",
                 $accounts,
@@ -89,6 +135,55 @@ macro_rules! tables {
                 "INSERT INTO ",
                 $accounts,
                 " (id, owner, status, currency, balance, version, created_at, updated_at) "
+            ),
+            transfer: concat!(
+                "SELECT ",
+                transfer_columns!(),
+                " FROM ",
+                $transfers,
+                " WHERE id = ?"
+            ),
+            lock_transfers: concat!(
+                "SELECT ",
+                transfer_columns!(),
+                " FROM ",
+                $transfers,
+                " WHERE id IN "
+            ),
+            insert_transfers: concat!(
+                "INSERT INTO ",
+                $transfers,
+                " (",
+                transfer_columns!(),
+                ") "
+            ),
+            update_transfer: concat!(
+                "UPDATE ",
+                $transfers,
+                " SET status = ?, reason = ?, version = ?, updated_at = ? WHERE id = ? AND version = ?"
+            ),
+            insert_transfer_versions: concat!(
+                "INSERT INTO ",
+                $transfer_versions,
+                " (transfer_id, version, event_id, type, occurred_at) "
+            ),
+            transfer_versions: Versions {
+                projected_ids: concat!(
+                    "SELECT version, event_id FROM ",
+                    $transfer_versions,
+                    " WHERE transfer_id = "
+                ),
+                recorded: concat!(
+                    "SELECT transfer_id AS stream_id, version, event_id FROM ",
+                    $transfer_versions,
+                    " WHERE "
+                ),
+                stream_column: "transfer_id",
+            },
+            add_to_sheet: concat!(
+                "INSERT INTO ",
+                $sheet,
+                " (currency, slot, balance, accounts, in_transit) "
             ),
             read_checkpoint: concat!(
                 "SELECT generation, position FROM ",
@@ -109,6 +204,14 @@ macro_rules! tables {
 const UPDATE_LOCKED_ACCOUNTS: &str = " ON DUPLICATE KEY UPDATE status = VALUES(status), \
      balance = VALUES(balance), version = VALUES(version), updated_at = VALUES(updated_at)";
 
+/// The same for transfers: only what a transfer's later events change.
+const UPDATE_LOCKED_TRANSFERS: &str = " ON DUPLICATE KEY UPDATE status = VALUES(status), \
+     reason = VALUES(reason), version = VALUES(version), updated_at = VALUES(updated_at)";
+
+/// Turns a multi-row insert of balance-sheet deltas into additions to the counters.
+const ADD_TO_COUNTERS: &str = " ON DUPLICATE KEY UPDATE balance = balance + VALUES(balance), \
+     accounts = accounts + VALUES(accounts), in_transit = in_transit + VALUES(in_transit)";
+
 /// Rows per multi-row statement (well under the 65535 placeholders of a statement).
 const ROWS_PER_STATEMENT: usize = 500;
 
@@ -117,6 +220,9 @@ pub const LIVE: Tables = tables!(
     "accounts",
     "operations",
     "account_versions",
+    "transfers",
+    "transfer_versions",
+    "balance_sheet",
     "projection_checkpoint"
 );
 /// The tables a rebuild fills before swapping them in.
@@ -124,6 +230,9 @@ pub const REBUILD: Tables = tables!(
     "accounts_rebuild",
     "operations_rebuild",
     "account_versions_rebuild",
+    "transfers_rebuild",
+    "transfer_versions_rebuild",
+    "balance_sheet_rebuild",
     "projection_checkpoint_rebuild"
 );
 

@@ -1,32 +1,43 @@
 //! The projection's guarded writes and the feed checkpoint.
+//!
+//! Every transaction takes its row locks in one order: accounts (by id), then
+//! transfers (by id), then the balance sheet's counters (by currency and slot), the
+//! latter last, just before the commit, so that they are held as briefly as possible.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use shared_events::AccountStatus;
+use shared_events::{AccountStatus, TransferStatus};
+use sqlx::mysql::MySqlRow;
 use sqlx::{Executor, MySql, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    ROWS_PER_STATEMENT, ReadStore, Tables, UPDATE_LOCKED_ACCOUNTS, is_retryable,
-    is_unique_violation,
+    ADD_TO_COUNTERS, ROWS_PER_STATEMENT, ReadStore, Tables, UPDATE_LOCKED_ACCOUNTS,
+    UPDATE_LOCKED_TRANSFERS, is_retryable, is_unique_violation,
 };
-use crate::projection::plan::{AccountRow, Head, Mutation, OperationRow, VersionRow};
+use crate::projection::plan::transfer::TransferVersionRow;
+use crate::projection::plan::{
+    AccountRow, Head, Mutation, OperationRow, SheetDelta, Stream, StreamHead, StreamKind,
+    StreamMutation, TransferMutation, TransferRow, VersionRow,
+};
 
 /// What became of a guarded write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Applied {
-    /// Committed: the account is now at `to_version`; its rows were `written` then,
-    /// before the commit.
+    /// Committed: the stream is now at the run's last version; its rows were
+    /// `written` then, before the commit.
     Committed { written: DateTime<Utc> },
-    /// Someone else moved the account first (or the write deadlocked); read again.
+    /// Someone else moved the stream first (or the write deadlocked); read again.
     Conflict,
     /// An event id is already recorded for another operation: impossible data.
     DuplicateEventId,
 }
 
-/// One transaction applying the runs of many accounts at once: [`Batch::lock`] the
-/// accounts, fold their events in memory, [`Batch::write`] the results, commit.
+/// One transaction applying the runs of many streams at once: [`Batch::lock`] the
+/// accounts and [`Batch::lock_transfers`] the transfers, fold their events in memory,
+/// [`Batch::write`] and [`Batch::write_transfers`] the results, [`Batch::add_to_sheet`]
+/// what they change in the balance sheet, commit.
 #[derive(Debug)]
 pub(crate) struct Batch {
     tx: sqlx::Transaction<'static, MySql>,
@@ -85,15 +96,45 @@ impl Batch {
         Ok(rows)
     }
 
-    /// The event ids recorded for the accounts of `ranges` between their lowest and
-    /// highest version, read in the batch's transaction.
+    /// Locks the rows of `transfers` (in id order) and reads them. Transfers without a
+    /// row are absent from the answer.
+    pub(crate) async fn lock_transfers(
+        &mut self,
+        transfers: &[Uuid],
+    ) -> Result<HashMap<Uuid, TransferRow>, sqlx::Error> {
+        let mut ids: Vec<String> = transfers
+            .iter()
+            .map(|id| id.hyphenated().to_string())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut rows = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut select = QueryBuilder::<MySql>::new(self.tables.lock_transfers);
+            select.push("(");
+            let mut list = select.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_str());
+            }
+            select.push(") ORDER BY id FOR UPDATE");
+            for row in select.build().fetch_all(&mut *self.tx).await? {
+                let row = transfer_row(&row)?;
+                rows.insert(row.id, row);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The event ids recorded for the streams of `ranges` (all of `kind`) between
+    /// their lowest and highest version, read in the batch's transaction.
     pub(crate) async fn recorded_ids(
         &mut self,
+        kind: StreamKind,
         ranges: &[(Uuid, i64, i64)],
     ) -> Result<HashMap<(Uuid, i64), Uuid>, sqlx::Error> {
         let mut recorded = HashMap::new();
         for chunk in ranges.chunks(ROWS_PER_STATEMENT) {
-            recorded.extend(recorded_ids(&mut *self.tx, self.tables, chunk).await?);
+            recorded.extend(recorded_ids(&mut *self.tx, self.tables, kind, chunk).await?);
         }
         Ok(recorded)
     }
@@ -140,6 +181,41 @@ impl Batch {
         Ok(())
     }
 
+    /// Inserts the `opened` transfers, overwrites the `moved` ones (rows this batch
+    /// holds locked) and inserts their versions.
+    pub(crate) async fn write_transfers(
+        &mut self,
+        opened: &[TransferRow],
+        moved: &[TransferRow],
+        versions: &[(Uuid, TransferVersionRow)],
+    ) -> Result<(), sqlx::Error> {
+        for (rows, suffix) in [(opened, ""), (moved, UPDATE_LOCKED_TRANSFERS)] {
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let mut insert = insert_transfers(self.tables, chunk);
+                insert.push(suffix);
+                insert.build().execute(&mut *self.tx).await?;
+            }
+        }
+        for chunk in versions.chunks(ROWS_PER_STATEMENT) {
+            insert_transfer_versions(self.tables, chunk.iter().map(|(id, row)| (*id, row)))
+                .build()
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Adds `deltas` to the balance sheet's counters, in (currency, slot) order.
+    pub(crate) async fn add_to_sheet(&mut self, deltas: &[SheetDelta]) -> Result<(), sqlx::Error> {
+        for chunk in deltas.chunks(ROWS_PER_STATEMENT) {
+            add_to_sheet(self.tables, chunk)
+                .build()
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
         self.tx.commit().await
     }
@@ -159,9 +235,92 @@ fn insert_operations<'a>(
             .push_bind(op.amount)
             .push_bind(op.currency)
             .push_bind(op.balance_after)
-            .push_bind(op.occurred_at);
+            .push_bind(op.occurred_at)
+            .push_bind(op.transfer_id.map(|id| id.hyphenated().to_string()));
     });
     insert
+}
+
+/// A multi-row insert of transfer rows (the columns of `transfer_columns!`).
+fn insert_transfers(tables: &Tables, rows: &[TransferRow]) -> QueryBuilder<MySql> {
+    let mut insert = QueryBuilder::<MySql>::new(tables.insert_transfers);
+    insert.push_values(rows, |mut row, transfer| {
+        row.push_bind(transfer.id.hyphenated().to_string())
+            .push_bind(transfer.from.hyphenated().to_string())
+            .push_bind(transfer.to.hyphenated().to_string())
+            .push_bind(transfer.amount)
+            .push_bind(transfer.currency.clone())
+            .push_bind(transfer.reference.clone())
+            .push_bind(transfer.status.as_str())
+            .push_bind(transfer.reason.clone())
+            .push_bind(transfer.requested_by.clone())
+            .push_bind(transfer.version)
+            .push_bind(transfer.created_at)
+            .push_bind(transfer.updated_at);
+    });
+    insert
+}
+
+/// A multi-row insert of projected transfer versions, each with its transfer.
+fn insert_transfer_versions<'a>(
+    tables: &Tables,
+    versions: impl IntoIterator<Item = (Uuid, &'a TransferVersionRow)>,
+) -> QueryBuilder<MySql> {
+    let mut insert = QueryBuilder::<MySql>::new(tables.insert_transfer_versions);
+    insert.push_values(versions, |mut row, (transfer, version)| {
+        row.push_bind(transfer.hyphenated().to_string())
+            .push_bind(version.version)
+            .push_bind(version.event_id.hyphenated().to_string())
+            .push_bind(version.kind)
+            .push_bind(version.occurred_at);
+    });
+    insert
+}
+
+/// A multi-row addition to the balance sheet's counters (a row is created at the
+/// first delta of its currency and slot).
+fn add_to_sheet(tables: &Tables, deltas: &[SheetDelta]) -> QueryBuilder<MySql> {
+    let mut insert = QueryBuilder::<MySql>::new(tables.add_to_sheet);
+    insert.push_values(deltas, |mut row, delta| {
+        row.push_bind(delta.currency)
+            .push_bind(delta.slot)
+            .push_bind(delta.balance)
+            .push_bind(delta.accounts)
+            .push_bind(delta.in_transit);
+    });
+    insert.push(ADD_TO_COUNTERS);
+    insert
+}
+
+/// Reads a transfer row (the columns of `transfer_columns!`).
+fn transfer_row(row: &MySqlRow) -> Result<TransferRow, sqlx::Error> {
+    let uuid = |column: &str| -> Result<Uuid, sqlx::Error> {
+        let text: String = row.try_get(column)?;
+        Uuid::parse_str(&text).map_err(|error| sqlx::Error::ColumnDecode {
+            index: column.to_owned(),
+            source: Box::new(error),
+        })
+    };
+    Ok(TransferRow {
+        id: uuid("id")?,
+        from: uuid("from_account")?,
+        to: uuid("to_account")?,
+        amount: row.try_get("amount")?,
+        currency: row.try_get("currency")?,
+        reference: row.try_get("reference")?,
+        status: row
+            .try_get::<String, _>("status")?
+            .parse::<TransferStatus>()
+            .map_err(|error| sqlx::Error::ColumnDecode {
+                index: "status".to_owned(),
+                source: error.into(),
+            })?,
+        reason: row.try_get("reason")?,
+        requested_by: row.try_get("requested_by")?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
 }
 
 /// A multi-row insert of projected versions, each with its account.
@@ -182,20 +341,20 @@ fn insert_versions<'a>(
     insert
 }
 
-/// The event ids recorded at `versions` of `account` (versions without a record, such
+/// The event ids recorded at `versions` of `stream` (versions without a record, such
 /// as those projected before the record existed, are absent).
 async fn projected_ids<'e>(
     executor: impl Executor<'e, Database = MySql>,
     tables: &Tables,
-    account: Uuid,
+    stream: Stream,
     versions: &[i64],
 ) -> Result<Vec<(i64, Uuid)>, sqlx::Error> {
     if versions.is_empty() {
         return Ok(Vec::new());
     }
-    let mut select = QueryBuilder::<MySql>::new(tables.projected_ids);
+    let mut select = QueryBuilder::<MySql>::new(tables.versions(stream.kind).projected_ids);
     select
-        .push_bind(account.hyphenated().to_string())
+        .push_bind(stream.id.hyphenated().to_string())
         .push(" AND version IN (");
     let mut list = select.separated(", ");
     for version in versions {
@@ -219,31 +378,35 @@ async fn projected_ids<'e>(
         .collect()
 }
 
-/// The event ids recorded for the accounts of `ranges` (at most
+/// The event ids recorded for the streams of `ranges` (all of `kind`, at most
 /// [`ROWS_PER_STATEMENT`]) between their lowest and highest version, in one statement.
 async fn recorded_ids<'e>(
     executor: impl Executor<'e, Database = MySql>,
     tables: &Tables,
+    kind: StreamKind,
     ranges: &[(Uuid, i64, i64)],
 ) -> Result<Vec<((Uuid, i64), Uuid)>, sqlx::Error> {
     if ranges.is_empty() {
         return Ok(Vec::new());
     }
-    let mut select = QueryBuilder::<MySql>::new(tables.recorded_versions);
-    for (index, (account, lowest, highest)) in ranges.iter().enumerate() {
+    let versions = tables.versions(kind);
+    let mut select = QueryBuilder::<MySql>::new(versions.recorded);
+    for (index, (stream, lowest, highest)) in ranges.iter().enumerate() {
         if index > 0 {
             select.push(" OR ");
         }
         select
-            .push("(account_id = ")
-            .push_bind(account.hyphenated().to_string())
+            .push("(")
+            .push(versions.stream_column)
+            .push(" = ")
+            .push_bind(stream.hyphenated().to_string())
             .push(" AND version BETWEEN ")
             .push_bind(*lowest)
             .push(" AND ")
             .push_bind(*highest)
             .push(")");
     }
-    let uuid = |row: &sqlx::mysql::MySqlRow, column: &str| -> Result<Uuid, sqlx::Error> {
+    let uuid = |row: &MySqlRow, column: &str| -> Result<Uuid, sqlx::Error> {
         let text: String = row.try_get(column)?;
         Uuid::parse_str(&text).map_err(|error| sqlx::Error::ColumnDecode {
             index: column.to_owned(),
@@ -257,45 +420,70 @@ async fn recorded_ids<'e>(
         .iter()
         .map(|row| {
             Ok((
-                (uuid(row, "account_id")?, row.try_get("version")?),
+                (uuid(row, "stream_id")?, row.try_get("version")?),
                 uuid(row, "event_id")?,
             ))
         })
         .collect()
 }
 
+/// Commits a guarded write; a deadlock at the commit is a conflict (read again).
+async fn commit(tx: sqlx::Transaction<'static, MySql>) -> Result<Applied, sqlx::Error> {
+    let written = Utc::now();
+    match tx.commit().await {
+        Ok(()) => Ok(Applied::Committed { written }),
+        Err(error) if is_retryable(&error) => Ok(Applied::Conflict),
+        Err(error) => Err(error),
+    }
+}
+
 impl ReadStore {
-    /// The event ids recorded for the accounts of `ranges` between their lowest and
-    /// highest version (inclusive), read without locking: committed records only,
-    /// which never change.
+    /// The event ids recorded for the streams of `ranges` (all of `kind`) between
+    /// their lowest and highest version (inclusive), read without locking: committed
+    /// records only, which never change.
     pub(crate) async fn recorded_ids(
         &self,
         tables: &Tables,
+        kind: StreamKind,
         ranges: &[(Uuid, i64, i64)],
     ) -> Result<HashMap<(Uuid, i64), Uuid>, sqlx::Error> {
         let mut recorded = HashMap::new();
         for chunk in ranges.chunks(ROWS_PER_STATEMENT) {
-            recorded.extend(recorded_ids(&self.pool, tables, chunk).await?);
+            recorded.extend(recorded_ids(&self.pool, tables, kind, chunk).await?);
         }
         Ok(recorded)
     }
 
-    /// The event ids recorded at `versions` of `account`.
+    /// The event ids recorded at `versions` of `stream`.
     pub(crate) async fn projected_ids(
         &self,
         tables: &Tables,
-        account: Uuid,
+        stream: Stream,
         versions: &[i64],
     ) -> Result<Vec<(i64, Uuid)>, sqlx::Error> {
-        projected_ids(&self.pool, tables, account, versions).await
+        projected_ids(&self.pool, tables, stream, versions).await
+    }
+
+    /// Where the projection of a stream stands.
+    pub(crate) async fn stream_head(
+        &self,
+        tables: &Tables,
+        stream: Stream,
+    ) -> Result<StreamHead, sqlx::Error> {
+        Ok(match stream.kind {
+            StreamKind::Account => StreamHead::Account(self.head(tables, stream.id).await?),
+            StreamKind::Transfer => {
+                let row = sqlx::query(tables.transfer)
+                    .bind(stream.id.hyphenated().to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                StreamHead::Transfer(row.as_ref().map(transfer_row).transpose()?)
+            }
+        })
     }
 
     /// Where the projection of an account stands; `None` before its first event.
-    pub(crate) async fn head(
-        &self,
-        tables: &Tables,
-        account: Uuid,
-    ) -> Result<Option<Head>, sqlx::Error> {
+    async fn head(&self, tables: &Tables, account: Uuid) -> Result<Option<Head>, sqlx::Error> {
         let row = sqlx::query(tables.head)
             .bind(account.hyphenated().to_string())
             .fetch_optional(&self.pool)
@@ -317,8 +505,21 @@ impl ReadStore {
         .transpose()
     }
 
-    /// Applies a run of events in one transaction, guarded by the account's version.
+    /// Applies a run of a stream's events in one transaction, guarded by the
+    /// stream's version.
     pub(crate) async fn apply(
+        &self,
+        tables: &Tables,
+        mutation: &StreamMutation,
+    ) -> Result<Applied, sqlx::Error> {
+        match mutation {
+            StreamMutation::Account(mutation) => self.apply_account(tables, mutation).await,
+            StreamMutation::Transfer(mutation) => self.apply_transfer(tables, mutation).await,
+        }
+    }
+
+    /// An account's run: its row, operations and versions, and its balance-sheet slot.
+    async fn apply_account(
         &self,
         tables: &Tables,
         mutation: &Mutation,
@@ -386,15 +587,69 @@ impl ReadStore {
                 Err(error) => return Err(error),
             }
         }
-        let written = Utc::now();
-        match tx.commit().await {
-            Ok(()) => Ok(Applied::Committed { written }),
-            Err(error) if is_retryable(&error) => Ok(Applied::Conflict),
-            Err(error) => Err(error),
+        if let Some(delta) = &mutation.sheet {
+            match add_to_sheet(tables, std::slice::from_ref(delta))
+                .build()
+                .execute(&mut *tx)
+                .await
+            {
+                Ok(_) => {}
+                Err(error) if is_retryable(&error) => return Ok(Applied::Conflict),
+                Err(error) => return Err(error),
+            }
         }
+        commit(tx).await
     }
 
-    /// Starts a transaction applying many accounts' runs at once.
+    /// A transfer's run: its row and versions.
+    async fn apply_transfer(
+        &self,
+        tables: &Tables,
+        mutation: &TransferMutation,
+    ) -> Result<Applied, sqlx::Error> {
+        let row = &mutation.row;
+        let mut tx = self.pool.begin().await?;
+        let moved = if mutation.opens() {
+            insert_transfers(tables, std::slice::from_ref(row))
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map(|done| done.rows_affected())
+        } else {
+            sqlx::query(tables.update_transfer)
+                .bind(row.status.as_str())
+                .bind(row.reason.as_deref())
+                .bind(row.version)
+                .bind(row.updated_at)
+                .bind(row.id.hyphenated().to_string())
+                .bind(mutation.from_version)
+                .execute(&mut *tx)
+                .await
+                .map(|done| done.rows_affected())
+        };
+        match moved {
+            Ok(1) => {}
+            Ok(_) => return Ok(Applied::Conflict),
+            Err(error) if is_retryable(&error) || is_unique_violation(&error) => {
+                return Ok(Applied::Conflict);
+            }
+            Err(error) => return Err(error),
+        }
+        match insert_transfer_versions(tables, mutation.versions.iter().map(|v| (row.id, v)))
+            .build()
+            .execute(&mut *tx)
+            .await
+        {
+            Ok(_) => {}
+            Err(error) if is_retryable(&error) || is_unique_violation(&error) => {
+                return Ok(Applied::Conflict);
+            }
+            Err(error) => return Err(error),
+        }
+        commit(tx).await
+    }
+
+    /// Starts a transaction applying many streams' runs at once.
     pub(crate) async fn batch(&self, tables: &'static Tables) -> Result<Batch, sqlx::Error> {
         Ok(Batch {
             tx: self.pool.begin().await?,

@@ -18,6 +18,8 @@ pub(crate) struct OperationRecord {
     pub(crate) currency: String,
     pub(crate) balance_after: Decimal,
     pub(crate) occurred_at: DateTime<Utc>,
+    /// The transfer an operation is a leg of.
+    pub(crate) transfer_id: Option<String>,
 }
 
 /// An account as stored.
@@ -32,12 +34,37 @@ pub(crate) struct AccountRecord {
     pub(crate) updated_at: DateTime<Utc>,
 }
 
-/// The total of one currency over the accounts that are not closed.
+/// The totals of one currency: the balances of every account, the number of
+/// accounts that are not closed, the money in transit.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct CurrencyTotalRecord {
     pub(crate) currency: String,
     pub(crate) balance: Decimal,
     pub(crate) accounts: i64,
+    pub(crate) in_transit: Decimal,
+}
+
+/// A transfer as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct TransferRecord {
+    pub(crate) id: String,
+    pub(crate) from_account: String,
+    pub(crate) to_account: String,
+    pub(crate) amount: Decimal,
+    pub(crate) currency: String,
+    pub(crate) reference: Option<String>,
+    pub(crate) status: String,
+    pub(crate) reason: Option<String>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
+}
+
+/// Where a page of an account's transfers starts: after this transfer (the order is
+/// creation time, then id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TransferCursor {
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) id: Uuid,
 }
 
 /// Which accounts a reader may see: every account (an admin), or those a `sub` owns.
@@ -58,6 +85,9 @@ pub(crate) struct AccountFilter<'a> {
 
 const ACCOUNT_COLUMNS: &str =
     "SELECT id, status, currency, balance, version, created_at, updated_at FROM accounts WHERE ";
+
+const TRANSFER_COLUMNS: &str = "SELECT t.id, t.from_account, t.to_account, t.amount, t.currency, \
+     t.reference, t.status, t.reason, t.created_at, t.updated_at FROM transfers t";
 
 impl ReadStore {
     /// One account, if `reach` covers it.
@@ -160,8 +190,8 @@ impl ReadStore {
         limit: u32,
     ) -> Result<Vec<OperationRecord>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT event_id, version, type, amount, currency, balance_after, occurred_at FROM operations \
-             WHERE account_id = ? AND version > ? ORDER BY version LIMIT ?",
+            "SELECT event_id, version, type, amount, currency, balance_after, occurred_at, transfer_id \
+             FROM operations WHERE account_id = ? AND version > ? ORDER BY version LIMIT ?",
         )
         .bind(account.hyphenated().to_string())
         .bind(after)
@@ -170,13 +200,92 @@ impl ReadStore {
         .await
     }
 
-    /// Balance totals per currency over the accounts that are not closed.
+    /// The balance sheet: per currency, the sums of its counters' slots (a handful
+    /// of rows per currency, however many accounts there are). A currency whose
+    /// counters are all zero (every account closed and empty) is left out.
     pub(crate) async fn balance_sheet(&self) -> Result<Vec<CurrencyTotalRecord>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT currency, CAST(SUM(balance) AS DECIMAL(38,4)) AS balance, COUNT(*) AS accounts \
-             FROM accounts WHERE status <> 'CLOSED' GROUP BY currency ORDER BY currency",
+            "SELECT currency, CAST(SUM(balance) AS DECIMAL(38,4)) AS balance, \
+             CAST(SUM(accounts) AS SIGNED) AS accounts, \
+             CAST(SUM(in_transit) AS DECIMAL(38,4)) AS in_transit \
+             FROM balance_sheet GROUP BY currency \
+             HAVING SUM(accounts) <> 0 OR SUM(balance) <> 0 OR SUM(in_transit) <> 0 \
+             ORDER BY currency",
         )
         .fetch_all(&self.pool)
         .await
+    }
+
+    /// One transfer, if `reach` covers it: every transfer for an admin, else those
+    /// whose source or destination the reader owns.
+    pub(crate) async fn transfer(
+        &self,
+        id: Uuid,
+        reach: Reach<'_>,
+    ) -> Result<Option<TransferRecord>, sqlx::Error> {
+        let mut query = QueryBuilder::<MySql>::new(TRANSFER_COLUMNS);
+        query
+            .push(" WHERE t.id = ")
+            .push_bind(id.hyphenated().to_string());
+        if let Reach::OwnedBy(owner) = reach {
+            query
+                .push(
+                    " AND EXISTS (SELECT 1 FROM accounts a \
+                     WHERE a.id IN (t.from_account, t.to_account) AND a.owner = ",
+                )
+                .push_bind(owner)
+                .push(")");
+        }
+        query.build_query_as().fetch_optional(&self.pool).await
+    }
+
+    /// Up to `limit` transfers from or to `account` after `after`, oldest first
+    /// (creation time, then id): one range of the index of each side, merged.
+    pub(crate) async fn account_transfers(
+        &self,
+        account: Uuid,
+        after: Option<TransferCursor>,
+        limit: u32,
+    ) -> Result<Vec<TransferRecord>, sqlx::Error> {
+        let account = account.hyphenated().to_string();
+        let mut query = QueryBuilder::<MySql>::new("");
+        for (index, (side, index_name)) in [
+            ("from_account", "transfers_from_account"),
+            ("to_account", "transfers_to_account"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if index > 0 {
+                query.push(" UNION ALL ");
+            }
+            query
+                .push("(")
+                .push(TRANSFER_COLUMNS)
+                .push(" FORCE INDEX (")
+                .push(index_name)
+                .push(") WHERE t.")
+                .push(side)
+                .push(" = ")
+                .push_bind(account.clone());
+            if let Some(after) = after {
+                query
+                    .push(" AND (t.created_at > ")
+                    .push_bind(after.created_at)
+                    .push(" OR (t.created_at = ")
+                    .push_bind(after.created_at)
+                    .push(" AND t.id > ")
+                    .push_bind(after.id.hyphenated().to_string())
+                    .push("))");
+            }
+            query
+                .push(" ORDER BY t.created_at, t.id LIMIT ")
+                .push_bind(limit)
+                .push(")");
+        }
+        query
+            .push(" ORDER BY created_at, id LIMIT ")
+            .push_bind(limit);
+        query.build_query_as().fetch_all(&self.pool).await
     }
 }

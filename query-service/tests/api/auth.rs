@@ -70,6 +70,8 @@ async fn every_endpoint_refuses_a_missing_or_invalid_token_and_a_missing_scope()
         format!("/accounts/{alices}?min_version=3&wait_ms=0"),
         format!("/accounts/{alices}/operations"),
         "/balance-sheet".to_owned(),
+        format!("/transfers/{}", uuid::Uuid::now_v7()),
+        format!("/accounts/{alices}/transfers"),
     ];
     for path in &paths {
         app.query_as(None, path)

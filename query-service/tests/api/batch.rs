@@ -7,10 +7,13 @@
     reason = "test: a failure here is the test's failure"
 )]
 
+use std::collections::BTreeMap;
+
 use query_service::projection::{BatchOutcome, Projector};
 use query_service::source::{CommandClient, TokenSource};
 use query_service::store::{LIVE, ReadStore};
 use query_service::watch::ProjectionWatch;
+use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use service_kit::settings::SecretUrl;
 use shared_events::EventEnvelope;
@@ -61,8 +64,10 @@ async fn accounts(app: &TestApp, count: usize) -> Vec<(String, Vec<Value>)> {
     accounts
 }
 
-/// Every account as the command service's stream says it is.
+/// Every account as the command service's stream says it is, and the balance
+/// sheet's counters adding up to them (whichever projector wrote what).
 async fn assert_matches_streams(app: &TestApp, accounts: &[(String, Vec<Value>)]) {
+    let mut totals: BTreeMap<String, (Decimal, u64)> = BTreeMap::new();
     for (id, stream) in accounts {
         let last = stream.last().unwrap();
         let version = last["version"].as_u64().unwrap();
@@ -74,6 +79,11 @@ async fn assert_matches_streams(app: &TestApp, accounts: &[(String, Vec<Value>)]
             .find_map(|event| event["data"].get("balance").cloned())
             .unwrap_or_else(|| stream[0]["data"]["initial_balance"].clone());
         assert_eq!(account["balance"], balance, "{id}");
+        let total = totals
+            .entry(stream[0]["data"]["currency"].as_str().unwrap().to_owned())
+            .or_default();
+        total.0 += balance.as_str().unwrap().parse::<Decimal>().unwrap();
+        total.1 += 1;
         assert_eq!(account["updated_at"], last["occurred_at"], "{id}");
         let operations = app.query_get(&format!("/accounts/{id}/operations")).await;
         let recorded: Vec<Value> = operations.body["operations"]
@@ -89,6 +99,30 @@ async fn assert_matches_streams(app: &TestApp, accounts: &[(String, Vec<Value>)]
             .collect();
         assert_eq!(recorded, expected, "{id}");
     }
+    let sheet = app.query_get("/balance-sheet").await.body;
+    let served: BTreeMap<String, (Decimal, u64)> = sheet["totals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|total| {
+            assert_eq!(
+                total["in_transit"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<Decimal>()
+                    .unwrap(),
+                Decimal::ZERO
+            );
+            (
+                total["currency"].as_str().unwrap().to_owned(),
+                (
+                    total["balance"].as_str().unwrap().parse().unwrap(),
+                    total["accounts"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(served, totals, "the balance sheet adds up the accounts");
 }
 
 #[tokio::test]

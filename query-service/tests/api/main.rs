@@ -10,5 +10,6 @@ mod outages;
 mod reads;
 mod rebuild;
 mod shutdown;
+mod transfers;
 mod trust;
 mod updates;

@@ -224,8 +224,8 @@ async fn balance_sheet_totals_accounts_that_are_not_closed() {
     assert_eq!(
         sheet.body,
         json!({"totals": [
-            {"currency": "JPY", "balance": "5", "accounts": 1},
-            {"currency": "MAD", "balance": "100.75", "accounts": 2},
+            {"currency": "JPY", "balance": "5", "accounts": 1, "in_transit": "0"},
+            {"currency": "MAD", "balance": "100.75", "accounts": 2, "in_transit": "0.00"},
         ]})
     );
     app.stop().await;
@@ -358,8 +358,21 @@ async fn operational_endpoints_answer() {
         "/accounts/{id}",
         "/accounts/{id}/operations",
         "/balance-sheet",
+        "/transfers/{id}",
+        "/accounts/{id}/transfers",
     ] {
         assert!(openapi.body["paths"][path]["get"].is_object(), "{path}");
+    }
+    for schema in [
+        "Transfer",
+        "TransferPage",
+        "TransferStatus",
+        "CurrencyTotal",
+    ] {
+        assert!(
+            openapi.body["components"]["schemas"][schema].is_object(),
+            "{schema}"
+        );
     }
     let docs = app.query_get("/docs/").await;
     assert_eq!(docs.status, 200);

@@ -328,3 +328,178 @@ fn another_event_at_a_projected_version_is_a_conflict_not_a_duplicate() {
     assert!(matches!(&verdicts[1], Verdict::Conflict(reason) if reason.contains("version 3")));
     assert_eq!(verdicts[2], Verdict::Duplicate);
 }
+
+fn leg(
+    account: Uuid,
+    version: u64,
+    kind: &str,
+    transfer: Uuid,
+    amount: &str,
+    balance: &str,
+) -> Candidate {
+    let event_type = if kind == "TRANSFER_OUT" {
+        "AccountDebited"
+    } else {
+        "AccountCredited"
+    };
+    candidate(
+        account,
+        version,
+        event_type,
+        json!({"amount": amount, "currency": "MAD", "balance": balance,
+               "transfer_id": transfer, "kind": kind}),
+    )
+}
+
+fn sheet_of(account: Uuid, head: Option<&Head>, run: &[Candidate]) -> Option<SheetDelta> {
+    let (mutation, invalid) = plan(account, head, run);
+    assert!(invalid.is_none(), "{invalid:?}");
+    mutation.unwrap().sheet
+}
+
+#[test]
+fn transfer_legs_are_operations_naming_their_transfer() {
+    // Given an account at version 2 (10.00) and a transfer
+    let account = Uuid::new_v4();
+    let transfer = Uuid::now_v7();
+    // When its debit and its refund are planned, beside a plain credit
+    let run = [
+        leg(account, 3, "TRANSFER_OUT", transfer, "4.00", "6.00"),
+        leg(account, 4, "TRANSFER_REFUND", transfer, "4.00", "10.00"),
+        credited(account, 5, "1.00", "MAD", "11.00"),
+    ];
+    let (mutation, invalid) = plan(account, Some(&head(2)), &run);
+    // Then each is an operation of its kind; only the legs name the transfer
+    assert!(invalid.is_none());
+    let operations: Vec<_> = mutation
+        .unwrap()
+        .operations
+        .into_iter()
+        .map(|op| (op.kind, op.transfer_id, op.balance_after))
+        .collect();
+    assert_eq!(
+        operations,
+        [
+            (
+                OperationKind::TransferOut,
+                Some(transfer),
+                Decimal::new(600, 2)
+            ),
+            (
+                OperationKind::TransferRefund,
+                Some(transfer),
+                Decimal::new(1000, 2)
+            ),
+            (OperationKind::Credit, None, Decimal::new(1100, 2)),
+        ]
+    );
+    assert_eq!(OperationKind::TransferRefund.as_str(), "TRANSFER_REFUND");
+}
+
+#[test]
+fn the_balance_sheet_gains_what_the_run_changes_in_the_accounts_slot() {
+    let account = Uuid::new_v4();
+    let transfer = Uuid::now_v7();
+    // An opening counts the account and its initial balance
+    assert_eq!(
+        sheet_of(account, None, &[created(account, "10.00")]),
+        Some(SheetDelta {
+            currency: "MAD",
+            slot: sheet_slot(account),
+            balance: Decimal::new(1000, 2),
+            accounts: 1,
+            in_transit: Decimal::ZERO,
+        })
+    );
+    // A transfer's debit moves money from the balances into transit
+    let out = sheet_of(
+        account,
+        Some(&head(2)),
+        &[leg(account, 3, "TRANSFER_OUT", transfer, "4.00", "6.00")],
+    )
+    .unwrap();
+    assert_eq!(
+        (out.balance, out.accounts, out.in_transit),
+        (Decimal::new(-400, 2), 0, Decimal::new(400, 2))
+    );
+    // Its credit (or refund) moves it back out of transit
+    let arrived = sheet_of(
+        account,
+        Some(&head(2)),
+        &[leg(account, 3, "TRANSFER_IN", transfer, "4.00", "14.00")],
+    )
+    .unwrap();
+    assert_eq!(
+        (arrived.balance, arrived.in_transit),
+        (Decimal::new(400, 2), Decimal::new(-400, 2))
+    );
+    // A suspension changes nothing
+    assert_eq!(
+        sheet_of(
+            account,
+            Some(&head(2)),
+            &[candidate(
+                account,
+                3,
+                "AccountSuspended",
+                json!({"reason": null})
+            )]
+        ),
+        None
+    );
+}
+
+#[test]
+fn a_closed_account_leaves_the_count_and_a_late_refund_still_counts_in_the_balances() {
+    // Given an emptied account at version 3
+    let account = Uuid::new_v4();
+    let transfer = Uuid::now_v7();
+    let emptied = Head {
+        balance: Decimal::ZERO,
+        ..head(3)
+    };
+    // When it closes, Then it is no longer counted
+    let closed = sheet_of(
+        account,
+        Some(&emptied),
+        &[candidate(account, 4, "AccountClosed", json!({}))],
+    )
+    .unwrap();
+    assert_eq!((closed.accounts, closed.balance), (-1, Decimal::ZERO));
+    // When a transfer's refund reaches it once closed
+    let after_close = Head {
+        status: AccountStatus::Closed,
+        ..emptied.clone()
+    };
+    let refunded = sheet_of(
+        account,
+        Some(&after_close),
+        &[leg(account, 4, "TRANSFER_REFUND", transfer, "4.00", "4.00")],
+    )
+    .unwrap();
+    // Then the money is in the balances again (out of transit), the count unchanged
+    assert_eq!(
+        (refunded.accounts, refunded.balance, refunded.in_transit),
+        (0, Decimal::new(400, 2), Decimal::new(-400, 2))
+    );
+}
+
+#[test]
+fn the_slot_is_the_one_the_migration_computes_from_the_id() {
+    for _ in 0..64 {
+        let account = Uuid::new_v4();
+        let text = account.hyphenated().to_string();
+        let last_byte = u8::from_str_radix(&text[text.len() - 2..], 16).unwrap();
+        assert_eq!(sheet_slot(account), last_byte % 8);
+        assert!(sheet_slot(account) < SHEET_SLOTS);
+    }
+}
+
+#[test]
+fn a_transfer_event_in_an_account_stream_is_refused() {
+    let account = Uuid::new_v4();
+    let stray = candidate(account, 3, "TransferCompleted", json!({}));
+    let (mutation, invalid) = plan(account, Some(&head(2)), &[stray]);
+    assert!(mutation.is_none());
+    assert!(invalid.unwrap().1.contains("transfer's event"));
+}
