@@ -119,6 +119,11 @@ impl Accounts {
         })
     }
 
+    /// The accounts' ids.
+    pub(crate) fn ids(&self) -> &[String] {
+        &self.ids
+    }
+
     fn pick(&self, rng: &mut StdRng) -> usize {
         rng.random_range(0..self.ids.len())
     }

@@ -18,6 +18,7 @@ pub(crate) mod peer;
 mod prepare;
 pub(crate) mod rss;
 pub(crate) mod token_check;
+pub(crate) mod transfers;
 
 use crate::context::Ctx;
 use crate::elapsed;
@@ -44,13 +45,15 @@ pub(crate) enum Phase {
     CostGrowth,
     /// `as_of` reads on long histories, and idle open update streams.
     TimeTravel,
+    /// Transfer completion latency, and transfer throughput beside credits.
+    Transfers,
     /// The Python `eventsourcing` peer against the command service.
     Peer,
 }
 
 impl Phase {
     /// Every phase, in the order of the run.
-    pub(crate) const ALL: [Self; 10] = [
+    pub(crate) const ALL: [Self; 11] = [
         Self::RelayVsB2,
         Self::LiveProjectionVsB3,
         Self::B1VsService,
@@ -60,6 +63,7 @@ impl Phase {
         Self::ProjectionLag,
         Self::CostGrowth,
         Self::TimeTravel,
+        Self::Transfers,
         Self::Peer,
     ];
 
@@ -75,6 +79,7 @@ impl Phase {
             Self::ProjectionLag => "projection lag",
             Self::CostGrowth => "cost growth",
             Self::TimeTravel => "time travel and live updates",
+            Self::Transfers => "transfers",
             Self::Peer => "peer",
         }
     }
@@ -83,7 +88,11 @@ impl Phase {
     fn needs_query_service(self) -> bool {
         matches!(
             self,
-            Self::LiveProjectionVsB3 | Self::RebuildVsB3 | Self::ProjectionLag | Self::TimeTravel
+            Self::LiveProjectionVsB3
+                | Self::RebuildVsB3
+                | Self::ProjectionLag
+                | Self::TimeTravel
+                | Self::Transfers
         )
     }
 
@@ -110,6 +119,7 @@ impl Phase {
             Self::ProjectionLag => Box::pin(lag::projection_lag(ctx, results)).await,
             Self::CostGrowth => Box::pin(growth::cost_growth(ctx, results)).await,
             Self::TimeTravel => Box::pin(live::time_travel_and_streams(ctx, results)).await,
+            Self::Transfers => Box::pin(transfers::transfers(ctx, results)).await,
             Self::Peer => Box::pin(peer::peer_vs_service(ctx, results)).await,
         }
     }

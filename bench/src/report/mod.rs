@@ -12,7 +12,7 @@ mod tests;
 use std::time::Duration;
 
 use crate::machine::Machine;
-use crate::phases::{b1, b2, b3, cqrs, growth, lag, live, peer, rss, token_check};
+use crate::phases::{b1, b2, b3, cqrs, growth, lag, live, peer, rss, token_check, transfers};
 pub(crate) use format::MISSING;
 pub(crate) use markdown::Markdown;
 
@@ -36,6 +36,7 @@ pub(crate) struct Results {
     pub(crate) lag: lag::Figures,
     pub(crate) growth: growth::Figures,
     pub(crate) live: live::Figures,
+    pub(crate) transfers: transfers::Figures,
     pub(crate) rss: rss::Figures,
     pub(crate) peer: peer::Figures,
     pub(crate) failures: Vec<String>,
@@ -69,7 +70,7 @@ impl Part {
 }
 
 /// The phases' sections and method bullets, in the report's order.
-const SECTIONS: [&Part; 10] = [
+const SECTIONS: [&Part; 11] = [
     &b1::REPORT,
     &cqrs::REPORT,
     &token_check::REPORT,
@@ -78,12 +79,13 @@ const SECTIONS: [&Part; 10] = [
     &lag::REPORT,
     &growth::REPORT,
     &live::REPORT,
+    &transfers::REPORT,
     &rss::REPORT,
     &peer::REPORT,
 ];
 
 /// The phases' rows of the targets table, in order (the memory limits last).
-const TARGETS: [&Part; 10] = [
+const TARGETS: [&Part; 11] = [
     &b1::REPORT,
     &cqrs::REPORT,
     &token_check::REPORT,
@@ -92,6 +94,7 @@ const TARGETS: [&Part; 10] = [
     &lag::REPORT,
     &growth::REPORT,
     &live::REPORT,
+    &transfers::REPORT,
     &peer::REPORT,
     &rss::REPORT,
 ];

@@ -8,7 +8,7 @@ use crate::phases::b1::Pair;
 use crate::phases::cqrs::Run;
 use crate::phases::lag::Lag;
 use crate::phases::peer::PeerPair;
-use crate::phases::{b1, b2, b3, cqrs, growth, lag, live, peer, rss, token_check};
+use crate::phases::{b1, b2, b3, cqrs, growth, lag, live, peer, rss, token_check, transfers};
 use crate::prom::Quantiles;
 use crate::stats::{Drain, Sample};
 
@@ -249,6 +249,16 @@ fn fixture() -> Results {
                     service: vec![sample(2000.0, 8.0, 18.0)],
                 },
             ],
+        },
+        transfers: transfers::Figures {
+            completion_us: vec![8_000, 9_000, 12_000, 61_000],
+            not_completed: 0,
+            turns: vec![transfers::Turn {
+                credits: sample(3000.0, 5.0, 12.0),
+                requested: sample(900.0, 15.0, 40.0),
+                ended_per_s: 850.0,
+                drained_after: Duration::from_millis(300),
+            }],
         },
         rss: rss::Figures {
             peaks: vec![

@@ -9,3 +9,4 @@ mod lifecycle;
 mod listing;
 mod outage;
 mod rebuild;
+mod transfers;
