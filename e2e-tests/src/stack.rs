@@ -374,17 +374,24 @@ impl Stack {
         self.act(&created.id, "activate", json!({})).await
     }
 
-    /// The account's full stream at the command service, as read by its owner.
+    /// The account's full stream at the command service, as read by its owner, page
+    /// after page.
     pub async fn events(&self, id: &str) -> Vec<Value> {
-        let mut stream = self
-            .customer_command_api
-            .get(&format!("/accounts/{id}/events"))
-            .await
-            .expect(200, "account events");
-        match stream["events"].take() {
-            Value::Array(events) => events,
-            other => panic!("no events array: {other}"),
+        let mut events = Vec::new();
+        let mut from = Some(1);
+        while let Some(version) = from {
+            let mut page = self
+                .customer_command_api
+                .get(&format!("/accounts/{id}/events?from_version={version}"))
+                .await
+                .expect(200, "account events");
+            match page["events"].take() {
+                Value::Array(batch) => events.extend(batch),
+                other => panic!("no events array: {other}"),
+            }
+            from = page["next_from_version"].as_u64();
         }
+        events
     }
 
     /// The whole global feed of the command service (`events:read`, the operator's).

@@ -340,6 +340,30 @@ impl EventStore {
         Ok(Some(events))
     }
 
+    /// Up to `limit` events of a stream from `from_version` on, in version order, and
+    /// whether more follow; `None` for an unknown stream.
+    pub async fn read_stream_page(
+        &self,
+        stream_id: Uuid,
+        from_version: i64,
+        limit: i64,
+    ) -> Result<Option<(Vec<RecordedEvent>, bool)>, StoreError> {
+        let mut events: Vec<RecordedEvent> = sqlx::query_as(select_events!(
+            "WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"
+        ))
+        .bind(stream_id)
+        .bind(from_version)
+        .bind(limit.saturating_add(1))
+        .fetch_all(&self.pool)
+        .await?;
+        if events.is_empty() && !self.stream_exists(stream_id).await? {
+            return Ok(None);
+        }
+        let more = i64::try_from(events.len()).unwrap_or(i64::MAX) > limit;
+        events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(Some((events, more)))
+    }
+
     async fn stream_events(
         &self,
         stream_id: Uuid,

@@ -167,6 +167,10 @@ pub(crate) struct FeedPage {
 #[derive(Deserialize)]
 struct StreamPage {
     events: Vec<EventEnvelope>,
+    /// Where the next page starts; absent or `null` at the end of the stream (and
+    /// from a command service older than paged stream reads, which sends it whole).
+    #[serde(default)]
+    next_from_version: Option<u64>,
 }
 
 /// HTTP client of the command service's feeds.
@@ -193,29 +197,38 @@ impl CommandClient {
         })
     }
 
-    /// The events of one account from `from_version` on, in version order.
+    /// The events of one stream from `from_version` on, in version order, read page
+    /// after page.
     pub(crate) async fn account_events(
         &self,
         account: Uuid,
         from_version: u64,
     ) -> Result<Vec<EventEnvelope>, SourceError> {
         const WHAT: &str = "account stream";
-        let url = format!(
-            "{}/accounts/{account}/events?from_version={from_version}",
-            self.base
-        );
-        let response = self
-            .http
-            .get(url)
-            .bearer_auth(self.token.current())
-            .send()
-            .await
-            .map_err(SourceError::Unreachable)?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Err(SourceError::UnknownAccount(account));
+        let mut events = Vec::new();
+        let mut from = from_version;
+        loop {
+            let url = format!(
+                "{}/accounts/{account}/events?from_version={from}",
+                self.base
+            );
+            let response = self
+                .http
+                .get(url)
+                .bearer_auth(self.token.current())
+                .send()
+                .await
+                .map_err(SourceError::Unreachable)?;
+            if response.status() == reqwest::StatusCode::NOT_FOUND {
+                return Err(SourceError::UnknownAccount(account));
+            }
+            let page: StreamPage = Self::read(response, WHAT).await?;
+            events.extend(page.events);
+            match page.next_from_version {
+                Some(next) if next > from => from = next,
+                _ => return Ok(events),
+            }
         }
-        let page: StreamPage = Self::read(response, WHAT).await?;
-        Ok(page.events)
     }
 
     /// Up to `limit` events of the global feed after position `after`.

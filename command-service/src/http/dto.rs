@@ -163,6 +163,9 @@ pub(super) struct BalanceResponse {
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct AccountEventsResponse {
     pub(super) events: Vec<EventEnvelope>,
+    /// Pass as `from_version` to read the next page; `null` once the page reached the
+    /// end of the stream.
+    pub(super) next_from_version: Option<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -179,6 +182,9 @@ pub(super) struct AccountEventsQuery {
     /// First version to return (default 1; 0 reads from the start too).
     #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub(super) from_version: Option<u64>,
+    /// Most events to return (default and most 1000); `next_from_version` reads on.
+    #[param(minimum = 1, maximum = 1000)]
+    pub(super) limit: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

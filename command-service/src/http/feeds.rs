@@ -15,6 +15,8 @@ use crate::envelope::to_envelope;
 
 const DEFAULT_FEED_LIMIT: u32 = 500;
 const MAX_FEED_LIMIT: u32 = 1000;
+/// Default and largest page of one account's stream.
+const MAX_STREAM_PAGE: u32 = 1000;
 
 /// The events of one account in version order: for `events:read` or
 /// `accounts:admin` any account's, for `accounts:read` the caller's own.
@@ -22,7 +24,7 @@ const MAX_FEED_LIMIT: u32 = 1000;
     get, path = "/accounts/{id}/events", tag = "feeds",
     params(("id" = String, Path, format = Uuid, description = "The account id."), AccountEventsQuery),
     responses(
-        (status = 200, description = "The account's events from `from_version` on, in version order.", body = AccountEventsResponse),
+        (status = 200, description = "The account's events from `from_version` on, in version order, at most `limit`; `next_from_version` reads on.", body = AccountEventsResponse),
         AccountEventsRefusals,
     )
 )]
@@ -67,14 +69,25 @@ async fn read_account_events(
 ) -> Result<Json<AccountEventsResponse>, Problem> {
     let from_version = i64::try_from(query.from_version.unwrap_or(1).max(1))
         .map_err(|_| Problem::invalid("from_version is too large"))?;
-    let events = state
+    let limit = query.limit.unwrap_or(MAX_STREAM_PAGE);
+    if !(1..=MAX_STREAM_PAGE).contains(&limit) {
+        return Err(Problem::invalid(format!(
+            "limit must be between 1 and {MAX_STREAM_PAGE}"
+        )));
+    }
+    let (events, more) = state
         .store
-        .read_stream(id, from_version)
+        .read_stream_page(id, from_version, i64::from(limit))
         .await
         .map_err(|error| Problem::internal(&error))?
         .ok_or_else(|| Problem::not_found(format!("account {id} does not exist")))?;
+    let next_from_version = events
+        .last()
+        .filter(|_| more)
+        .and_then(|last| u64::try_from(last.version + 1).ok());
     Ok(Json(AccountEventsResponse {
         events: events.iter().map(to_envelope).collect(),
+        next_from_version,
     }))
 }
 

@@ -639,3 +639,56 @@ async fn operational_endpoints_answer() {
     assert!(text.contains("http_requests_total"), "{text}");
     assert!(text.contains("commands_total"), "{text}");
 }
+
+#[tokio::test]
+async fn a_stream_is_read_page_by_page() {
+    // Given an account of five events
+    let app = spawn_app().await;
+    let id = app.active_account("10.00", "MAD").await;
+    for _ in 0..3 {
+        app.admin()
+            .post(&format!("/accounts/{id}/credit"), &json!({"amount": "1"}))
+            .await
+            .expect(200, "credit");
+    }
+
+    // When it is read two events at a time, each page says where the next starts
+    let mut versions = Vec::new();
+    let mut from = Some(1);
+    let mut pages = 0;
+    while let Some(start) = from {
+        let page = app
+            .admin()
+            .get(&format!(
+                "/accounts/{id}/events?from_version={start}&limit=2"
+            ))
+            .await
+            .expect(200, "page");
+        versions.extend(
+            page["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|event| event["version"].as_u64()),
+        );
+        from = page["next_from_version"].as_u64();
+        pages += 1;
+    }
+
+    // Then the pages hold the stream once, in order; a page may not be empty or too big
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    assert_eq!(pages, 3);
+    let whole = app
+        .admin()
+        .get(&format!("/accounts/{id}/events"))
+        .await
+        .expect(200, "default page");
+    assert_eq!(whole["events"].as_array().map(Vec::len), Some(5));
+    assert_eq!(whole["next_from_version"], Value::Null);
+    for limit in ["0", "1001", "x"] {
+        app.admin()
+            .get(&format!("/accounts/{id}/events?limit={limit}"))
+            .await
+            .assert_problem(400, "invalid_request");
+    }
+}

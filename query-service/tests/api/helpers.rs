@@ -261,10 +261,18 @@ impl TestApp {
         id
     }
 
-    /// The events of one account, from the command service.
+    /// The events of one account, from the command service, page after page.
     pub(crate) async fn stream(&self, id: &str) -> Vec<Value> {
-        let stream = self.command_get(&format!("/accounts/{id}/events")).await;
-        stream["events"].as_array().cloned().unwrap_or_default()
+        let mut events = Vec::new();
+        let mut from = Some(1);
+        while let Some(version) = from {
+            let page = self
+                .command_get(&format!("/accounts/{id}/events?from_version={version}"))
+                .await;
+            events.extend(page["events"].as_array().cloned().unwrap_or_default());
+            from = page["next_from_version"].as_u64();
+        }
+        events
     }
 
     /// Every account of the listing, all pages.
