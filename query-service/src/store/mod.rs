@@ -243,6 +243,42 @@ pub enum OpenError {
     Database(#[from] sqlx::Error),
     #[error("cannot migrate the read model: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("another replica kept migrating the read model for over {0} s")]
+    MigrationLock(i32),
+}
+
+/// Longest wait for another replica's migration of the same database, in seconds.
+const MIGRATION_LOCK_TIMEOUT_SECS: i32 = 120;
+
+/// Applies the migrations (accepting those of newer releases, which are additive) under
+/// a server-wide named lock of this database, on one connection: replicas started
+/// together on a fresh database migrate it one after the other, and each after the
+/// first finds nothing left to do. MySQL's DDL does not roll back, so without the lock a
+/// second replica would meet the first's migration half done.
+async fn migrate(pool: &MySqlPool) -> Result<(), OpenError> {
+    let mut connection = pool.acquire().await?;
+    let lock: String =
+        sqlx::query_scalar("SELECT CONCAT('bank-read-model-migration:', DATABASE())")
+            .fetch_one(&mut *connection)
+            .await?;
+    let locked: Option<i32> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+        .bind(&lock)
+        .bind(MIGRATION_LOCK_TIMEOUT_SECS)
+        .fetch_one(&mut *connection)
+        .await?;
+    if locked != Some(1) {
+        return Err(OpenError::MigrationLock(MIGRATION_LOCK_TIMEOUT_SECS));
+    }
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    let migrated = migrator.run(&mut *connection).await;
+    let released = sqlx::query("SELECT RELEASE_LOCK(?)")
+        .bind(&lock)
+        .execute(&mut *connection)
+        .await;
+    migrated?;
+    released?;
+    Ok(())
 }
 
 /// The read model's connection pool.
@@ -268,9 +304,7 @@ impl ReadStore {
             .acquire_timeout(Duration::from_secs(3))
             .connect_with(options)
             .await?;
-        let mut migrator = sqlx::migrate!("./migrations");
-        migrator.set_ignore_missing(true);
-        migrator.run(&pool).await?;
+        migrate(&pool).await?;
         Ok(Self { pool })
     }
 
