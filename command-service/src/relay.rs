@@ -77,9 +77,14 @@ impl Relay {
             match self.store.try_lead_outbox().await {
                 Ok(Some(leader)) => {
                     tracing::info!("outbox relay is leading");
+                    metrics::gauge!("relay_leading").set(1.0);
                     if let Err(error) = self.lead(leader, &shutdown).await {
                         tracing::warn!(error = %error, "outbox relay lost its database connection; re-electing");
                     }
+                    // The backlog is the next leader's to report.
+                    metrics::gauge!("relay_leading").set(0.0);
+                    metrics::gauge!("relay_backlog_events").set(0.0);
+                    metrics::gauge!("relay_backlog_seconds").set(0.0);
                     self.status.set_idle();
                 }
                 Ok(None) => self.status.set_idle(),

@@ -67,9 +67,13 @@ impl TransferProcess {
             match self.store.try_lead_transfers().await {
                 Ok(Some(leader)) => {
                     tracing::info!("transfer process is leading");
+                    metrics::gauge!("transfer_process_leading").set(1.0);
                     if let Err(error) = self.lead(leader, &shutdown).await {
                         tracing::warn!(error = %error, "transfer process lost its database connection; re-electing");
                     }
+                    metrics::gauge!("transfer_process_leading").set(0.0);
+                    metrics::gauge!("transfers_in_progress").set(0.0);
+                    metrics::gauge!("transfers_oldest_open_seconds").set(0.0);
                 }
                 Ok(None) => {}
                 Err(error) => {
@@ -91,8 +95,9 @@ impl TransferProcess {
         let mut listener = self.store.listen_transfer_requests().await?;
         let mut saved = leader.checkpoint().await?;
         let mut read_to = saved;
-        // Transfers seen and not known to have ended, by the position of their request.
-        let mut open: BTreeMap<i64, Uuid> = BTreeMap::new();
+        // Transfers seen and not known to have ended, by the position of their request,
+        // with when this process first saw them.
+        let mut open: BTreeMap<i64, (Uuid, Instant)> = BTreeMap::new();
         let mut waiting: VecDeque<(i64, Uuid)> = VecDeque::new();
         // Each task answers with its transfer's position and whether it ended.
         let mut driven: JoinSet<(i64, bool)> = JoinSet::new();
@@ -108,7 +113,7 @@ impl TransferProcess {
             let full = i64::try_from(requests.len()).unwrap_or(i64::MAX) >= READ_LIMIT;
             for request in requests {
                 read_to = request.position;
-                open.insert(request.position, request.transfer_id);
+                open.insert(request.position, (request.transfer_id, Instant::now()));
                 waiting.push_back((request.position, request.transfer_id));
             }
             while driven.len() < MAX_DRIVEN
@@ -129,6 +134,9 @@ impl TransferProcess {
                 saved = checkpoint;
             }
             metrics::gauge!("transfers_in_progress").set(open.len() as f64);
+            let oldest = open.values().map(|(_, seen)| seen.elapsed()).max();
+            metrics::gauge!("transfers_oldest_open_seconds")
+                .set(oldest.map_or(0.0, |age| age.as_secs_f64()));
             if full && driven.len() < MAX_DRIVEN {
                 continue;
             }
