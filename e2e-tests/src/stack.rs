@@ -301,6 +301,21 @@ impl Stack {
         (replica, api)
     }
 
+    /// Another command service replica on the same event store and exchange (its own
+    /// port), with an operator's client; it stops when dropped.
+    pub async fn command_replica(&self) -> (Service, Api) {
+        let mut env = self.command.env.clone();
+        env.insert("HTTP_PORT".into(), free_port().to_string());
+        let replica = Service::start(
+            Binary::CommandService,
+            env,
+            &self.logs.join("command-service-replica.log"),
+        )
+        .await;
+        let api = admin_client(&replica.url);
+        (replica, api)
+    }
+
     /// Runs `query-service rebuild` with the query service's environment, to its end.
     pub async fn rebuild(&self) -> ExitStatus {
         self.run_query_binary(&["rebuild"], self.query_env.clone())

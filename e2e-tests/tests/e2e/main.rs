@@ -9,4 +9,5 @@ mod lifecycle;
 mod listing;
 mod outage;
 mod rebuild;
+mod replicas;
 mod transfers;
