@@ -171,8 +171,12 @@ impl TransferProcess {
     /// after step, each retried after a pause while the store or an account fails.
     async fn drive(&self, id: TransferId, stop: &CancellationToken) -> bool {
         let mut backoff = STEP_BACKOFF;
+        // The transfer as this task last recorded it: then nobody else took its next
+        // leg (it follows the outcome this task just recorded), so the leg is not
+        // looked for in the store first.
         let mut current: Option<TransferRecord> = None;
         while !stop.is_cancelled() {
+            let recorded_here = current.is_some();
             let record = match current.take() {
                 Some(record) => record,
                 None => match load_transfer(&self.store, id).await {
@@ -191,7 +195,7 @@ impl TransferProcess {
             let Some(step) = record.transfer.next_step() else {
                 return true;
             };
-            match self.step(&record, step).await {
+            match self.step(&record, step, !recorded_here).await {
                 Ok(next) => {
                     backoff = STEP_BACKOFF;
                     current = next;
@@ -207,45 +211,61 @@ impl TransferProcess {
 
     /// Runs one step and records its outcome; returns the transfer after it (`None`
     /// when it must be loaded again: another writer recorded first).
+    /// `resumed`: the transfer was loaded from the store, so its next leg may have been
+    /// taken by an earlier attempt whose outcome was not recorded.
     async fn step(
         &self,
         record: &TransferRecord,
         step: Step,
+        resumed: bool,
     ) -> Result<Option<TransferRecord>, CommandError> {
         let transfer = &record.transfer;
         let command = match step {
-            Step::DebitSource => match self.leg(transfer, LegKind::TransferOut).await? {
+            Step::DebitSource => match self.leg(transfer, LegKind::TransferOut, resumed).await? {
                 LegOutcome::Taken => TransferCommand::RecordDebit,
                 LegOutcome::Refused(code) => TransferCommand::RecordDebitRefused { code },
             },
-            Step::CreditDestination => match self.leg(transfer, LegKind::TransferIn).await? {
-                LegOutcome::Taken => TransferCommand::RecordCredit,
-                LegOutcome::Refused(code) => {
-                    match self.leg(transfer, LegKind::TransferRefund).await? {
-                        LegOutcome::Taken => TransferCommand::RecordRefund { code },
-                        LegOutcome::Refused(refusal) => {
-                            return Err(CommandError::Unavailable(format!(
-                                "the source refused the refund ({refusal})"
-                            )));
+            Step::CreditDestination if resumed && self.refunded(transfer).await? => {
+                TransferCommand::RecordRefund {
+                    code: self.credit_refusal(transfer).await?,
+                }
+            }
+            Step::CreditDestination => {
+                match self.leg(transfer, LegKind::TransferIn, resumed).await? {
+                    LegOutcome::Taken => TransferCommand::RecordCredit,
+                    LegOutcome::Refused(code) => {
+                        match self.leg(transfer, LegKind::TransferRefund, resumed).await? {
+                            LegOutcome::Taken => TransferCommand::RecordRefund { code },
+                            LegOutcome::Refused(refusal) => {
+                                return Err(CommandError::Unavailable(format!(
+                                    "the source refused the refund ({refusal})"
+                                )));
+                            }
                         }
                     }
                 }
-            },
+            }
         };
         self.record(record, &command).await
     }
 
-    /// Runs a leg once: a leg whose event is already in the store was taken.
-    async fn leg(&self, transfer: &Transfer, kind: LegKind) -> Result<LegOutcome, CommandError> {
+    /// Runs a leg once: a leg whose event is already in the store was taken (looked
+    /// for when `resumed`; otherwise its idempotency key still recognises a repeat).
+    async fn leg(
+        &self,
+        transfer: &Transfer,
+        kind: LegKind,
+        resumed: bool,
+    ) -> Result<LegOutcome, CommandError> {
         let leg = transfer.leg(kind);
-        if self.store.event_exists(leg.event_id()).await? {
+        if resumed && self.store.event_exists(leg.event_id()).await? {
             return Ok(LegOutcome::Taken);
         }
         let account = match kind {
             LegKind::TransferOut | LegKind::TransferRefund => transfer.from,
             LegKind::TransferIn => transfer.to,
         };
-        let key = format!("transfer:{}:{kind}", transfer.id);
+        let key = leg_key(transfer, kind);
         let context = CommandContext {
             requester: Requester {
                 sub: transfer.requested_by.clone(),
@@ -278,6 +298,24 @@ impl TransferProcess {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// Whether the source was refunded already (an earlier attempt refunded it after the
+    /// destination refused, and stopped before recording it): the credit is then never
+    /// tried again, whatever the destination would say now.
+    async fn refunded(&self, transfer: &Transfer) -> Result<bool, CommandError> {
+        let refund = transfer.leg(LegKind::TransferRefund);
+        Ok(self.store.event_exists(refund.event_id()).await?)
+    }
+
+    /// The code the destination refused the credit with, as its idempotency record
+    /// kept it (`destination_refused` once the record has expired).
+    async fn credit_refusal(&self, transfer: &Transfer) -> Result<String, CommandError> {
+        let key = leg_key(transfer, LegKind::TransferIn);
+        let stored = self.store.stored_response(&key).await?;
+        Ok(stored
+            .and_then(|stored| stored.body["code"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "destination_refused".to_owned()))
     }
 
     /// Appends the events `command` causes to the transfer's stream.
@@ -329,6 +367,11 @@ impl TransferProcess {
             Err(error) => Err(error.into()),
         }
     }
+}
+
+/// The idempotency key of a leg: the same for every attempt.
+fn leg_key(transfer: &Transfer, kind: LegKind) -> String {
+    format!("transfer:{}:{kind}", transfer.id)
 }
 
 fn outcome_label(command: &TransferCommand) -> &'static str {

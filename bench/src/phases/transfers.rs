@@ -21,6 +21,9 @@ use crate::stats::{Sample, micros, percentile};
 
 /// Clients of the throughput runs.
 const CLIENTS: usize = 16;
+/// The phase's own accounts: seeded, numbered from here, apart from the other phases'.
+const FIRST_ACCOUNT: u64 = 9_000_000;
+const ACCOUNTS: u64 = 200;
 /// Longest wait for every requested transfer to end after a throughput run.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -57,7 +60,10 @@ impl Figures {
 pub(crate) async fn transfers(ctx: &mut Ctx, results: &mut Results) -> anyhow::Result<()> {
     ctx.spawn_query()?;
     ctx.wait_query().await?;
-    let accounts = Accounts::seeded(1, ctx.plan.accounts())?;
+    let pool = Ctx::pool(ctx.main_pool.as_ref())?;
+    crate::pg::seed_accounts(pool, FIRST_ACCOUNT, ACCOUNTS, 2, true).await?;
+    crate::pg::wait_outbox_empty(pool, Instant::now(), Duration::from_secs(60)).await?;
+    let accounts = Accounts::seeded(FIRST_ACCOUNT, ACCOUNTS)?;
     let command = ctx.target(COMMAND)?;
     let query = ctx.target(QUERY)?;
 
@@ -305,6 +311,6 @@ fn section(results: &Results, out: &mut Markdown) {
 fn method(results: &Results) -> Vec<String> {
     let _ = results;
     vec![format!(
-        "**Transfers**: with the query service live, transfers of 0.01 MAD between random seeded accounts. Completion: one at a time, `POST /transfers` then `GET /transfers/{{id}}?wait_ms=5000` on the query service until it is no longer `PENDING`, timed from the request. Throughput: {CLIENTS} closed-loop clients send transfers for the warm-up and the measure window; \"requested\" counts the `202` answers started in the window; \"ended\" is every transfer of the run (warm-up included) divided by the time from the first request to the moment the event store holds the last one's end (`TransferCompleted`, `TransferFailed` or `TransferRefunded`); the credits beside them are {CLIENTS} closed-loop clients crediting the same accounts, taking turns with the transfers (ABBA)."
+        "**Transfers**: with the query service live, transfers of 0.01 MAD between random accounts of {ACCOUNTS} seeded for the phase (published to the query service before it starts). Completion: one at a time, `POST /transfers` then `GET /transfers/{{id}}?wait_ms=5000` on the query service until it is no longer `PENDING`, timed from the request. Throughput: {CLIENTS} closed-loop clients send transfers for the warm-up and the measure window; \"requested\" counts the `202` answers started in the window; \"ended\" is every transfer of the run (warm-up included) divided by the time from the first request to the moment the event store holds the last one's end (`TransferCompleted`, `TransferFailed` or `TransferRefunded`); the credits beside them are {CLIENTS} closed-loop clients crediting the same accounts, taking turns with the transfers (ABBA)."
     )]
 }

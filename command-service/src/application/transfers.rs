@@ -135,12 +135,12 @@ impl CommandHandler {
         if request.from == request.to {
             return Err(TransferError::SameAccount.into());
         }
-        let source = self
-            .account(request.from)
-            .await?
+        let (source, destination) =
+            tokio::join!(self.account(request.from), self.account(request.to));
+        let source = source?
             .filter(|source| context.requester.may_act_on(source))
             .ok_or(DomainError::NotFound)?;
-        if self.account(request.to).await?.is_none() {
+        if destination?.is_none() {
             return Err(DomainError::NotFound.into());
         }
         if let Some(requested) = request.currency

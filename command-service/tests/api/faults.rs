@@ -296,15 +296,24 @@ async fn a_command_service_killed_mid_load_loses_no_acknowledged_command() {
     assert!(dropped > 0, "no client saw its connection drop");
 
     let second = Process::start(&database_url, &exchange).await;
-    let stream: Value = client
-        .get(format!("{}/accounts/{id}/events", second.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let events = stream["events"].as_array().unwrap();
+    let mut events: Vec<Value> = Vec::new();
+    let mut from = Some(1);
+    while let Some(version) = from {
+        let page: Value = client
+            .get(format!(
+                "{}/accounts/{id}/events?from_version={version}",
+                second.address
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        events.extend(page["events"].as_array().unwrap().iter().cloned());
+        from = page["next_from_version"].as_u64();
+    }
+    let events = &events;
     let by_version: BTreeMap<u64, &Value> = events
         .iter()
         .map(|e| (e["version"].as_u64().unwrap(), e))

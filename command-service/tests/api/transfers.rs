@@ -10,14 +10,21 @@ use test_support::http::Api;
 
 use crate::helpers::{TestApp, spawn_app};
 
-/// The events of stream `id` (an account's or a transfer's), as the admin reads them.
+/// The events of stream `id` (an account's or a transfer's), as the admin reads them,
+/// page after page.
 async fn stream(app: &TestApp, id: &str) -> Vec<Value> {
-    let body = app
-        .admin()
-        .get(&format!("/accounts/{id}/events"))
-        .await
-        .expect(200, "stream");
-    body["events"].as_array().cloned().unwrap_or_default()
+    let mut events = Vec::new();
+    let mut from = Some(1);
+    while let Some(version) = from {
+        let page = app
+            .admin()
+            .get(&format!("/accounts/{id}/events?from_version={version}"))
+            .await
+            .expect(200, "stream");
+        events.extend(page["events"].as_array().cloned().unwrap_or_default());
+        from = page["next_from_version"].as_u64();
+    }
+    events
 }
 
 /// Waits until transfer `id` ends; returns its stream's event types.
@@ -430,4 +437,98 @@ async fn transfers_requested_while_no_process_leads_are_driven_by_the_next_leade
     }
     assert_eq!(balance(&app, &from).await, "70.00");
     assert_eq!(balance(&app, &to).await, "30.00");
+}
+
+#[tokio::test]
+async fn a_refund_taken_but_not_recorded_ends_the_transfer_refunded_and_the_credit_is_never_tried()
+{
+    use shared_events::{LegKind, TransferId, TransferLeg};
+    use sqlx::Connection;
+
+    // Given a transfer whose source an earlier attempt debited and refunded (its
+    // destination refused) without recording either, and whose idempotency records have
+    // expired, while no process leads
+    let database_url = crate::helpers::fresh_database_url();
+    <sqlx::Postgres as sqlx::migrate::MigrateDatabase>::create_database(&database_url)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let mut db = sqlx::PgConnection::connect(&database_url)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let led: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(7305954634617839619)")
+        .fetch_one(&mut db)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert!(led);
+    let app = crate::helpers::spawn_app_on(
+        &database_url,
+        &crate::helpers::fresh_exchange(),
+        &test_support::servers::amqp_url(),
+    )
+    .await;
+    let from = app.active_account("100.00", "MAD").await;
+    let to = app.active_account("0.00", "MAD").await;
+    let id = transfer(app.admin(), &from, &to, "40.00").await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let transfer_id: TransferId = id.parse().unwrap_or_else(|error| panic!("{error}"));
+    let leg = |kind| TransferLeg { transfer_id, kind }.event_id();
+    let insert = "INSERT INTO events (event_id, stream_id, version, event_type, schema_version, data, metadata, occurred_at)
+                  VALUES ($1, $2::uuid, $3, $4, 1, $5, '{}'::jsonb, now())";
+    let account_leg = |kind: &str, balance: &str| {
+        json!({"amount": "40.00", "currency": "MAD", "balance": balance,
+               "transfer_id": id, "kind": kind})
+    };
+    for (event_id, stream, version, kind, data) in [
+        (
+            leg(LegKind::TransferOut),
+            &from,
+            3_i64,
+            "AccountDebited",
+            account_leg("TRANSFER_OUT", "60.00"),
+        ),
+        (
+            leg(LegKind::TransferRefund),
+            &from,
+            4,
+            "AccountCredited",
+            account_leg("TRANSFER_REFUND", "100.00"),
+        ),
+        (uuid::Uuid::now_v7(), &id, 2, "TransferDebited", json!({})),
+    ] {
+        sqlx::query(insert)
+            .bind(event_id)
+            .bind(stream)
+            .bind(version)
+            .bind(kind)
+            .bind(data)
+            .execute(&mut db)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+    }
+    sqlx::query("UPDATE streams SET version = 4 WHERE stream_id = $1::uuid")
+        .bind(&from)
+        .execute(&mut db)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    sqlx::query("UPDATE streams SET version = 2 WHERE stream_id = $1::uuid")
+        .bind(&id)
+        .execute(&mut db)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+
+    // When a process leads again (the destination would take a credit now)
+    db.close().await.unwrap_or_else(|error| panic!("{error}"));
+
+    // Then the transfer ends refunded, the destination is never credited, and the source
+    // holds what it held
+    assert_eq!(
+        ended(&app, &id).await,
+        ["TransferRequested", "TransferDebited", "TransferRefunded"]
+    );
+    let refunded = stream(&app, &id).await.pop().unwrap_or_default();
+    assert_eq!(refunded["data"]["reason"], "destination_refused");
+    assert!(legs(&app, &to).await.is_empty());
+    assert_eq!(balance(&app, &from).await, "100.00");
 }
