@@ -10,6 +10,7 @@ mod outages;
 mod reads;
 mod rebuild;
 mod shutdown;
+mod topology;
 mod transfers;
 mod trust;
 mod updates;
