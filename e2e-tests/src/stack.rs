@@ -564,6 +564,21 @@ impl Stack {
     }
 }
 
+/// A Prometheus sample of the service behind `api` (its `/metrics`), summed over the
+/// label sets that contain every one of `labels` (`name="value"`).
+pub async fn metric(api: &Api, name: &str, labels: &[&str]) -> f64 {
+    let reply = api.get("/metrics").await;
+    assert_eq!(reply.status, 200, "GET /metrics: {}", reply.body);
+    let text = reply.body.as_str().unwrap_or_default().to_owned();
+    text.lines()
+        .filter(|line| {
+            line.split(['{', ' ']).next() == Some(name)
+                && labels.iter().all(|label| line.contains(label))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn with_token(url: &str, token: Option<&str>) -> Api {
     match token {
         Some(token) => Api::new(url).with_token(token),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use e2e_tests::Stack;
 use e2e_tests::model::{Expected, account_view, balance_sheet, served_balance_sheet};
+use e2e_tests::stack::metric;
 use serde_json::json;
 use test_support::Api;
 
@@ -134,22 +135,11 @@ async fn of_two_query_replicas_the_one_left_after_the_active_one_is_killed_takes
     assert_eq!(
         metric(
             &replica_api,
-            "projection_backfilled_events_total",
-            "path=\"broker\""
+            "projection_gap_fills_total",
+            &["path=\"broker\""]
         )
         .await,
         0.0,
         "events reached the replica out of order"
     );
-}
-
-/// A Prometheus sample of a service, summed over the label sets that contain `label`.
-pub(crate) async fn metric(api: &Api, name: &str, label: &str) -> f64 {
-    let reply = api.get("/metrics").await;
-    assert_eq!(reply.status, 200, "GET /metrics: {}", reply.body);
-    let text = reply.body.as_str().unwrap_or_default().to_owned();
-    text.lines()
-        .filter(|line| line.starts_with(name) && line.contains(label))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }

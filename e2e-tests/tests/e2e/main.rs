@@ -8,5 +8,6 @@ mod identity;
 mod lifecycle;
 mod listing;
 mod outage;
+mod partitions;
 mod rebuild;
 mod transfers;

@@ -501,6 +501,9 @@ impl Projector {
             let highest = candidates[highest].version();
             let mut run = next_run(candidates, &pending, projected);
             if run.last().is_none_or(|last| last.version() < highest) {
+                // On the broker's path, with the broker healthy, a gap means an event
+                // overtook an earlier one of its stream (replicas competing for one queue).
+                metrics::counter!("projection_gap_fills_total", "path" => path).increment(1);
                 run = backfill::backfill(&self.source, stream, projected, &mut decided).await?;
                 if run.is_empty() {
                     continue;
