@@ -101,27 +101,42 @@ impl Broker {
         }
     }
 
-    /// Waits until `queue` exists and has a consumer.
-    pub(crate) async fn wait_for_consumer(
+    /// Waits until every queue of `queues` exists and has a consumer.
+    pub(crate) async fn wait_for_consumers(
         &self,
-        queue: &str,
+        queues: &[String],
         timeout: Duration,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
-        loop {
-            if let Some((_, consumers)) = self.queue_state(queue).await?
-                && consumers > 0
-            {
-                return Ok(());
+        for queue in queues {
+            loop {
+                if let Some((_, consumers)) = self.queue_state(queue).await?
+                    && consumers > 0
+                {
+                    break;
+                }
+                if started.elapsed() > timeout {
+                    bail!(
+                        "queue {queue} got no consumer within {} s",
+                        timeout.as_secs()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if started.elapsed() > timeout {
-                bail!(
-                    "queue {queue} got no consumer within {} s",
-                    timeout.as_secs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        Ok(())
+    }
+
+    /// Messages ready in all of `queues`; `None` when one of them does not exist.
+    pub(crate) async fn backlog(&self, queues: &[String]) -> anyhow::Result<Option<u32>> {
+        let mut ready = 0;
+        for queue in queues {
+            match self.queue_state(queue).await? {
+                Some((messages, _)) => ready += messages,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(ready))
     }
 
     pub(crate) async fn purge(&self, queue: &str) -> anyhow::Result<u32> {

@@ -18,6 +18,9 @@ use crate::procs::Service;
 use crate::tokens::Tokens;
 use crate::{mariadb, pg};
 
+/// The query service's default `AMQP_PARTITIONS` (the benchmark runs it with defaults).
+const QUERY_PARTITIONS: u16 = 8;
+
 /// Roles of the service processes.
 pub(crate) const COMMAND: &str = "command-service";
 pub(crate) const QUERY: &str = "query-service";
@@ -109,9 +112,15 @@ impl Ctx {
         format!("bench.{}.growth-projection", self.run)
     }
 
-    /// The projection's queue.
+    /// The projection's queue setting (`AMQP_QUEUE`): its partitions' prefix.
     pub(crate) fn queue(&self) -> String {
         format!("bench.{}.projection", self.run)
+    }
+
+    /// The queues the query service consumes for the queue setting `queue`: its
+    /// partitions (the service's default count).
+    pub(crate) fn partitions(queue: &str) -> Vec<String> {
+        service_kit::amqp::partition_queues(queue, QUERY_PARTITIONS)
     }
 
     /// Where the relay publishes when there is no query service.
@@ -216,7 +225,7 @@ impl Ctx {
             .context("query service not started")?;
         service.wait_ready(&http, Duration::from_secs(60)).await?;
         self.broker()?
-            .wait_for_consumer(&queue, Duration::from_secs(30))
+            .wait_for_consumers(&Self::partitions(&queue), Duration::from_secs(30))
             .await
     }
 
@@ -270,7 +279,7 @@ impl Ctx {
             }
             let exchange = self.exchange();
             let growth = self.growth_exchange();
-            let queues = [
+            let mut queues = vec![
                 self.queue(),
                 self.growth_queue(),
                 format!("{growth}.dlq"),
@@ -279,6 +288,8 @@ impl Ctx {
                 self.cqrs_queue(),
                 format!("{exchange}.dlq"),
             ];
+            queues.extend(Self::partitions(&self.queue()));
+            queues.extend(Self::partitions(&self.growth_queue()));
             let exchanges = [
                 exchange.clone(),
                 format!("{exchange}.dlx"),
@@ -286,6 +297,8 @@ impl Ctx {
                 growth,
                 self.raw_exchange(),
                 self.cqrs_exchange(),
+                service_kit::amqp::partition_exchange(&self.queue()),
+                service_kit::amqp::partition_exchange(&self.growth_queue()),
             ];
             if let Some(broker) = &self.broker {
                 broker.delete(&queues, &exchanges).await;

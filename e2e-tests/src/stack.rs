@@ -25,6 +25,8 @@ pub const WAIT_MS: u64 = 10_000;
 pub const CATCH_UP: Duration = Duration::from_secs(30);
 /// The `sub` of the customer who opens and moves the accounts of a stack's helpers.
 pub const CUSTOMER: &str = "e2e-customer";
+/// The query service's default `AMQP_PARTITIONS`.
+pub const DEFAULT_PARTITIONS: u16 = 8;
 /// The `sub` of the query service's token at the command service.
 pub const QUERY_SERVICE_SUB: &str = "query-service";
 
@@ -40,7 +42,11 @@ pub struct Names {
     pub postgres_db: String,
     pub mysql_db: String,
     pub exchange: String,
+    /// `AMQP_QUEUE`: the partitions' prefix (or the shared queue, without partitions).
     pub queue: String,
+    /// `AMQP_PARTITIONS` of the query service (the service's default unless a test
+    /// sets it with [`StackConfig::query_setting`]).
+    pub partitions: u16,
 }
 
 impl Names {
@@ -51,8 +57,34 @@ impl Names {
             mysql_db: format!("e2e_read_{id}"),
             exchange: format!("e2e.{id}"),
             queue: format!("e2e.{id}.projection"),
+            partitions: DEFAULT_PARTITIONS,
             id,
         }
+    }
+
+    /// The queues the query service consumes: its partitions, or the shared queue.
+    pub fn projection_queues(&self) -> Vec<String> {
+        if self.partitions == 0 {
+            vec![self.queue.clone()]
+        } else {
+            service_kit::amqp::partition_queues(&self.queue, self.partitions)
+        }
+    }
+
+    /// Every queue the query service declares.
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues = self.projection_queues();
+        queues.push(self.dead_letter_queue());
+        queues
+    }
+
+    /// Every exchange the services declare.
+    pub fn exchanges(&self) -> Vec<String> {
+        vec![
+            self.exchange.clone(),
+            self.dead_letter_exchange(),
+            service_kit::amqp::partition_exchange(&self.queue),
+        ]
     }
 
     /// Where the query service dead-letters (`{exchange}.dlx`, kept in `{exchange}.dlq`).
@@ -95,7 +127,12 @@ impl StackConfig {
     }
 
     pub async fn start(self) -> Stack {
-        let names = Names::fresh();
+        let mut names = Names::fresh();
+        if let Some(partitions) = self.query_extra.get("AMQP_PARTITIONS") {
+            names.partitions = partitions
+                .parse()
+                .unwrap_or_else(|error| panic!("AMQP_PARTITIONS={partitions}: {error}"));
+        }
         let rust_log = std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".to_owned());
         let command_env = Env::from([
             ("DATABASE_URL".into(), postgres_url(&names.postgres_db)),
@@ -286,15 +323,17 @@ impl Stack {
         self.query = Some(query);
     }
 
-    /// Another query service replica on the same database and queue (its own port),
-    /// with its client; it stops when dropped.
+    /// Another query service replica on the same database and queues (its own port
+    /// and log), with its client; it stops when dropped. It consumes every partition;
+    /// the broker makes it active on those that have no active consumer yet.
     pub async fn query_replica(&self) -> (Service, Api) {
+        let port = free_port();
         let mut env = self.query_env.clone();
-        env.insert("HTTP_PORT".into(), free_port().to_string());
+        env.insert("HTTP_PORT".into(), port.to_string());
         let replica = Service::start(
             Binary::QueryService,
             env,
-            &self.logs.join("query-service-replica.log"),
+            &self.logs.join(format!("query-service-replica-{port}.log")),
         )
         .await;
         let api = admin_client(&replica.url);
@@ -314,6 +353,16 @@ impl Stack {
         .await;
         let api = admin_client(&replica.url);
         (replica, api)
+    }
+
+    /// From now on `replica` is the stack's query service (the one its helpers read
+    /// from); the query service it had, if still running, is SIGKILLed.
+    pub fn adopt_query(&mut self, replica: Service) {
+        self.kill_query();
+        self.query_api = admin_client(&replica.url);
+        self.customer_query_api = customer_client(&replica.url);
+        self.query_env = replica.env.clone();
+        self.query = Some(replica);
     }
 
     /// Runs `query-service rebuild` with the query service's environment, to its end.
@@ -342,24 +391,37 @@ impl Stack {
         crate::process::tail(&self.logs.join("rebuild.log"), 30)
     }
 
-    /// Waits until the query service consumes its queue, so that what is published
+    /// Waits until the query service consumes its queues, so that what is published
     /// from now on reaches it.
     pub async fn wait_for_consumer(&self, broker: &Broker) {
         for _ in 0..200 {
-            if broker
-                .depth(&self.names.queue)
-                .await
-                .is_some_and(|depth| depth.consumers > 0)
-            {
+            let mut consumed = true;
+            for queue in self.names.projection_queues() {
+                consumed &= broker
+                    .depth(&queue)
+                    .await
+                    .is_some_and(|depth| depth.consumers > 0);
+            }
+            if consumed {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!(
-            "the query service never consumed {}\n{}",
-            self.names.queue,
+            "the query service never consumed {:?}\n{}",
+            self.names.projection_queues(),
             self.log_tails()
         );
+    }
+
+    /// Messages waiting in the query service's projection queues (`None` while one
+    /// of them does not exist).
+    pub async fn projection_backlog(&self, broker: &Broker) -> Option<u32> {
+        let mut backlog = 0;
+        for queue in self.names.projection_queues() {
+            backlog += broker.depth(&queue).await?.messages;
+        }
+        Some(backlog)
     }
 
     // ---- the command service, as a client uses it ----
@@ -524,6 +586,21 @@ impl Stack {
     }
 }
 
+/// A Prometheus sample of the service behind `api` (its `/metrics`), summed over the
+/// label sets that contain every one of `labels` (`name="value"`).
+pub async fn metric(api: &Api, name: &str, labels: &[&str]) -> f64 {
+    let reply = api.get("/metrics").await;
+    assert_eq!(reply.status, 200, "GET /metrics: {}", reply.body);
+    let text = reply.body.as_str().unwrap_or_default().to_owned();
+    text.lines()
+        .filter(|line| {
+            line.split(['{', ' ']).next() == Some(name)
+                && labels.iter().all(|label| line.contains(label))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn with_token(url: &str, token: Option<&str>) -> Api {
     match token {
         Some(token) => Api::new(url).with_token(token),
@@ -557,8 +634,8 @@ pub fn remove(names: &Names) {
     Leftovers {
         postgres_databases: vec![names.postgres_db.clone()],
         mysql_databases: vec![names.mysql_db.clone()],
-        queues: vec![names.queue.clone(), names.dead_letter_queue()],
-        exchanges: vec![names.exchange.clone(), names.dead_letter_exchange()],
+        queues: names.queues(),
+        exchanges: names.exchanges(),
     }
     .remove_blocking();
 }

@@ -1,20 +1,29 @@
 //! The broker path: consumes `account.*` and `transfer.*` events from the projection's
-//! durable queue, projects them and acknowledges each message only once its effect is
-//! committed.
+//! queues ([`crate::topology`]: by default the partitions, each with a single active
+//! consumer across the replicas), projects them and acknowledges each message only
+//! once its effect is committed.
 //!
 //! Only messages whose AMQP `user_id` is the publisher user (the command service's
 //! relay; RabbitMQ refuses a `user_id` that is not the publishing connection's user)
 //! are read at all; any other is dead-lettered unread as `untrusted_publisher`.
 //!
 //! Messages that can never be applied are rejected without requeue, so that the
-//! queue dead-letters them to `{exchange}.dlx` (kept in `{exchange}.dlq`). Failures
-//! of the read model or of the command service are retried: the messages go back to
-//! the queue after a growing pause. A lost connection is re-established with backoff.
+//! queue dead-letters them to `{exchange}.dlx` (kept in the dead-letter queue). When
+//! the read model or the command service is out (an outage), the messages stay
+//! unacknowledged and are projected again in place after a growing pause, so that an
+//! outage does not count against the broker's delivery limit. Other failures (maybe the
+//! events' own) send the messages back to the queue after the pause: a message that
+//! keeps failing is dead-lettered by a quorum queue after its delivery limit. A lost
+//! connection is re-established with backoff; a topology the broker refuses stops the
+//! service with what to do.
 //!
-//! Batches are pipelined: the next batch is projected while the previous one commits,
-//! unless the two share a stream; batches are settled in delivery order.
+//! Each queue has its own channel and loop. Batches are pipelined: the next batch is
+//! projected while the previous one commits, unless the two share a stream; batches are
+//! settled in delivery order. At most [`BATCHES_PROJECTING`] batches of all queues are
+//! projected at once.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -22,13 +31,12 @@ use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::types::{AMQPValue, FieldTable};
 use service_kit::amqp::BrokerStatus;
 use service_kit::backoff::Backoff;
 use shared_events::EventEnvelope;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
@@ -37,126 +45,50 @@ use uuid::Uuid;
 use crate::projection::plan::{Candidate, Origin, Stream, Verdict};
 use crate::projection::stages::{self, Stage};
 use crate::projection::{ProjectionError, Projector};
-use crate::settings::Settings;
+use crate::topology::{Topology, TopologyError, watch_dead_letters};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Longest name RabbitMQ accepts for an exchange or a queue.
-const MAX_NAME_BYTES: usize = 255;
-/// The routing keys the projection queue is bound to: accounts' and transfers' events.
-const PROJECTED_ROUTING_KEYS: [&str; 2] = ["account.*", "transfer.*"];
+/// Batches projected at the same time across all the queues of a replica (as many as
+/// the one shared queue's pipeline had): the read model's connections are few.
+const BATCHES_PROJECTING: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 enum ConsumeError {
     #[error("broker error: {0}")]
     Broker(#[from] lapin::Error),
-    #[error("the broker cancelled the consumer")]
-    Cancelled,
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error("the broker cancelled the consumer of {0}")]
+    Cancelled(String),
 }
 
-/// Names of the broker objects the consumer declares.
+/// The broker refused the projection's topology: the service cannot consume as
+/// configured, and says what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct TopologyRefused(String);
+
+/// How the consumer connects and consumes.
 #[derive(Debug, Clone)]
-pub(crate) struct Topology {
-    pub(crate) exchange: String,
-    pub(crate) queue: String,
-    pub(crate) dead_letter_exchange: String,
-    pub(crate) dead_letter_queue: String,
+pub(crate) struct ConsumerSettings {
+    pub(crate) amqp_url: String,
+    pub(crate) topology: Topology,
+    /// Unacknowledged messages per queue (also the largest batch).
+    pub(crate) prefetch: u16,
+    /// The only broker user whose messages are applied.
+    pub(crate) publisher: String,
+    /// How often the dead-letter queue's depth is read.
+    pub(crate) dead_letter_poll: Duration,
 }
 
-impl Topology {
-    /// The names configured in `settings`; refused when the broker could not take them.
-    pub(crate) fn from_settings(settings: &Settings) -> Result<Self, String> {
-        let topology = Self {
-            exchange: settings.amqp_exchange.clone(),
-            queue: settings.amqp_queue.clone(),
-            dead_letter_exchange: settings.dead_letter_exchange(),
-            dead_letter_queue: settings.dead_letter_queue(),
-        };
-        for name in [
-            &topology.exchange,
-            &topology.queue,
-            &topology.dead_letter_exchange,
-            &topology.dead_letter_queue,
-        ] {
-            if name.is_empty() || name.len() > MAX_NAME_BYTES {
-                return Err(format!(
-                    "broker object names must be 1 to {MAX_NAME_BYTES} bytes (got {name:?})"
-                ));
-            }
-        }
-        Ok(topology)
-    }
-
-    /// Declares the events exchange, the projection queue (dead-lettering to the DLX,
-    /// bound to `account.*` and `transfer.*`) and the dead-letter exchange and queue,
-    /// all durable.
-    pub(crate) async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
-        let durable_exchange = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        let durable_queue = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        service_kit::amqp::declare_events_exchange(channel, &self.exchange).await?;
-        channel
-            .exchange_declare(
-                self.dead_letter_exchange.as_str().into(),
-                ExchangeKind::Fanout,
-                durable_exchange,
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_declare(
-                self.dead_letter_queue.as_str().into(),
-                durable_queue,
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                self.dead_letter_queue.as_str().into(),
-                self.dead_letter_exchange.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let mut arguments = FieldTable::default();
-        arguments.insert(
-            ShortString::from("x-dead-letter-exchange"),
-            AMQPValue::LongString(LongString::from(self.dead_letter_exchange.as_str())),
-        );
-        channel
-            .queue_declare(self.queue.as_str().into(), durable_queue, arguments)
-            .await?;
-        for routing_key in PROJECTED_ROUTING_KEYS {
-            channel
-                .queue_bind(
-                    self.queue.as_str().into(),
-                    self.exchange.as_str().into(),
-                    routing_key.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-        Ok(())
-    }
-}
-
-/// Consumes the projection queue until shutdown.
+/// Consumes the projection's queues until shutdown.
 #[derive(Debug, Clone)]
 pub(crate) struct Consumer {
     projector: Projector,
-    amqp_url: String,
-    topology: Topology,
-    prefetch: u16,
-    /// The only broker user whose messages are applied.
-    publisher: String,
+    settings: ConsumerSettings,
     status: BrokerStatus,
+    projecting: Arc<Semaphore>,
 }
 
 /// What the consumer waits for: a message, or the end of the batch in flight.
@@ -187,33 +119,42 @@ struct Received {
     span: tracing::Span,
 }
 
+/// Messages of streams whose projection failed for an outage: still unacknowledged,
+/// to be projected again.
+type Held = BTreeMap<Stream, Vec<Received>>;
+
 impl Consumer {
-    /// A consumer of `topology.queue` that projects with `projector` the messages
-    /// `publisher` sent, and reports its connection state in `status`.
+    /// A consumer of the topology's queues that projects with `projector` the messages
+    /// the publisher sent, and reports its connection state in `status`.
     pub(crate) fn new(
         projector: Projector,
-        amqp_url: &str,
-        topology: Topology,
-        prefetch: u16,
-        publisher: String,
+        settings: ConsumerSettings,
         status: BrokerStatus,
     ) -> Self {
         Self {
             projector,
-            amqp_url: amqp_url.to_owned(),
-            topology,
-            prefetch: prefetch.max(1),
-            publisher,
+            settings: ConsumerSettings {
+                prefetch: settings.prefetch.max(1),
+                ..settings
+            },
             status,
+            projecting: Arc::new(Semaphore::new(BATCHES_PROJECTING)),
         }
     }
 
-    /// Consumes until `shutdown`, reconnecting with backoff whenever the broker goes away.
-    pub(crate) async fn run(self, shutdown: CancellationToken) {
+    /// Consumes until `shutdown`, reconnecting with backoff whenever the broker goes
+    /// away; returns early when the broker refuses the topology.
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), TopologyRefused> {
         let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         while !shutdown.is_cancelled() {
             match self.consume(&shutdown, &mut backoff).await {
                 Ok(()) => break,
+                Err(ConsumeError::Topology(TopologyError::Refused(reason))) => {
+                    self.status.set_down();
+                    metrics::gauge!("amqp_consumer_connected").set(0.0);
+                    tracing::error!(%reason, "the broker refused the projection's topology");
+                    return Err(TopologyRefused(reason));
+                }
                 Err(error) => {
                     self.status.set_down();
                     metrics::gauge!("amqp_consumer_connected").set(0.0);
@@ -226,32 +167,72 @@ impl Consumer {
             }
         }
         tracing::info!("projection consumer stopped");
+        Ok(())
     }
 
+    /// One connection: declares the topology, consumes every queue on a channel of
+    /// its own and watches the dead letters, until `shutdown` or the first failure.
     async fn consume(
         &self,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Result<(), ConsumeError> {
         let connection =
-            service_kit::amqp::connect(&self.amqp_url, "query-service projection").await?;
-        let channel = connection.create_channel().await?;
-        self.topology.declare(&channel).await?;
-        channel
-            .basic_qos(self.prefetch, BasicQosOptions::default())
-            .await?;
-        let mut consumer = channel
-            .basic_consume(
-                self.topology.queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+            service_kit::amqp::connect(&self.settings.amqp_url, "query-service projection").await?;
+        let topology = &self.settings.topology;
+        topology.declare(&connection).await?;
+        let mut consumers = Vec::with_capacity(topology.queues.len());
+        for (queue, arguments) in subscriptions(topology) {
+            let channel = connection.create_channel().await?;
+            channel
+                .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    arguments,
+                )
+                .await?;
+            consumers.push((queue, channel, consumer));
+        }
         self.status.set_up();
         metrics::gauge!("amqp_consumer_connected").set(1.0);
         backoff.reset();
-        tracing::info!(queue = %self.topology.queue, "projection consumer connected");
+        tracing::info!(queues = consumers.len(), first = %topology.queues.first().map_or("", String::as_str), "projection consumer connected");
+        // The first queue that fails stops the others (they finish their batches).
+        let stop = shutdown.child_token();
+        let loops = consumers.into_iter().map(|(queue, channel, consumer)| {
+            let stop = stop.clone();
+            async move {
+                let outcome = self.consume_queue(&queue, consumer, &stop).await;
+                if outcome.is_err() {
+                    stop.cancel();
+                }
+                // Unacknowledged prefetched messages go back to the queue with the channel.
+                let _ = channel.close(200, "query service stopping".into()).await;
+                outcome
+            }
+        });
+        let watching = watch_dead_letters(
+            &connection,
+            &topology.dead_letter_queue,
+            self.settings.dead_letter_poll,
+            &stop,
+        );
+        let (outcomes, ()) = futures::join!(futures::future::join_all(loops), watching);
+        let _ = connection.close(200, "query service stopping".into()).await;
+        outcomes.into_iter().collect()
+    }
+
+    /// Consumes one queue until `stop` (then settles what is in flight) or a failure.
+    async fn consume_queue(
+        &self,
+        queue: &str,
+        mut consumer: lapin::Consumer,
+        stop: &CancellationToken,
+    ) -> Result<(), ConsumeError> {
         let mut retry = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         // At most two batches in flight: the next one is projected while the previous
         // one commits, unless they share a stream (then it waits its turn, so each
@@ -261,24 +242,27 @@ impl Consumer {
             let next = match previous.as_mut() {
                 Some(earlier) => tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => break Ok(()),
+                    () = stop.cancelled() => break Ok(()),
                     joined = &mut earlier.projecting => Next::Projected(joined),
                     next = consumer.next() => Next::Message(Box::new(next)),
                 },
                 None => tokio::select! {
-                    () = shutdown.cancelled() => break Ok(()),
+                    () = stop.cancelled() => break Ok(()),
                     next = consumer.next() => Next::Message(Box::new(next)),
                 },
             };
             let next = match next {
                 Next::Message(next) => *next,
                 Next::Projected(joined) => {
-                    if let Some(earlier) = previous.take()
-                        && let Err(error) = self
-                            .settle_joined(earlier.accounts, joined, &mut retry, shutdown)
+                    if let Some(earlier) = previous.take() {
+                        match self
+                            .settle_joined(earlier.accounts, joined, &mut retry, stop)
                             .await
-                    {
-                        break Err(error.into());
+                        {
+                            Ok(Some(held)) => previous = Some(self.start(held)),
+                            Ok(None) => {}
+                            Err(error) => break Err(error.into()),
+                        }
                     }
                     continue;
                 }
@@ -286,9 +270,9 @@ impl Consumer {
             let mut batch = match next {
                 Some(Ok(delivery)) => vec![delivery],
                 Some(Err(error)) => break Err(error.into()),
-                None => break Err(ConsumeError::Cancelled),
+                None => break Err(ConsumeError::Cancelled(queue.to_owned())),
             };
-            while batch.len() < usize::from(self.prefetch) {
+            while batch.len() < usize::from(self.settings.prefetch) {
                 match consumer.next().now_or_never() {
                     Some(Some(Ok(delivery))) => batch.push(delivery),
                     _ => break,
@@ -303,28 +287,24 @@ impl Consumer {
                 continue;
             }
             if let Some(earlier) = previous.take_if(|earlier| earlier.shares_a_stream(&accounts))
-                && let Err(error) = self.settle(earlier, &mut retry, shutdown).await
+                && let Err(error) = self.settle(earlier, &mut retry, stop).await
             {
                 break Err(error.into());
             }
             let started = self.start(accounts);
             if let Some(earlier) = previous.replace(started)
-                && let Err(error) = self.settle(earlier, &mut retry, shutdown).await
+                && let Err(error) = self.settle(earlier, &mut retry, stop).await
             {
                 break Err(error.into());
             }
         };
-        let outcome = match previous {
-            Some(last) => match self.settle(last, &mut retry, shutdown).await {
+        match previous {
+            Some(last) => match self.settle(last, &mut retry, stop).await {
                 Ok(()) => outcome,
                 Err(error) => Err(error.into()),
             },
             None => outcome,
-        };
-        // Unacknowledged prefetched messages go back to the queue with the channel.
-        let _ = channel.close(200, "query service stopping".into()).await;
-        let _ = connection.close(200, "query service stopping".into()).await;
-        outcome
+        }
     }
 
     /// Sorts a batch's messages by stream, dead-lettering those that are not from
@@ -336,7 +316,7 @@ impl Consumer {
         let mut accounts: BTreeMap<Stream, Vec<Received>> = BTreeMap::new();
         let received_at = Utc::now();
         for delivery in batch {
-            if let Some(reason) = untrusted(&delivery, &self.publisher) {
+            if let Some(reason) = untrusted(&delivery, &self.settings.publisher) {
                 dead_letter(&delivery, "untrusted_publisher", &reason).await?;
                 continue;
             }
@@ -379,7 +359,10 @@ impl Consumer {
             })
             .collect();
         let projector = self.projector.clone();
+        let permits = Arc::clone(&self.projecting);
         let projecting = AbortOnDropHandle::new(tokio::spawn(async move {
+            // A closed semaphore (never closed) would only lift the bound.
+            let _permit = permits.acquire_owned().await;
             projector.project_deliveries(&groups, "broker").await
         }));
         InFlight {
@@ -388,26 +371,37 @@ impl Consumer {
         }
     }
 
-    /// Waits for a batch's projection, then settles every message of it.
+    /// Waits for a batch's projection, then settles every message of it; the streams
+    /// held for an outage are projected again, until they settle or `shutdown`.
     async fn settle(
         &self,
-        batch: InFlight,
+        mut batch: InFlight,
         retry: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Result<(), lapin::Error> {
-        let joined = batch.projecting.await;
-        self.settle_joined(batch.accounts, joined, retry, shutdown)
-            .await
+        loop {
+            let joined = (&mut batch.projecting).await;
+            match self
+                .settle_joined(batch.accounts, joined, retry, shutdown)
+                .await?
+            {
+                Some(held) => batch = self.start(held),
+                None => return Ok(()),
+            }
+        }
     }
 
-    /// Settles every message of a batch whose projection ended.
+    /// Settles every message of a batch whose projection ended. Streams that failed
+    /// for an outage are returned, after a pause, to be projected again (`None` once
+    /// stopping: their messages go back to the queue with the channel); those that
+    /// failed otherwise go back to the queue after the pause.
     async fn settle_joined(
         &self,
         accounts: BTreeMap<Stream, Vec<Received>>,
         joined: Result<Vec<Result<Vec<Verdict>, ProjectionError>>, tokio::task::JoinError>,
         retry: &mut Backoff,
         shutdown: &CancellationToken,
-    ) -> Result<(), lapin::Error> {
+    ) -> Result<Option<Held>, lapin::Error> {
         let results = match joined {
             Ok(results) => results,
             Err(error) => accounts
@@ -416,9 +410,10 @@ impl Consumer {
                 .collect(),
         };
         let mut settled = Vec::new();
-        let mut later = Vec::new();
+        let mut requeued = Vec::new();
+        let mut held = Held::new();
         let mut failure = None;
-        for (received, verdicts) in accounts.into_values().zip(results) {
+        for ((stream, received), verdicts) in accounts.into_iter().zip(results) {
             match verdicts {
                 Ok(verdicts) => {
                     for (message, verdict) in received.into_iter().zip(verdicts) {
@@ -442,22 +437,34 @@ impl Consumer {
                         }
                     }
                 }
+                Err(error) if error.is_outage() => {
+                    held.insert(stream, received);
+                    failure = Some(error);
+                }
                 Err(error) => {
-                    later.extend(received.into_iter().map(|r| r.delivery));
+                    requeued.extend(received.into_iter().map(|r| r.delivery));
                     failure = Some(error);
                 }
             }
         }
-        acknowledge(settled, later.is_empty()).await?;
+        acknowledge(settled, requeued.is_empty() && held.is_empty()).await?;
         let Some(error) = failure else {
             retry.reset();
-            return Ok(());
+            return Ok(None);
         };
-        metrics::counter!("projection_retries_total").increment(later.len() as u64);
-        tracing::warn!(error = %error, messages = later.len(), retry_in = ?retry.current(), "projection failed; the messages go back to the queue");
-        // Shut down or not, the messages go back to the queue.
-        retry.wait(shutdown).await;
-        for delivery in later {
+        let held_messages: usize = held.values().map(Vec::len).sum();
+        metrics::counter!("projection_retries_total")
+            .increment((requeued.len() + held_messages) as u64);
+        tracing::warn!(
+            error = %error,
+            requeued = requeued.len(),
+            held = held_messages,
+            retry_in = ?retry.current(),
+            "projection failed; the messages are projected again after a pause (held when the read model or the command service is out, else back to the queue)"
+        );
+        let going_on = retry.wait(shutdown).await;
+        // Shut down or not, these messages go back to the queue.
+        for delivery in requeued {
             delivery
                 .nack(BasicNackOptions {
                     requeue: true,
@@ -465,8 +472,41 @@ impl Consumer {
                 })
                 .await?;
         }
-        Ok(())
+        Ok((going_on && !held.is_empty()).then_some(held))
     }
+}
+
+/// The queues to consume, each with its consumer's arguments, in this replica's order.
+///
+/// Partitions are subscribed in a random order, each with a random consumer priority
+/// (`x-priority`): a broker whose quorum queues weigh priorities in the choice of the
+/// single active consumer (RabbitMQ 4.0 and later) then spreads the partitions over the
+/// replicas, a newcomer taking over those where it ranks first once their messages in
+/// flight are settled (order is kept). Older brokers make the first subscriber active;
+/// the random order spreads replicas that subscribe at the same time.
+fn subscriptions(topology: &Topology) -> Vec<(String, FieldTable)> {
+    use rand::Rng as _;
+    use rand::seq::SliceRandom as _;
+    let mut rng = rand::rng();
+    let mut queues = topology.queues.clone();
+    if topology.partition_exchange.is_none() {
+        return queues
+            .into_iter()
+            .map(|queue| (queue, FieldTable::default()))
+            .collect();
+    }
+    queues.shuffle(&mut rng);
+    queues
+        .into_iter()
+        .map(|queue| {
+            let mut arguments = FieldTable::default();
+            arguments.insert(
+                "x-priority".into(),
+                AMQPValue::LongInt(rng.random_range(1..=1_000)),
+            );
+            (queue, arguments)
+        })
+        .collect()
 }
 
 /// Acknowledges messages whose effect is committed. When no other message of the

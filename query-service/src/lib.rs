@@ -4,7 +4,8 @@
 //!
 //! How an event travels:
 //!
-//! - [`consumer`] takes `account.*` and `transfer.*` messages off the projection queue, and
+//! - [`consumer`] takes `account.*` and `transfer.*` messages off the projection's queues
+//!   (declared by [`topology`]: partitions with one active consumer each), and
 //!   [`follower`] reads the command service's global feed from a checkpoint (what the
 //!   broker lost); [`source`] is the HTTP client of those feeds.
 //! - Both hand events to [`projection`]: [`projection::plan`] decides (pure), the
@@ -25,6 +26,7 @@ pub mod settings;
 pub mod source;
 pub mod startup;
 pub mod store;
+mod topology;
 pub mod watch;
 
 pub use settings::Settings;

@@ -22,8 +22,30 @@ pub struct Settings {
     /// Topic exchange the command service publishes to. The dead-letter exchange and
     /// queue are named after it (`{exchange}.dlx`, `{exchange}.dlq`).
     pub amqp_exchange: String,
-    /// The projection's own durable queue, bound to `account.*` and `transfer.*`.
+    /// The projection's queue name. With partitions (the default) it names the
+    /// consistent-hash exchange `{queue}.partitions` and the partition queues
+    /// `{queue}.0` to `{queue}.{N-1}`; with `AMQP_PARTITIONS=0` it is the one queue all
+    /// replicas share, bound to `account.#` and `transfer.#`.
     pub amqp_queue: String,
+    /// `AMQP_PARTITIONS`: partition queues, each consumed by one replica at a time
+    /// (single active consumer) so that each stream's events arrive in order; needs
+    /// the broker plugin `rabbitmq_consistent_hash_exchange`. `0`: one shared queue
+    /// (no plugin; replicas then compete and fill the gaps that reordering leaves).
+    pub amqp_partitions: u16,
+    /// `AMQP_QUEUE_TYPE`: `quorum` (replicated, with a delivery limit) or `classic`
+    /// (for brokers without quorum queues; no delivery limit).
+    pub amqp_queue_type: QueueType,
+    /// `AMQP_DELIVERY_LIMIT`: deliveries of a message whose projection keeps failing
+    /// (quorum queues) before the broker dead-letters it (reason `delivery_limit`).
+    pub amqp_delivery_limit: u32,
+    /// `AMQP_DEAD_LETTER_QUEUE`: the dead-letter queue; default `{exchange}.dlq`.
+    pub amqp_dead_letter_queue: Option<String>,
+    /// `AMQP_DEAD_LETTER_MAX_LENGTH`: dead letters kept; beyond it the oldest are
+    /// dropped (`x-overflow: drop-head`).
+    pub amqp_dead_letter_max_length: u32,
+    /// `DEAD_LETTER_POLL_INTERVAL_MS`: how often the dead-letter queue's depth is
+    /// read for the gauge `dead_letter_queue_messages`.
+    pub dead_letter_poll_interval_ms: u64,
     /// Unacknowledged messages the broker may hand over at once (also the batch size).
     pub amqp_prefetch: u16,
     pub http_host: String,
@@ -56,6 +78,26 @@ pub struct Settings {
     pub connections: ConnectionLimits,
 }
 
+/// The kind of queue the projection and the dead letters are kept in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Replicated (Raft) queues; a delivery limit applies.
+    Quorum,
+    /// Single-node queues, for brokers without quorum queues.
+    Classic,
+}
+
+impl QueueType {
+    /// The `x-queue-type` argument.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quorum => "quorum",
+            Self::Classic => "classic",
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -64,6 +106,12 @@ impl Default for Settings {
             amqp_url: SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
             amqp_exchange: "bank.events".to_owned(),
             amqp_queue: "query-service.projection".to_owned(),
+            amqp_partitions: 8,
+            amqp_queue_type: QueueType::Quorum,
+            amqp_delivery_limit: 5,
+            amqp_dead_letter_queue: None,
+            amqp_dead_letter_max_length: 10_000,
+            dead_letter_poll_interval_ms: 5_000,
             amqp_prefetch: 256,
             http_host: "0.0.0.0".to_owned(),
             http_port: 8082,
@@ -92,9 +140,33 @@ impl Settings {
         format!("{}.dlx", self.amqp_exchange)
     }
 
-    /// Durable queue that keeps the dead letters for inspection.
+    /// Durable queue that keeps the dead letters for inspection: `AMQP_DEAD_LETTER_QUEUE`,
+    /// else `{exchange}.dlq`.
     pub fn dead_letter_queue(&self) -> String {
-        format!("{}.dlq", self.amqp_exchange)
+        self.amqp_dead_letter_queue
+            .as_deref()
+            .map(str::trim)
+            .filter(|queue| !queue.is_empty())
+            .map_or_else(|| format!("{}.dlq", self.amqp_exchange), str::to_owned)
+    }
+
+    /// The consistent-hash exchange of the partitions, when there are partitions.
+    pub fn partition_exchange(&self) -> Option<String> {
+        (self.amqp_partitions > 0).then(|| service_kit::amqp::partition_exchange(&self.amqp_queue))
+    }
+
+    /// The queues the projection consumes: the partitions, or the one shared queue.
+    pub fn projection_queues(&self) -> Vec<String> {
+        if self.amqp_partitions == 0 {
+            vec![self.amqp_queue.clone()]
+        } else {
+            service_kit::amqp::partition_queues(&self.amqp_queue, self.amqp_partitions)
+        }
+    }
+
+    /// How often the dead-letter queue's depth is read.
+    pub fn dead_letter_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.dead_letter_poll_interval_ms.max(100))
     }
 
     /// The broker user whose messages the projection trusts: `AMQP_PUBLISHER_USER`,

@@ -156,6 +156,18 @@ pub enum SourceError {
     },
 }
 
+impl SourceError {
+    /// Whether the command service as a whole is out of reach or overloaded (so any
+    /// stream would fail alike), rather than this stream's request failing.
+    pub(crate) fn is_outage(&self) -> bool {
+        match self {
+            Self::Unreachable(_) | Self::Refused { .. } => true,
+            Self::Status { status, .. } => matches!(status, 429 | 502 | 503 | 504),
+            Self::UnknownAccount(_) | Self::Unreadable { .. } => false,
+        }
+    }
+}
+
 /// A page of the global feed.
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct FeedPage {

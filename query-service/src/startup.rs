@@ -7,13 +7,14 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer::{Consumer, Topology};
+use crate::consumer::{Consumer, ConsumerSettings};
 use crate::follower::FeedFollower;
 use crate::http::{AppState, router};
 use crate::projection::Projector;
 use crate::settings::Settings;
 use crate::source::{CommandClient, TokenSource};
 use crate::store::{LIVE, ReadStore};
+use crate::topology::Topology;
 use crate::watch::ProjectionWatch;
 use service_kit::amqp::BrokerStatus;
 use service_kit::auth::Authenticator;
@@ -58,10 +59,13 @@ impl Application {
         let broker = BrokerStatus::new("connecting");
         let consumer = Consumer::new(
             projector.clone(),
-            settings.amqp_url.expose(),
-            topology,
-            settings.amqp_prefetch,
-            publisher,
+            ConsumerSettings {
+                amqp_url: settings.amqp_url.expose().to_owned(),
+                topology,
+                prefetch: settings.amqp_prefetch,
+                publisher,
+                dead_letter_poll: settings.dead_letter_poll_interval(),
+            },
             broker.clone(),
         );
         let follower = settings.feed_follow_enabled.then(|| {
@@ -98,7 +102,8 @@ impl Application {
     }
 
     /// Serves and projects until `shutdown`, then stops consuming, finishes the
-    /// in-flight messages and requests, and returns.
+    /// in-flight messages and requests, and returns. Stops early, with the reason as
+    /// the error, when the broker refuses the projection's queues or exchanges.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(port = self.port(), "query service listening");
         let stop = self.stop.clone();
@@ -109,7 +114,17 @@ impl Application {
                 stop.cancel();
             }
         });
-        let consumer = tokio::spawn(self.consumer.run(stop.clone()));
+        let consumer = tokio::spawn({
+            let stop = stop.clone();
+            let consumer = self.consumer;
+            async move {
+                let outcome = consumer.run(stop.clone()).await;
+                if outcome.is_err() {
+                    stop.cancel();
+                }
+                outcome
+            }
+        });
         let follower = self.follower.map(|f| tokio::spawn(f.run(stop.clone())));
         let served = service_kit::http::serve_with_limits(
             self.listener,
@@ -121,14 +136,16 @@ impl Application {
         .context("HTTP server failed");
         stop.cancel();
         link.abort();
-        if tokio::time::timeout(CONSUMER_GRACE, consumer)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "projection consumer did not stop in time; its unacknowledged messages return to the queue"
-            );
-        }
+        let refused = match tokio::time::timeout(CONSUMER_GRACE, consumer).await {
+            Ok(Ok(Err(refused))) => Some(refused),
+            Ok(_) => None,
+            Err(_) => {
+                tracing::warn!(
+                    "projection consumer did not stop in time; its unacknowledged messages return to the queue"
+                );
+                None
+            }
+        };
         if let Some(follower) = follower
             && tokio::time::timeout(Duration::from_secs(1), follower)
                 .await
@@ -138,6 +155,11 @@ impl Application {
         }
         self.store.pool().close().await;
         tracing::info!("query service stopped");
-        served
+        match refused {
+            Some(refused) => {
+                Err(anyhow!(refused).context("cannot consume the projection's queues"))
+            }
+            None => served,
+        }
     }
 }

@@ -10,6 +10,11 @@ use uuid::Uuid;
 
 type Channels = Arc<Mutex<HashMap<Uuid, watch::Sender<i64>>>>;
 
+/// How often a bounded wait reads the database again without being woken: another
+/// replica may have projected the stream (its partition is active there), and only
+/// this process's writes wake its waiters.
+pub(crate) const RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Per-account channels of the latest version known to be projected. A channel
 /// exists only while someone waits on that account.
 #[derive(Debug, Clone, Default)]

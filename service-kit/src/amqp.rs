@@ -28,6 +28,19 @@ pub async fn declare_events_exchange(
         .await
 }
 
+/// The consistent-hash exchange that spreads a projection's events over its partition
+/// queues (`{queue}.partitions`, named after the projection's queue setting).
+pub fn partition_exchange(queue: &str) -> String {
+    format!("{queue}.partitions")
+}
+
+/// The partition queues of a projection: `{queue}.0` to `{queue}.{partitions - 1}`.
+pub fn partition_queues(queue: &str, partitions: u16) -> Vec<String> {
+    (0..partitions)
+        .map(|index| format!("{queue}.{index}"))
+        .collect()
+}
+
 /// A service's view of its broker connection, reported by `/health/ready`.
 #[derive(Debug, Clone)]
 pub struct BrokerStatus {

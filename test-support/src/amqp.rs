@@ -87,16 +87,25 @@ impl Broker {
     }
 
     /// Publishes an event as the command service's relay does: routing key
-    /// `account.<kind>`, JSON, persistent, `message_id` and `type` set, and the
+    /// `account.<kind>`, JSON, persistent, `message_id` and `type` set, the `account_id`
+    /// header (the stream, which the query service's partitions hash on), and the
     /// `correlation_id` header when the event's metadata has one.
     pub async fn publish_event(&self, exchange: &str, event: &Value) {
         let kind = event["type"].as_str().unwrap_or("Unknown");
-        let mut properties = json_properties()
-            .with_message_id(event["event_id"].as_str().unwrap_or_default().into())
-            .with_type(kind.into());
-        if let Some(correlation_id) = event["metadata"]["correlation_id"].as_str() {
-            properties = properties.with_headers(correlation_header(correlation_id));
+        let mut headers = event["metadata"]["correlation_id"]
+            .as_str()
+            .map(correlation_header)
+            .unwrap_or_default();
+        if let Some(stream) = event["account_id"].as_str() {
+            headers.insert(
+                ShortString::from("account_id"),
+                AMQPValue::LongString(LongString::from(stream)),
+            );
         }
+        let properties = json_properties()
+            .with_message_id(event["event_id"].as_str().unwrap_or_default().into())
+            .with_type(kind.into())
+            .with_headers(headers);
         let body = serde_json::to_vec(event)
             .unwrap_or_else(|error| panic!("an event serialises: {error}"));
         self.publish(exchange, &routing_key(kind), &body, properties)

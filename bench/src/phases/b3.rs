@@ -47,7 +47,10 @@ pub(crate) async fn live_vs_b3(ctx: &mut Ctx, results: &mut Results) -> anyhow::
     b3(&store, &feed, &mut results.b3.live_raw).await?;
     let expected: u64 = results.b2.relay.iter().map(|d| d.events).sum();
     let expected = i64::try_from(expected)?;
-    let queued = ctx.broker()?.queue_state(&ctx.queue()).await?.map(|s| s.0);
+    let queued = ctx
+        .broker()?
+        .backlog(&Ctx::partitions(&ctx.queue()))
+        .await?;
     progress!("starting the query service on a backlog of {queued:?} messages");
     let read = ctx.read_pool.clone().context("read model not prepared")?;
     let spawned = Instant::now();
@@ -152,7 +155,10 @@ pub(crate) async fn rebuild_vs_b3(ctx: &mut Ctx, results: &mut Results) -> anyho
     }
     results.b3.rebuild_check = Some(check);
     // Everything queued so far is in the rebuilt model.
-    let purged = ctx.broker()?.purge(&ctx.queue()).await?;
+    let mut purged = 0;
+    for queue in Ctx::partitions(&ctx.queue()) {
+        purged += ctx.broker()?.purge(&queue).await?;
+    }
     progress!("purged {purged} messages the rebuild covered");
     Ok(())
 }

@@ -141,7 +141,7 @@ async fn start_query(ctx: &mut Ctx) -> anyhow::Result<()> {
     ctx.services.insert(GROWTH_QUERY, service);
     ready?;
     ctx.broker()?
-        .wait_for_consumer(&queue, Duration::from_secs(30))
+        .wait_for_consumers(&Ctx::partitions(&queue), Duration::from_secs(30))
         .await
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use e2e_tests::Stack;
 use e2e_tests::model::{Expected, account_view, balance_sheet, served_balance_sheet};
+use e2e_tests::stack::metric;
 use serde_json::json;
 use test_support::Api;
 
@@ -115,14 +116,30 @@ async fn a_query_service_killed_mid_burst_catches_up_exactly_once_restarted() {
 }
 
 #[tokio::test]
-async fn of_two_query_replicas_the_one_left_after_the_other_is_killed_projects_everything() {
-    let stack = Stack::start().await;
-    let (mut replica, _) = stack.query_replica().await;
+async fn of_two_query_replicas_the_one_left_after_the_active_one_is_killed_takes_over_its_partitions()
+ {
+    // Given the query service, active on every partition (it consumed them first), and a
+    // replica waiting on each (single active consumer)
+    let mut stack = Stack::start().await;
+    let (replica, replica_api) = stack.query_replica().await;
     let ids = accounts(&stack).await;
+    let command = stack.command().clone();
 
-    // The replicas compete for the one queue; the killed one's unacknowledged messages
-    // go back to it.
-    burst(stack.command(), &ids, || replica.kill()).await;
+    // When the active one is SIGKILLed mid-burst
+    burst(&command, &ids, || stack.kill_query()).await;
 
+    // Then the replica takes over its partitions and their unacknowledged messages, in
+    // order: the read model is exact and no gap had to be filled from the broker's path
+    stack.adopt_query(replica);
     assert_exact(&stack, &ids).await;
+    assert_eq!(
+        metric(
+            &replica_api,
+            "projection_gap_fills_total",
+            &["path=\"broker\""]
+        )
+        .await,
+        0.0,
+        "events reached the replica out of order"
+    );
 }

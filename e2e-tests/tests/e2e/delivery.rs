@@ -234,10 +234,7 @@ async fn duplicates_reordering_and_junk_leave_the_read_model_exact_and_junk_dead
     let mut depth = None;
     while Instant::now() < deadline {
         depth = broker.depth(&dead_letters).await;
-        let drained = broker
-            .depth(&stack.names.queue)
-            .await
-            .is_some_and(|queue| queue.messages == 0);
+        let drained = stack.projection_backlog(&broker).await == Some(0);
         if drained && depth.is_some_and(|d| d.messages as usize >= junk.len()) {
             break;
         }

@@ -8,6 +8,7 @@ mod identity;
 mod lifecycle;
 mod listing;
 mod outage;
+mod partitions;
 mod rebuild;
 mod replicas;
 mod transfers;

@@ -143,6 +143,7 @@ async fn wait_for_version(
         }
         let gave_up = tokio::select! {
             () = subscription.changed() => false,
+            () = tokio::time::sleep(crate::watch::RECHECK) => false,
             () = tokio::time::sleep_until(deadline) => true,
             () = state.shutdown.cancelled() => true,
         };

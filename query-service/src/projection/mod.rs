@@ -60,6 +60,28 @@ pub enum ProjectionError {
     Stopped(String),
 }
 
+/// MySQL/MariaDB errors of the server as a whole, not of a statement: too many
+/// connections, shutting down, lock wait timeout, deadlock, read-only (a failover).
+const SERVER_WIDE_ERRORS: [u16; 6] = [1040, 1053, 1205, 1213, 1290, 1836];
+
+impl ProjectionError {
+    /// Whether the failure is an outage of the read model or of the command service
+    /// (the events are fine and any other would fail alike), so that retrying in place,
+    /// without counting a delivery against the broker's limit, is right. Other failures
+    /// may be the events' own (a statement the database refuses, a stream the command
+    /// service fails on, a panic): their messages go back to the queue, counted.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(error)) => error
+                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .is_some_and(|error| SERVER_WIDE_ERRORS.contains(&error.number())),
+            Self::Database(_) => true,
+            Self::Source(error) => error.is_outage(),
+            Self::Contention(_) | Self::Stopped(_) => false,
+        }
+    }
+}
+
 /// Counts of what a batch of events did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
@@ -479,6 +501,9 @@ impl Projector {
             let highest = candidates[highest].version();
             let mut run = next_run(candidates, &pending, projected);
             if run.last().is_none_or(|last| last.version() < highest) {
+                // On the broker's path, with the broker healthy, a gap means an event
+                // overtook an earlier one of its stream (replicas competing for one queue).
+                metrics::counter!("projection_gap_fills_total", "path" => path).increment(1);
                 run = backfill::backfill(&self.source, stream, projected, &mut decided).await?;
                 if run.is_empty() {
                     continue;

@@ -8,12 +8,15 @@ use test_support::Broker;
 
 use crate::helpers::{Options, TestApp, eventually, spawn_app, spawn_app_with};
 
-/// Messages ready in the query service's projection queue (not yet delivered).
+/// Messages ready in the query service's projection queues (not yet delivered).
 async fn ready_messages(app: &TestApp) -> u32 {
     let broker = Broker::connect().await;
-    let depth = broker.depth(app.settings.amqp_queue.as_str()).await;
+    let mut ready = 0;
+    for queue in app.settings.projection_queues() {
+        ready += broker.depth(&queue).await.map_or(0, |depth| depth.messages);
+    }
     broker.close().await;
-    depth.map_or(0, |depth| depth.messages)
+    ready
 }
 
 #[tokio::test]

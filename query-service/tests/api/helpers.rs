@@ -28,6 +28,11 @@ pub(crate) struct Options {
     pub query_amqp_url: String,
     /// MySQL server of the query service (a proxy, to cut its database link).
     pub query_mysql_server: String,
+    /// Where the query service fills gaps and follows the feed, when not the test's
+    /// command service (a stub that fails, say).
+    pub command_service_url: Option<String>,
+    /// `AMQP_PARTITIONS` (0: one shared queue).
+    pub partitions: u16,
 }
 
 impl Default for Options {
@@ -38,6 +43,8 @@ impl Default for Options {
             feed_poll_ms: 1000,
             query_amqp_url: amqp_url(),
             query_mysql_server: mysql_server(),
+            command_service_url: None,
+            partitions: query_service::Settings::default().amqp_partitions,
         }
     }
 }
@@ -125,7 +132,13 @@ pub(crate) async fn spawn_app_with(options: Options) -> TestApp {
         amqp_queue: format!("qs_test.{id}.projection"),
         http_host: "127.0.0.1".into(),
         http_port: 0,
-        command_service_url: command.clone(),
+        command_service_url: options
+            .command_service_url
+            .clone()
+            .unwrap_or(command.clone()),
+        amqp_partitions: options.partitions,
+        // Fast enough for a test to see the dead-letter gauge move.
+        dead_letter_poll_interval_ms: 200,
         feed_follow_enabled: options.follow_feed,
         feed_poll_interval_ms: options.feed_poll_ms,
         command_service_token: Some(ServiceToken::new(query_service_token())),
@@ -139,12 +152,15 @@ pub(crate) async fn spawn_app_with(options: Options) -> TestApp {
     let query_stop = CancellationToken::new();
     let query_task = tokio::spawn(query_app.run_until_stopped(query_stop.clone()));
     let leftovers = Leftovers {
-        queues: vec![settings.amqp_queue.clone(), settings.dead_letter_queue()],
-        exchanges: vec![
+        queues: broker_queues(&settings),
+        exchanges: [
             settings.amqp_exchange.clone(),
             settings.dead_letter_exchange(),
             command_exchange.clone(),
-        ],
+        ]
+        .into_iter()
+        .chain(settings.partition_exchange())
+        .collect(),
         mysql_databases: vec![format!("qs_test_{id}")],
         postgres_databases: vec![format!("qs_cmd_{id}")],
     };
@@ -170,6 +186,14 @@ pub(crate) async fn spawn_app_with(options: Options) -> TestApp {
         app.wait_for_broker().await;
     }
     app
+}
+
+/// Every queue a query service with `settings` declares: its projection queues (the
+/// partitions or the shared one) and the dead-letter queue.
+pub(crate) fn broker_queues(settings: &query_service::Settings) -> Vec<String> {
+    let mut queues = settings.projection_queues();
+    queues.push(settings.dead_letter_queue());
+    queues
 }
 
 impl TestApp {
@@ -416,9 +440,19 @@ impl Publisher {
         if let Some(user_id) = user_id {
             properties = properties.with_user_id(user_id.into());
         }
-        if let Some(correlation_id) = event["metadata"]["correlation_id"].as_str() {
-            properties = properties.with_headers(correlation_header(correlation_id));
+        // The relay's headers: the stream (which the partitions hash on) and the
+        // correlation id when there is one.
+        let mut headers = event["metadata"]["correlation_id"]
+            .as_str()
+            .map(correlation_header)
+            .unwrap_or_default();
+        if let Some(stream) = event["account_id"].as_str() {
+            headers.insert(
+                "account_id".into(),
+                lapin::types::AMQPValue::LongString(stream.into()),
+            );
         }
+        properties = properties.with_headers(headers);
         let body = serde_json::to_vec(event).unwrap_or_else(|error| panic!("{error}"));
         // The relay's routing key (`account.<kind>` or `transfer.<kind>`); a made-up
         // type gets the `account.` one the junk tests expect.

@@ -11,6 +11,7 @@ mod reads;
 mod rebuild;
 mod shutdown;
 mod startup;
+mod topology;
 mod transfers;
 mod trust;
 mod updates;

@@ -87,12 +87,20 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
         "a waiting read is answered on shutdown"
     );
 
+    let settings = query_service::Settings {
+        amqp_exchange: format!("qs_test.{id}"),
+        amqp_queue: format!("qs_test.{id}.projection"),
+        ..query_service::Settings::default()
+    };
     Leftovers {
-        queues: vec![
-            format!("qs_test.{id}.projection"),
-            format!("qs_test.{id}.dlq"),
-        ],
-        exchanges: vec![format!("qs_test.{id}"), format!("qs_test.{id}.dlx")],
+        queues: crate::helpers::broker_queues(&settings),
+        exchanges: [
+            settings.amqp_exchange.clone(),
+            settings.dead_letter_exchange(),
+        ]
+        .into_iter()
+        .chain(settings.partition_exchange())
+        .collect(),
         mysql_databases: vec![format!("qs_test_{id}")],
         ..Leftovers::default()
     }
