@@ -26,6 +26,9 @@ pub struct Settings {
     /// confirm it before it counts the broker as down and reconnects: a broker that
     /// stalls (a resource alarm, a half-open socket) is found out, not waited on.
     pub relay_broker_timeout_ms: u64,
+    /// Whether this replica takes part in driving transfers (the process leads from one
+    /// replica at a time). `false` keeps a replica out of it; at least one must run it.
+    pub transfer_process_enabled: bool,
     /// How long responses to idempotent requests are kept.
     pub idempotency_retention_hours: u64,
     /// Seconds a command's caller waits for its outcome (at most 29, under the 30 s
@@ -52,6 +55,7 @@ impl Default for Settings {
             log_format: "pretty".to_owned(),
             relay_batch_size: 500,
             relay_broker_timeout_ms: 10_000,
+            transfer_process_enabled: true,
             idempotency_retention_hours: 48,
             command_timeout_secs: 25,
             auth: AuthSettings::default(),

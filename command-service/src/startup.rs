@@ -23,7 +23,8 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     relay: Relay,
-    transfers: TransferProcess,
+    /// `None` when this replica stays out of driving transfers.
+    transfers: Option<TransferProcess>,
     store: EventStore,
     idempotency_retention: Duration,
     connections: ConnectionLimits,
@@ -52,10 +53,10 @@ impl Application {
             publisher_user: publisher_user(settings.amqp_url.expose()),
         };
         let handler = CommandHandler::new(store.clone(), encode_reply);
-        let transfers = TransferProcess {
+        let transfers = settings.transfer_process_enabled.then(|| TransferProcess {
             store: store.clone(),
             handler: handler.clone(),
-        };
+        });
         let state = AppState {
             handler,
             store: store.clone(),
@@ -88,7 +89,9 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(port = self.port(), "command service listening");
         let relay = tokio::spawn(self.relay.run(shutdown.clone()));
-        let transfers = tokio::spawn(self.transfers.run(shutdown.clone()));
+        let transfers = self
+            .transfers
+            .map(|process| tokio::spawn(process.run(shutdown.clone())));
         let purge = tokio::spawn(purge_idempotency_keys(
             self.store.clone(),
             self.idempotency_retention,
@@ -111,9 +114,10 @@ impl Application {
                 "outbox relay did not stop in time; unpublished events stay in the outbox"
             );
         }
-        if tokio::time::timeout(Duration::from_secs(2), transfers)
-            .await
-            .is_err()
+        if let Some(transfers) = transfers
+            && tokio::time::timeout(Duration::from_secs(2), transfers)
+                .await
+                .is_err()
         {
             tracing::warn!("transfer process did not stop in time; its steps resume on restart");
         }

@@ -61,9 +61,9 @@ impl Phase {
         Self::TokenCheck,
         Self::RebuildVsB3,
         Self::ProjectionLag,
+        Self::Transfers,
         Self::CostGrowth,
         Self::TimeTravel,
-        Self::Transfers,
         Self::Peer,
     ];
 

@@ -114,6 +114,9 @@ pub(crate) async fn spawn_app_with(options: Options) -> TestApp {
         http_port: 0,
         database_max_connections: 4,
         auth: test_auth(),
+        // The tests write transfers' events into the store themselves, stopped where each
+        // test needs them: no process may drive them on.
+        transfer_process_enabled: false,
         ..command_service::Settings::default()
     };
     let command_app = command_service::Application::build(command_settings)
