@@ -20,7 +20,7 @@ mod writer;
 use std::sync::Arc;
 
 use event_store::EventStore;
-use shared_events::{AccountId, Actor, Money};
+use shared_events::{AccountId, Actor, EventMetadata, Money};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -63,6 +63,17 @@ impl CommandContext {
             sub: self.requester.sub.clone(),
             client_id: self.client_id.clone(),
         }
+    }
+
+    /// The metadata of the events the command causes, as stored (a fresh causation id).
+    pub(crate) fn metadata(&self) -> serde_json::Value {
+        let metadata = EventMetadata {
+            correlation_id: self.correlation_id.clone(),
+            causation_id: Some(uuid::Uuid::now_v7().to_string()),
+            idempotency_key: self.idempotency.as_ref().map(|i| i.client_key.clone()),
+            actor: Some(self.actor()),
+        };
+        serde_json::to_value(&metadata).unwrap_or(serde_json::Value::Null)
     }
 }
 

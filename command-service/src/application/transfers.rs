@@ -4,8 +4,7 @@
 use chrono::{DateTime, SubsecRound, Utc};
 use event_store::{Append, EventStore, NewEvent, StoreError, StoredResponse};
 use rust_decimal::Decimal;
-use serde_json::Value;
-use shared_events::{AccountId, Currency, EventMetadata, Money, TransferEvent, TransferId};
+use shared_events::{AccountId, Currency, Money, TransferEvent, TransferId};
 use uuid::Uuid;
 
 use super::idempotency::{self, StoredReply};
@@ -183,13 +182,7 @@ pub(crate) fn to_new_events(
     context: &CommandContext,
     occurred_at: DateTime<Utc>,
 ) -> Vec<NewEvent> {
-    let metadata = EventMetadata {
-        correlation_id: context.correlation_id.clone(),
-        causation_id: Some(Uuid::now_v7().to_string()),
-        idempotency_key: context.idempotency.as_ref().map(|i| i.client_key.clone()),
-        actor: Some(context.actor()),
-    };
-    let metadata = serde_json::to_value(&metadata).unwrap_or(Value::Null);
+    let metadata = context.metadata();
     events
         .iter()
         .map(|event| NewEvent {

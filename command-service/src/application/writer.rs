@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
 use event_store::{EventStore, NewEvent, StoreError, StoredResponse, StreamAppend};
-use serde_json::Value;
 use service_kit::backoff::Backoff;
-use shared_events::{AccountEvent, AccountId, EventMetadata};
+use shared_events::{AccountEvent, AccountId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -409,13 +408,7 @@ fn accepted(id: AccountId, command: &AccountCommand, after: &Account) -> Accepte
 
 fn to_new_events(events: &[AccountEvent], context: &CommandContext) -> Vec<NewEvent> {
     let occurred_at = Utc::now().trunc_subsecs(6);
-    let metadata = EventMetadata {
-        correlation_id: context.correlation_id.clone(),
-        causation_id: Some(Uuid::now_v7().to_string()),
-        idempotency_key: context.idempotency.as_ref().map(|i| i.client_key.clone()),
-        actor: Some(context.actor()),
-    };
-    let metadata = serde_json::to_value(&metadata).unwrap_or(Value::Null);
+    let metadata = context.metadata();
     events
         .iter()
         .map(|event| NewEvent {

@@ -1,7 +1,7 @@
 //! Opaque page cursors: the key of the last item of a page, hex-encoded behind a
 //! one-letter tag, so that a cursor of one listing is refused by another.
 
-use chrono::DateTime;
+use chrono::{DateTime, Datelike};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -54,6 +54,8 @@ pub(super) fn decode_transfer(cursor: &str) -> Result<TransferCursor, ApiError> 
         .ok()
         .filter(|micros| *micros >= 0)
         .and_then(DateTime::from_timestamp_micros)
+        // Past what the read database's DATETIME holds: no transfer was made then.
+        .filter(|at| at.year() <= 9999)
         .ok_or_else(invalid)?;
     let id = Uuid::try_parse(id).map_err(|_| invalid())?;
     Ok(TransferCursor { created_at, id })
@@ -103,5 +105,7 @@ mod tests {
         assert!(decode_transfer(&encode_operation(42)).is_err());
         let negative = format!("t{}{}", "f".repeat(16), after.id.simple());
         assert!(decode_transfer(&negative).is_err());
+        let past_year_9999 = format!("t4cf082c8b2c6bdba{}", after.id.simple());
+        assert!(decode_transfer(&past_year_9999).is_err());
     }
 }
