@@ -161,30 +161,12 @@ pub(crate) fn decide(
         AccountCommand::Credit { amount, currency } => {
             require(&[Active])?;
             let amount = movement(account, *amount, *currency)?;
-            let balance = account
-                .balance
-                .checked_add(amount)
-                .ok_or(DomainError::BalanceLimitExceeded)?;
-            Ok(vec![AccountEvent::Credited {
-                amount,
-                balance,
-                leg: None,
-            }])
+            credited(account, amount, None)
         }
         AccountCommand::Debit { amount, currency } => {
             require(&[Active])?;
             let amount = movement(account, *amount, *currency)?;
-            let balance = account.balance.checked_sub(amount).ok_or_else(|| {
-                DomainError::InsufficientFunds {
-                    balance: account.balance.render(),
-                    requested: amount.render(),
-                }
-            })?;
-            Ok(vec![AccountEvent::Debited {
-                amount,
-                balance,
-                leg: None,
-            }])
+            debited(account, amount, None)
         }
         AccountCommand::Suspend { reason } => {
             require(&[Active])?;
@@ -210,37 +192,56 @@ pub(crate) fn decide(
             match leg.kind {
                 LegKind::TransferOut => {
                     require(&[Active])?;
-                    let balance = account.balance.checked_sub(amount).ok_or_else(|| {
-                        DomainError::InsufficientFunds {
-                            balance: account.balance.render(),
-                            requested: amount.render(),
-                        }
-                    })?;
-                    Ok(vec![AccountEvent::Debited {
-                        amount,
-                        balance,
-                        leg: Some(*leg),
-                    }])
+                    debited(account, amount, Some(*leg))
                 }
-                LegKind::TransferIn | LegKind::TransferRefund => {
-                    // A refund returns money the account already held: whatever its
-                    // status since (even closed), it is taken back.
-                    if leg.kind == LegKind::TransferIn {
-                        require(&[Active])?;
-                    }
-                    let balance = account
-                        .balance
-                        .checked_add(amount)
-                        .ok_or(DomainError::BalanceLimitExceeded)?;
-                    Ok(vec![AccountEvent::Credited {
-                        amount,
-                        balance,
-                        leg: Some(*leg),
-                    }])
+                LegKind::TransferIn => {
+                    require(&[Active])?;
+                    credited(account, amount, Some(*leg))
                 }
+                // A refund returns money the account already held: whatever its status
+                // since (even closed), it is taken back.
+                LegKind::TransferRefund => credited(account, amount, Some(*leg)),
             }
         }
     }
+}
+
+/// `amount` credited to `account`, unless it would pass the balance limit.
+fn credited(
+    account: &Account,
+    amount: Money,
+    leg: Option<TransferLeg>,
+) -> Result<Vec<AccountEvent>, DomainError> {
+    let balance = account
+        .balance
+        .checked_add(amount)
+        .ok_or(DomainError::BalanceLimitExceeded)?;
+    Ok(vec![AccountEvent::Credited {
+        amount,
+        balance,
+        leg,
+    }])
+}
+
+/// `amount` debited from `account`, unless the balance cannot cover it.
+fn debited(
+    account: &Account,
+    amount: Money,
+    leg: Option<TransferLeg>,
+) -> Result<Vec<AccountEvent>, DomainError> {
+    let balance =
+        account
+            .balance
+            .checked_sub(amount)
+            .ok_or_else(|| DomainError::InsufficientFunds {
+                balance: account.balance.render(),
+                requested: amount.render(),
+            })?;
+    Ok(vec![AccountEvent::Debited {
+        amount,
+        balance,
+        leg,
+    }])
 }
 
 fn movement(
