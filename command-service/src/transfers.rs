@@ -102,15 +102,25 @@ impl TransferProcess {
         // Each task answers with its transfer's position and whether it ended.
         let mut driven: JoinSet<(i64, bool)> = JoinSet::new();
         let stop = shutdown.child_token();
+        // Whether requests may have arrived since the last read: a wake-up, the poll, or
+        // a full read. A task that ended does not make the process look again.
+        let mut look = true;
+        let mut poll_at = Instant::now() + IDLE_POLL;
         let outcome = loop {
             if shutdown.is_cancelled() {
                 break Ok(());
             }
-            let requests = match leader.requests_after(read_to, READ_LIMIT).await {
-                Ok(requests) => requests,
-                Err(error) => break Err(error),
+            let requests = if look {
+                poll_at = Instant::now() + IDLE_POLL;
+                match leader.requests_after(read_to, READ_LIMIT).await {
+                    Ok(requests) => requests,
+                    Err(error) => break Err(error),
+                }
+            } else {
+                Vec::new()
             };
             let full = i64::try_from(requests.len()).unwrap_or(i64::MAX) >= READ_LIMIT;
+            look = full;
             for request in requests {
                 read_to = request.position;
                 open.insert(request.position, (request.transfer_id, Instant::now()));
@@ -158,8 +168,9 @@ impl TransferProcess {
                         break Err(error.into());
                     }
                     while listener.next_buffered().is_some() {}
+                    look = true;
                 }
-                () = tokio::time::sleep(IDLE_POLL) => {}
+                () = tokio::time::sleep_until(poll_at) => look = true,
             }
         };
         stop.cancel();

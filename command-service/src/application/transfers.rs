@@ -52,13 +52,8 @@ impl CommandHandler {
         context: CommandContext,
         encode: TransferReplyEncoder,
     ) -> Result<TransferReply, CommandError> {
-        if let Some(idempotency) = &context.idempotency
-            && let Some(stored) = self.store.stored_response(&idempotency.key).await?
-        {
-            return match idempotency::replay(stored, idempotency)? {
-                super::Reply::Replayed(reply) => Ok(TransferReply::Replayed(reply)),
-                super::Reply::Accepted(_) => Err(CommandError::Conflict),
-            };
+        if let Some(first) = self.stored_reply(&context).await? {
+            return Ok(first);
         }
         let id = TransferId::generate();
         let checked = self.check(&request, &context).await;
@@ -162,16 +157,27 @@ impl CommandHandler {
         })
     }
 
+    /// The reply a concurrent request with the same key stored first.
     async fn replay_taken(&self, context: &CommandContext) -> Result<TransferReply, CommandError> {
+        self.stored_reply(context)
+            .await?
+            .ok_or(CommandError::Conflict)
+    }
+
+    /// The first reply stored under the request's idempotency key, if any.
+    async fn stored_reply(
+        &self,
+        context: &CommandContext,
+    ) -> Result<Option<TransferReply>, CommandError> {
         let Some(idempotency) = &context.idempotency else {
-            return Err(CommandError::Conflict);
+            return Ok(None);
         };
-        match self.store.stored_response(&idempotency.key).await? {
-            Some(stored) => match idempotency::replay(stored, idempotency)? {
-                super::Reply::Replayed(reply) => Ok(TransferReply::Replayed(reply)),
-                super::Reply::Accepted(_) => Err(CommandError::Conflict),
-            },
-            None => Err(CommandError::Conflict),
+        let Some(stored) = self.store.stored_response(&idempotency.key).await? else {
+            return Ok(None);
+        };
+        match idempotency::replay(stored, idempotency)? {
+            super::Reply::Replayed(reply) => Ok(Some(TransferReply::Replayed(reply))),
+            super::Reply::Accepted(_) => Err(CommandError::Conflict),
         }
     }
 }
