@@ -5,25 +5,20 @@
 ARG RUST_VERSION=1.95
 ARG SERVICE
 
-FROM rust:${RUST_VERSION}-bookworm AS chef
+FROM rust:${RUST_VERSION}-bookworm AS builder
+ARG SERVICE
 WORKDIR /build
 ENV SQLX_OFFLINE=true
-RUN cargo install cargo-chef --version 0.1.78 --locked
-
-FROM chef AS planner
-COPY . .
-RUN cargo chef prepare --recipe-path recipe.json
-
-FROM chef AS builder
-ARG SERVICE
 RUN case "${SERVICE}" in \
       command-service|query-service) ;; \
       *) echo "SERVICE must be command-service or query-service (got '${SERVICE}')" >&2; exit 1 ;; \
     esac
-COPY --from=planner /build/recipe.json recipe.json
-RUN cargo chef cook --release --locked --recipe-path recipe.json --package "${SERVICE}"
 COPY . .
-RUN cargo build --release --locked --package "${SERVICE}" --bin "${SERVICE}" \
+# The registry and the target directory are BuildKit caches: a source change rebuilds only the
+# workspace crates (and vendor/, the patched dependencies), without a dependency-only layer.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/build/target \
+    cargo build --release --locked --package "${SERVICE}" --bin "${SERVICE}" \
  && install -D -m 0755 "target/release/${SERVICE}" "/out/${SERVICE}"
 
 FROM debian:bookworm-slim AS runtime
