@@ -50,13 +50,13 @@ const PIPELINE: &str = "event_pipeline_seconds";
 
 /// Both services' metrics at one moment.
 #[derive(Debug, Default)]
-struct Scrapes {
+pub(crate) struct Scrapes {
     command: Option<Scrape>,
     query: Option<Scrape>,
 }
 
 impl Scrapes {
-    async fn take(ctx: &Ctx) -> Self {
+    pub(crate) async fn take(ctx: &Ctx) -> Self {
         let of = |role| ctx.service(role).ok().map(|s| s.base_url());
         Self {
             command: match of(COMMAND) {
@@ -79,7 +79,7 @@ impl Scrapes {
     }
 
     /// Every stage's quantiles between `before` and `self`.
-    fn stages(&self, before: &Self) -> Vec<(&'static str, Option<Quantiles>)> {
+    pub(crate) fn stages(&self, before: &Self) -> Vec<(&'static str, Option<Quantiles>)> {
         STAGES
             .iter()
             .map(|&(stage, role)| {
@@ -253,35 +253,7 @@ fn section(results: &Results, out: &mut Markdown) {
             lag.fraction * 100.0,
             rate(lag.offered)
         ));
-        let stages = lag.stages.iter().map(|(stage, quantiles)| {
-            let service = STAGES
-                .iter()
-                .find(|(name, _)| name == stage)
-                .map_or("", |(_, role)| role);
-            match quantiles {
-                Some(q) if q.count > 0 => [
-                    (*stage).to_owned(),
-                    service.to_owned(),
-                    ms(q.p50_ms),
-                    ms(q.p99_ms),
-                    q.count.to_string(),
-                ],
-                Some(_) => [
-                    (*stage).to_owned(),
-                    service.to_owned(),
-                    MISSING.to_owned(),
-                    MISSING.to_owned(),
-                    "0".to_owned(),
-                ],
-                None => [
-                    (*stage).to_owned(),
-                    service.to_owned(),
-                    "not exported".to_owned(),
-                    MISSING.to_owned(),
-                    MISSING.to_owned(),
-                ],
-            }
-        });
+        let stages = stage_rows(&lag.stages);
         let visible = [
             "visible (from the acknowledgement)".to_owned(),
             "bench probe".to_owned(),
@@ -295,6 +267,41 @@ fn section(results: &Results, out: &mut Markdown) {
             stages.chain(std::iter::once(visible)),
         );
     }
+}
+
+/// The rows of a stage table: stage, service, p50, p99, events.
+pub(crate) fn stage_rows<'a>(
+    stages: &'a [(&'static str, Option<Quantiles>)],
+) -> impl Iterator<Item = [String; 5]> + 'a {
+    stages.iter().map(|(stage, quantiles)| {
+        let service = STAGES
+            .iter()
+            .find(|(name, _)| name == stage)
+            .map_or("", |(_, role)| role);
+        match quantiles {
+            Some(q) if q.count > 0 => [
+                (*stage).to_owned(),
+                service.to_owned(),
+                ms(q.p50_ms),
+                ms(q.p99_ms),
+                q.count.to_string(),
+            ],
+            Some(_) => [
+                (*stage).to_owned(),
+                service.to_owned(),
+                MISSING.to_owned(),
+                MISSING.to_owned(),
+                "0".to_owned(),
+            ],
+            None => [
+                (*stage).to_owned(),
+                service.to_owned(),
+                "not exported".to_owned(),
+                MISSING.to_owned(),
+                MISSING.to_owned(),
+            ],
+        }
+    })
 }
 
 fn method(results: &Results) -> Vec<String> {

@@ -15,6 +15,8 @@ use tokio::task::JoinSet;
 use crate::context::{COMMAND, Ctx, QUERY};
 use crate::load::{self, Accounts, Conn};
 use crate::phases::Side;
+use crate::phases::lag::{Scrapes, stage_rows};
+use crate::prom::Quantiles;
 use crate::report::format::{MISSING, duration, ms, rate};
 use crate::report::{Markdown, Part, Results, Target};
 use crate::stats::{Sample, micros, percentile};
@@ -24,6 +26,9 @@ const CLIENTS: usize = 16;
 /// The phase's own accounts: seeded, numbered from here, apart from the other phases'.
 const FIRST_ACCOUNT: u64 = 9_000_000;
 const ACCOUNTS: u64 = 200;
+/// Transfers run one at a time, untimed, before the timed ones: the first after the
+/// services start pay for their connections and caches.
+pub(crate) const WARM_UP_TRANSFERS: usize = 10;
 /// Longest wait for every requested transfer to end after a throughput run.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -47,6 +52,8 @@ pub(crate) struct Figures {
     pub(crate) completion_us: Vec<u64>,
     /// Idle transfers that did not complete.
     pub(crate) not_completed: usize,
+    /// Each pipeline stage over the timed idle transfers' events (legs included).
+    pub(crate) stages: Vec<(&'static str, Option<Quantiles>)>,
     pub(crate) turns: Vec<Turn>,
 }
 
@@ -71,7 +78,11 @@ pub(crate) async fn transfers(ctx: &mut Ctx, results: &mut Results) -> anyhow::R
     let mut requests = Conn::open(&command).await?;
     let mut reads = Conn::open(&query).await?;
     let mut rng = StdRng::from_os_rng();
-    for _ in 0..samples {
+    let mut before = None;
+    for turn in 0..WARM_UP_TRANSFERS + samples {
+        if turn == WARM_UP_TRANSFERS {
+            before = Some(Scrapes::take(ctx).await);
+        }
         let body = transfer_body(&accounts, &mut rng);
         let began = Instant::now();
         let id = request(&mut requests, body).await?;
@@ -85,6 +96,9 @@ pub(crate) async fn transfers(ctx: &mut Ctx, results: &mut Results) -> anyhow::R
                 break;
             }
         }
+        if turn < WARM_UP_TRANSFERS {
+            continue;
+        }
         if completed {
             results
                 .transfers
@@ -95,6 +109,10 @@ pub(crate) async fn transfers(ctx: &mut Ctx, results: &mut Results) -> anyhow::R
         }
     }
     results.transfers.completion_us.sort_unstable();
+    if let Some(before) = before {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        results.transfers.stages = Scrapes::take(ctx).await.stages(&before);
+    }
     progress!(
         "transfer requested → COMPLETED visible: p50 {:.1} ms p99 {:.1} ms over {samples}",
         results.transfers.completion_ms(0.5),
@@ -306,11 +324,19 @@ fn section(results: &Results, out: &mut Markdown) {
         "rrrrrrrr",
         rows,
     );
+    if !figures.stages.is_empty() {
+        out.paragraph("Where the time goes for the events of the transfers timed one at a time (each transfer's three events and its two legs), each stage from the event's `occurred_at` (as in the projection lag's tables):\n");
+        out.table(
+            &["stage", "recorded by", "p50 ms", "p99 ms", "events"],
+            "llrrr",
+            stage_rows(&figures.stages),
+        );
+    }
 }
 
 fn method(results: &Results) -> Vec<String> {
     let _ = results;
     vec![format!(
-        "**Transfers**: with the query service live, transfers of 0.01 MAD between random accounts of {ACCOUNTS} seeded for the phase (published to the query service before it starts). Completion: one at a time, `POST /transfers` then `GET /transfers/{{id}}?wait_ms=5000` on the query service until it is no longer `PENDING`, timed from the request. Throughput: {CLIENTS} closed-loop clients send transfers for the warm-up and the measure window; \"requested\" counts the `202` answers started in the window; \"ended\" is every transfer of the run (warm-up included) divided by the time from the first request to the moment the event store holds the last one's end (`TransferCompleted`, `TransferFailed` or `TransferRefunded`); the credits beside them are {CLIENTS} closed-loop clients crediting the same accounts, taking turns with the transfers (ABBA)."
+        "**Transfers**: with the query service live, transfers of 0.01 MAD between random accounts of {ACCOUNTS} seeded for the phase (published to the query service before it starts). Completion: one at a time, `POST /transfers` then `GET /transfers/{{id}}?wait_ms=5000` on the query service until it is no longer `PENDING`, timed from the request, after {WARM_UP_TRANSFERS} untimed ones. Throughput: {CLIENTS} closed-loop clients send transfers for the warm-up and the measure window; \"requested\" counts the `202` answers started in the window; \"ended\" is every transfer of the run (warm-up included) divided by the time from the first request to the moment the event store holds the last one's end (`TransferCompleted`, `TransferFailed` or `TransferRefunded`); the credits beside them are {CLIENTS} closed-loop clients crediting the same accounts, taking turns with the transfers (ABBA)."
     )]
 }

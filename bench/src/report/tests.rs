@@ -253,6 +253,18 @@ fn fixture() -> Results {
         transfers: transfers::Figures {
             completion_us: vec![8_000, 9_000, 12_000, 61_000],
             not_completed: 0,
+            stages: lag::STAGES
+                .iter()
+                .enumerate()
+                .map(|(n, (stage, _))| {
+                    let quantiles = Quantiles {
+                        count: 20,
+                        p50_ms: 2.0 * (n as f64 + 1.0),
+                        p99_ms: 4.0 * (n as f64 + 1.0),
+                    };
+                    (*stage, Some(quantiles))
+                })
+                .collect(),
             turns: vec![transfers::Turn {
                 credits: sample(3000.0, 5.0, 12.0),
                 requested: sample(900.0, 15.0, 40.0),
