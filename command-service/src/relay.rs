@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use event_store::{EventStore, OutboxLeader, RecordedEvent, StoreError};
+use futures::future::BoxFuture;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
@@ -145,9 +146,26 @@ impl Relay {
                     }
                     Err(error) => Err(error),
                 }
-            } else if let Some(window) = in_flight.pop_front() {
+            } else if !in_flight.is_empty() {
+                // Caught up, or as many windows in flight as allowed: the oldest window's
+                // confirms, or (with room for another window) a wake-up for new events,
+                // which are then published without waiting for those confirms.
+                let room = in_flight.len() < WINDOWS_IN_FLIGHT;
+                let Some(window) = in_flight.front_mut() else {
+                    continue;
+                };
+                let settled = tokio::select! {
+                    biased;
+                    settled = self.within("confirm a window", &mut window.settled) => Some(settled),
+                    _ = listener.recv(), if room => None,
+                };
                 caught_up = false;
-                match self.within("confirm a window", window.settle()).await {
+                let Some(settled) = settled else {
+                    while listener.next_buffered().is_some() {}
+                    continue;
+                };
+                in_flight.pop_front();
+                match settled {
                     Ok((last, count)) => {
                         leader.confirm(last).await?;
                         confirmed = last;
@@ -288,26 +306,27 @@ fn traceparent(correlation_id: &str, event_id: uuid::Uuid) -> Option<String> {
 struct Window {
     /// When the oldest event of the window occurred.
     oldest: DateTime<Utc>,
-    confirms: Vec<(i64, DateTime<Utc>, PublisherConfirm)>,
+    /// The broker's confirms of every event of the window: the position of the last one
+    /// and how many there were, or the first refusal.
+    settled: BoxFuture<'static, Result<(i64, u64), PublishError>>,
 }
 
-impl Window {
-    /// Waits for the broker to confirm every event of the window; the position of the
-    /// last one and how many there were, or the first refusal.
-    async fn settle(self) -> Result<(i64, u64), PublishError> {
-        let confirmed = metrics::histogram!(PIPELINE, "stage" => "confirmed");
-        let mut last = None;
-        let count = self.confirms.len() as u64;
-        for (position, occurred_at, confirm) in self.confirms {
-            if !confirm.await?.is_ack() {
-                return Err(PublishError::Nacked(position));
-            }
-            confirmed.record(seconds_since(occurred_at));
-            last = Some(position);
+/// Waits for the broker to confirm each of `confirms`, in order.
+async fn settle(
+    confirms: Vec<(i64, DateTime<Utc>, PublisherConfirm)>,
+) -> Result<(i64, u64), PublishError> {
+    let confirmed = metrics::histogram!(PIPELINE, "stage" => "confirmed");
+    let mut last = None;
+    let count = confirms.len() as u64;
+    for (position, occurred_at, confirm) in confirms {
+        if !confirm.await?.is_ack() {
+            return Err(PublishError::Nacked(position));
         }
-        last.map(|last| (last, count))
-            .ok_or(PublishError::EmptyWindow)
+        confirmed.record(seconds_since(occurred_at));
+        last = Some(position);
     }
+    last.map(|last| (last, count))
+        .ok_or(PublishError::EmptyWindow)
 }
 
 /// Records in `event_pipeline_seconds` that `events` reached `stage`.
@@ -323,8 +342,8 @@ impl Publisher {
         self.connection.status().connected() && self.channel.status().connected()
     }
 
-    /// Publishes a window of events; the broker's confirms are awaited by
-    /// [`Window::settle`].
+    /// Publishes a window of events; the broker's confirms are awaited through
+    /// [`Window::settled`].
     async fn publish(
         &self,
         exchange: &str,
@@ -380,7 +399,7 @@ impl Publisher {
         }
         Ok(Window {
             oldest: events.first().map_or_else(Utc::now, |e| e.occurred_at),
-            confirms,
+            settled: Box::pin(settle(confirms)),
         })
     }
 

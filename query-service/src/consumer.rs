@@ -49,9 +49,11 @@ use crate::topology::{Topology, TopologyError, watch_dead_letters};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Batches projected at the same time across all the queues of a replica (as many as
-/// the one shared queue's pipeline had): the read model's connections are few.
-const BATCHES_PROJECTING: usize = 2;
+/// Batches projected at the same time across all the queues of a replica. Two (what
+/// the one shared queue's pipeline had) left the eight partitions' small batches queueing
+/// for a slot: 40 ms of the lag at 10 % of peak (`bench/run.sh --quick`). Six leave the
+/// read model's pool (10 connections by default) room for the reads.
+const BATCHES_PROJECTING: usize = 6;
 
 #[derive(Debug, thiserror::Error)]
 enum ConsumeError {
