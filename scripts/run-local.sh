@@ -133,6 +133,13 @@ mint() {
         die "command-service token failed (sub $sub)"
 }
 
+# The query service's partitions need the broker's consistent-hash exchange (shipped with RabbitMQ,
+# off by default): enabled here for the local broker, as .ci/run does. Another broker is left alone.
+if [[ -z ${AMQP_URL:-} ]] && command -v rabbitmq-plugins >/dev/null; then
+    rabbitmq-plugins -q enable rabbitmq_consistent_hash_exchange >/dev/null ||
+        log "could not enable rabbitmq_consistent_hash_exchange; the query service needs it (or AMQP_PARTITIONS=0)"
+fi
+
 log "building (cargo build --release -p command-service -p query-service)"
 cargo build --release -p command-service -p query-service
 mkdir -p "$LOG_DIR"
