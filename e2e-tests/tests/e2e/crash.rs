@@ -8,7 +8,7 @@ use e2e_tests::Stack;
 use e2e_tests::model::{Expected, account_view, balance_sheet, served_balance_sheet};
 use e2e_tests::stack::metric;
 use serde_json::json;
-use test_support::Api;
+use test_support::{Api, Broker};
 
 const CLIENTS: usize = 8;
 const COMMANDS_PER_CLIENT: usize = 30;
@@ -121,6 +121,8 @@ async fn of_two_query_replicas_the_one_left_after_the_active_one_is_killed_takes
     // Given the query service, active on every partition (it consumed them first), and a
     // replica waiting on each (single active consumer)
     let mut stack = Stack::start().await;
+    let broker = Broker::connect().await;
+    stack.wait_for_consumer(&broker).await;
     let (replica, replica_api) = stack.query_replica().await;
     let ids = accounts(&stack).await;
     let command = stack.command().clone();
