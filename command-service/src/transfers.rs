@@ -2,11 +2,12 @@
 //! and restarts. One process leads across all replicas (a session advisory lock);
 //! the others stand by.
 //!
-//! Woken after every transfer request (a notification the requesting replica sends once
-//! it committed; a poll every second covers one lost with a crash), the leader reads the
+//! Woken by every commit that requests a transfer (a notification; a poll every second
+//! covers one missed while the process reconnects), the leader reads the
 //! transfer requests after the last one it saw and drives each in a task of its own:
 //! debit the source, then credit the destination, or refund the source when the
-//! destination refuses, recording each outcome in the transfer's stream. Every leg is
+//! destination refuses, recording each outcome in the transfer's stream (a leg taken
+//! is recorded in the leg's own transaction). Every leg is
 //! an account command with a deterministic identity: its idempotency key
 //! (`transfer:<id>:<kind>`) and its event id ([`TransferLeg::event_id`]), so a leg
 //! repeated after a crash is recognised instead of applied again. The checkpoint
@@ -15,7 +16,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use event_store::{Append, EventStore, StoreError, TransferProcessLeader};
+use event_store::{Append, EventStore, StoreError, StreamAppend, TransferProcessLeader};
 use service_kit::backoff::Backoff;
 use shared_events::{LegKind, TransferId};
 use tokio::task::JoinSet;
@@ -55,7 +56,8 @@ pub(crate) struct TransferProcess {
 
 /// What a leg came to.
 enum LegOutcome {
-    Taken,
+    /// Taken and recorded: the transfer after it (`None`: load it again).
+    Taken(Option<TransferRecord>),
     /// Refused by the account, with the contract's code.
     Refused(String),
 }
@@ -231,46 +233,64 @@ impl TransferProcess {
         resumed: bool,
     ) -> Result<Option<TransferRecord>, CommandError> {
         let transfer = &record.transfer;
-        let command = match step {
-            Step::DebitSource => match self.leg(transfer, LegKind::TransferOut, resumed).await? {
-                LegOutcome::Taken => TransferCommand::RecordDebit,
-                LegOutcome::Refused(code) => TransferCommand::RecordDebitRefused { code },
-            },
-            Step::CreditDestination if resumed && self.refunded(transfer).await? => {
-                TransferCommand::RecordRefund {
-                    code: self.credit_refusal(transfer).await?,
+        match step {
+            Step::DebitSource => {
+                let debit = TransferCommand::RecordDebit;
+                match self
+                    .leg(record, LegKind::TransferOut, debit, resumed)
+                    .await?
+                {
+                    LegOutcome::Taken(after) => Ok(after),
+                    LegOutcome::Refused(code) => {
+                        self.record(record, &TransferCommand::RecordDebitRefused { code })
+                            .await
+                    }
                 }
             }
+            Step::CreditDestination if resumed && self.refunded(transfer).await? => {
+                let code = self.credit_refusal(transfer).await?;
+                self.record(record, &TransferCommand::RecordRefund { code })
+                    .await
+            }
             Step::CreditDestination => {
-                match self.leg(transfer, LegKind::TransferIn, resumed).await? {
-                    LegOutcome::Taken => TransferCommand::RecordCredit,
+                let credit = TransferCommand::RecordCredit;
+                match self
+                    .leg(record, LegKind::TransferIn, credit, resumed)
+                    .await?
+                {
+                    LegOutcome::Taken(after) => Ok(after),
                     LegOutcome::Refused(code) => {
-                        match self.leg(transfer, LegKind::TransferRefund, resumed).await? {
-                            LegOutcome::Taken => TransferCommand::RecordRefund { code },
-                            LegOutcome::Refused(refusal) => {
-                                return Err(CommandError::Unavailable(format!(
-                                    "the source refused the refund ({refusal})"
-                                )));
-                            }
+                        let refund = TransferCommand::RecordRefund { code };
+                        match self
+                            .leg(record, LegKind::TransferRefund, refund, resumed)
+                            .await?
+                        {
+                            LegOutcome::Taken(after) => Ok(after),
+                            LegOutcome::Refused(refusal) => Err(CommandError::Unavailable(
+                                format!("the source refused the refund ({refusal})"),
+                            )),
                         }
                     }
                 }
             }
-        };
-        self.record(record, &command).await
+        }
     }
 
-    /// Runs a leg once: a leg whose event is already in the store was taken (looked
-    /// for when `resumed`; otherwise its idempotency key still recognises a repeat).
+    /// Runs a leg once, recording `then` in the same transaction when it is taken: a
+    /// leg whose event is already in the store was taken (looked for when `resumed`;
+    /// otherwise its idempotency key still recognises a repeat), and is recorded on
+    /// its own.
     async fn leg(
         &self,
-        transfer: &Transfer,
+        record: &TransferRecord,
         kind: LegKind,
+        then: TransferCommand,
         resumed: bool,
     ) -> Result<LegOutcome, CommandError> {
+        let transfer = &record.transfer;
         let leg = transfer.leg(kind);
         if resumed && self.store.event_exists(leg.event_id()).await? {
-            return Ok(LegOutcome::Taken);
+            return Ok(LegOutcome::Taken(self.record(record, &then).await?));
         }
         let account = match kind {
             LegKind::TransferOut | LegKind::TransferRefund => transfer.from,
@@ -278,36 +298,45 @@ impl TransferProcess {
         };
         let key = leg_key(transfer, kind);
         let context = CommandContext {
-            requester: Requester {
-                sub: transfer.requested_by.clone(),
-                admin: true,
-            },
-            client_id: Some(PROCESS_CLIENT.to_owned()),
-            correlation_id: Some(transfer.id.to_string()),
             idempotency: Some(IdempotencyKey {
                 key: key.clone(),
                 client_key: key,
                 fingerprint: b"transfer-leg".to_vec(),
             }),
-            deadline: Instant::now() + LEG_TIMEOUT,
+            ..process_context(transfer)
         };
         let command = AccountCommand::Leg {
             leg,
             amount: transfer.amount,
         };
-        match self.handler.execute(account, command, context).await {
-            Ok(Reply::Accepted(_)) => Ok(LegOutcome::Taken),
-            Ok(Reply::Replayed(stored)) if stored.status < 300 => Ok(LegOutcome::Taken),
-            Ok(Reply::Replayed(stored)) => Ok(LegOutcome::Refused(
-                stored.body["code"]
-                    .as_str()
-                    .unwrap_or("invalid_state")
-                    .to_owned(),
-            )),
-            Err(CommandError::Domain(refusal)) => {
-                Ok(LegOutcome::Refused(refusal.code().as_str().to_owned()))
+        let recording = self.recording(record, &then)?;
+        let companion = recording.as_ref().map(|recording| recording.append.clone());
+        let taken = match self
+            .handler
+            .execute_with(account, command, context, companion)
+            .await
+        {
+            Ok(Reply::Accepted(accepted)) => accepted.companion_appended,
+            Ok(Reply::Replayed(stored)) if stored.status < 300 => false,
+            Ok(Reply::Replayed(stored)) => {
+                return Ok(LegOutcome::Refused(
+                    stored.body["code"]
+                        .as_str()
+                        .unwrap_or("invalid_state")
+                        .to_owned(),
+                ));
             }
-            Err(error) => Err(error),
+            Err(CommandError::Domain(refusal)) => {
+                return Ok(LegOutcome::Refused(refusal.code().as_str().to_owned()));
+            }
+            Err(error) => return Err(error),
+        };
+        match recording {
+            Some(recording) if taken => {
+                count_step(&then);
+                Ok(LegOutcome::Taken(recording.after))
+            }
+            _ => Ok(LegOutcome::Taken(self.record(record, &then).await?)),
         }
     }
 
@@ -329,55 +358,91 @@ impl TransferProcess {
             .unwrap_or_else(|| "destination_refused".to_owned()))
     }
 
-    /// Appends the events `command` causes to the transfer's stream.
-    async fn record(
+    /// The append that records `command` in the transfer's stream, and the transfer
+    /// after it (`None`: the command changes nothing).
+    fn recording(
         &self,
         record: &TransferRecord,
         command: &TransferCommand,
-    ) -> Result<Option<TransferRecord>, CommandError> {
+    ) -> Result<Option<Recording>, CommandError> {
         let transfer = &record.transfer;
         let events = decide(Some(transfer), command)?;
         if events.is_empty() {
             return Ok(None);
         }
-        let context = CommandContext {
-            requester: Requester {
-                sub: transfer.requested_by.clone(),
-                admin: true,
-            },
-            client_id: Some(PROCESS_CLIENT.to_owned()),
-            correlation_id: Some(transfer.id.to_string()),
-            idempotency: None,
-            deadline: Instant::now() + LEG_TIMEOUT,
-        };
         let occurred_at = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
-        let new_events = transfer_events(&events, &context, occurred_at);
+        let new_events = transfer_events(&events, &process_context(transfer), occurred_at);
+        let after = events
+            .iter()
+            .try_fold(transfer.clone(), |t, e| evolve(transfer.id, Some(t), e))
+            .map(|transfer| TransferRecord {
+                transfer,
+                created_at: record.created_at,
+                updated_at: occurred_at,
+            });
+        Ok(Some(Recording {
+            append: StreamAppend {
+                stream_id: transfer.id.as_uuid(),
+                expected_version: i64::try_from(transfer.version).unwrap_or(i64::MAX),
+                events: new_events,
+                snapshot: None,
+                responses: Vec::new(),
+                requires: None,
+            },
+            after,
+        }))
+    }
+
+    /// Appends the events `command` causes to the transfer's stream, alone.
+    async fn record(
+        &self,
+        record: &TransferRecord,
+        command: &TransferCommand,
+    ) -> Result<Option<TransferRecord>, CommandError> {
+        let Some(recording) = self.recording(record, command)? else {
+            return Ok(None);
+        };
         let append = Append {
-            stream_id: transfer.id.as_uuid(),
-            expected_version: i64::try_from(transfer.version).unwrap_or(i64::MAX),
-            events: &new_events,
+            stream_id: recording.append.stream_id,
+            expected_version: recording.append.expected_version,
+            events: &recording.append.events,
             snapshot: None,
             response: None,
         };
         match self.store.append(append).await {
             Ok(_) => {
-                let after = events
-                    .iter()
-                    .try_fold(transfer.clone(), |t, e| evolve(transfer.id, Some(t), e));
-                metrics::counter!("transfer_steps_total", "outcome" => outcome_label(command))
-                    .increment(1);
-                Ok(after.map(|transfer| TransferRecord {
-                    transfer,
-                    created_at: record.created_at,
-                    updated_at: new_events
-                        .first()
-                        .map_or(record.updated_at, |event| event.occurred_at),
-                }))
+                count_step(command);
+                Ok(recording.after)
             }
             Err(StoreError::Conflict { .. }) => Ok(None),
             Err(error) => Err(error.into()),
         }
     }
+}
+
+/// A transfer step's events, ready to append, and the transfer they leave.
+struct Recording {
+    append: StreamAppend,
+    after: Option<TransferRecord>,
+}
+
+/// Who the process's commands and records act as: the requester, through the process,
+/// correlated by the transfer id.
+fn process_context(transfer: &Transfer) -> CommandContext {
+    CommandContext {
+        requester: Requester {
+            sub: transfer.requested_by.clone(),
+            admin: true,
+        },
+        client_id: Some(PROCESS_CLIENT.to_owned()),
+        correlation_id: Some(transfer.id.to_string()),
+        idempotency: None,
+        deadline: Instant::now() + LEG_TIMEOUT,
+    }
+}
+
+fn count_step(command: &TransferCommand) {
+    metrics::counter!("transfer_steps_total", "outcome" => outcome_label(command)).increment(1);
 }
 
 /// The idempotency key of a leg: the same for every attempt.

@@ -100,15 +100,19 @@ impl StreamHead {
     }
 }
 
-/// One stream's part of a batch append: its events, the snapshot after them, and
-/// the responses to remember under idempotency keys.
+/// One stream's part of a batch append: its events, the snapshot after them (`None`
+/// keeps the stream's previous one), the responses to remember under idempotency keys,
+/// and the stream whose append it requires.
 #[derive(Debug, Clone)]
 pub struct StreamAppend {
     pub stream_id: Uuid,
     pub expected_version: i64,
     pub events: Vec<NewEvent>,
-    pub snapshot: Value,
+    pub snapshot: Option<Value>,
     pub responses: Vec<StoredResponse>,
+    /// Appended only if this other stream of the batch is accepted (a transfer's
+    /// record of a leg requires the leg's account).
+    pub requires: Option<Uuid>,
 }
 
 /// Handle on the Postgres event store. Cheap to clone.
@@ -206,17 +210,19 @@ impl EventStore {
     }
 
     /// Appends to many streams in one transaction. A stream whose version moved is
-    /// skipped, not an error: the accepted streams are returned. A taken idempotency
-    /// key fails the whole batch with [`StoreError::IdempotencyKeyTaken`].
+    /// skipped, not an error, and so is a stream whose required stream was skipped:
+    /// the accepted streams are returned. A taken idempotency key fails the whole
+    /// batch with [`StoreError::IdempotencyKeyTaken`].
     pub async fn append_batch(
         &self,
         appends: &[StreamAppend],
         snapshot_schema: i32,
     ) -> Result<HashSet<Uuid>, StoreError> {
-        // Same lock order in every batch: no deadlock between concurrent batches.
+        // Same lock order in every batch: no deadlock between concurrent batches. The
+        // streams that require another come last, after the one they require.
         let mut ordered: Vec<&StreamAppend> =
             appends.iter().filter(|a| !a.events.is_empty()).collect();
-        ordered.sort_by_key(|a| a.stream_id);
+        ordered.sort_by_key(|a| (a.requires.is_some(), a.stream_id));
         let events = || {
             ordered
                 .iter()
@@ -231,12 +237,12 @@ impl EventStore {
             a.expected_version + 1 + i64::try_from(index).unwrap_or(i64::MAX)
         };
         let accepted: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+            "SELECT append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
         )
         .bind(ordered.iter().map(|a| a.stream_id).collect::<Vec<_>>())
         .bind(ordered.iter().map(|a| a.expected_version).collect::<Vec<_>>())
         .bind(ordered.iter().map(|a| version_of(a, a.events.len() - 1)).collect::<Vec<_>>())
-        .bind(ordered.iter().map(|a| &a.snapshot).collect::<Vec<_>>())
+        .bind(ordered.iter().map(|a| a.snapshot.as_ref()).collect::<Vec<_>>())
         .bind(snapshot_schema)
         .bind(events().map(|(a, _)| a.stream_id).collect::<Vec<_>>())
         .bind(
@@ -256,6 +262,7 @@ impl EventStore {
         .bind(responses().map(|(_, r)| r.fingerprint.as_slice()).collect::<Vec<_>>())
         .bind(responses().map(|(_, r)| i16::try_from(r.status).unwrap_or(i16::MAX)).collect::<Vec<_>>())
         .bind(responses().map(|(_, r)| &r.body).collect::<Vec<_>>())
+        .bind(ordered.iter().map(|a| a.requires).collect::<Vec<_>>())
         .fetch_all(&self.pool)
         .await
         .map_err(|error| StoreError::from_append(error, Uuid::nil(), 0, Some("(batch)")))?;

@@ -368,9 +368,57 @@ fn stream_append(stream_id: Uuid, expected_version: i64, kinds: &[&str]) -> Stre
         stream_id,
         expected_version,
         events: kinds.iter().map(|kind| event(kind)).collect(),
-        snapshot: json!({"at": expected_version + kinds.len() as i64}),
+        snapshot: Some(json!({"at": expected_version + kinds.len() as i64})),
         responses: Vec::new(),
+        requires: None,
     }
+}
+
+#[tokio::test]
+async fn a_stream_that_requires_another_is_appended_only_with_it_and_after_it() {
+    // Given an account-like stream that moved, one that did not, and a stream each
+    // requiring one of them
+    let store = fresh_store().await;
+    let (moved, held) = (Uuid::now_v7(), Uuid::now_v7());
+    let (after_moved, after_held) = (Uuid::nil(), Uuid::max());
+    store.append(append(moved, 0, &[event("A")])).await.unwrap();
+    store.append(append(held, 0, &[event("A")])).await.unwrap();
+    let requiring = |stream_id, required| StreamAppend {
+        snapshot: None,
+        requires: Some(required),
+        ..stream_append(stream_id, 0, &["Recorded"])
+    };
+
+    // When they are appended in one batch, the requiring streams listed first
+    let accepted = store
+        .append_batch(
+            &[
+                requiring(after_moved, moved),
+                requiring(after_held, held),
+                stream_append(moved, 0, &["B"]),
+                stream_append(held, 1, &["B"]),
+            ],
+            1,
+        )
+        .await
+        .unwrap();
+
+    // Then only the stream whose required append held is appended, after it, unsnapshotted
+    assert_eq!(accepted, HashSet::from([held, after_held]));
+    let feed: Vec<(Uuid, String)> = store
+        .read_all(2, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.stream_id, e.event_type))
+        .collect();
+    assert_eq!(
+        feed,
+        [(held, "B".to_owned()), (after_held, "Recorded".to_owned())]
+    );
+    let loaded = store.load_many(&[after_moved, after_held]).await.unwrap();
+    assert!(!loaded.contains_key(&after_moved));
+    assert!(loaded[&after_held].snapshot.is_none());
 }
 
 #[tokio::test]
@@ -491,4 +539,33 @@ async fn the_log_refuses_to_be_rewritten_even_by_a_superuser() {
     let stored = store.read_stream(stream, 1).await.unwrap().unwrap();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].data, json!({"n": "A"}));
+}
+
+#[tokio::test]
+async fn the_commit_that_requests_a_transfer_wakes_the_transfer_process() {
+    // Given a transfer process listening
+    let store = fresh_store().await;
+    let mut listener = store.listen_transfer_requests().await.unwrap();
+
+    // When other events commit, then a transfer request
+    store
+        .append(append(Uuid::now_v7(), 0, &[event("AccountCredited")]))
+        .await
+        .unwrap();
+    let request = Uuid::now_v7();
+    store
+        .append(append(request, 0, &[event("TransferRequested")]))
+        .await
+        .unwrap();
+
+    // Then the one wake-up it gets comes from the request, and leads to it
+    tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv())
+        .await
+        .expect("the request's commit notifies")
+        .unwrap();
+    assert!(listener.next_buffered().is_none(), "one wake-up, not two");
+    let mut leader = store.try_lead_transfers().await.unwrap().unwrap();
+    let requests = leader.requests_after(0, 10).await.unwrap();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].transfer_id, request);
 }

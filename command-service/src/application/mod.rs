@@ -19,7 +19,7 @@ mod writer;
 
 use std::sync::Arc;
 
-use event_store::EventStore;
+use event_store::{EventStore, StreamAppend};
 use shared_events::{AccountId, Actor, EventMetadata, Money};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -87,6 +87,9 @@ pub(crate) struct Accepted {
     pub(crate) balance: Option<Money>,
     /// Whether the command opened the account.
     pub(crate) opened: bool,
+    /// Whether the append that came with the command ([`CommandHandler::execute_with`])
+    /// committed in its transaction.
+    pub(crate) companion_appended: bool,
 }
 
 /// The answer to a command that was not refused.
@@ -132,16 +135,30 @@ impl CommandHandler {
         command: AccountCommand,
         context: CommandContext,
     ) -> Outcome {
+        self.execute_with(id, command, context, None).await
+    }
+
+    /// [`CommandHandler::execute`], with `companion` appended in the same transaction
+    /// if the command is accepted and the companion's stream is still at its expected
+    /// version ([`Accepted::companion_appended`] tells); never without the command.
+    pub(crate) async fn execute_with(
+        &self,
+        id: AccountId,
+        command: AccountCommand,
+        context: CommandContext,
+        companion: Option<StreamAppend>,
+    ) -> Outcome {
         let name = command.name();
         let deadline = context.deadline;
-        let outcome = tokio::time::timeout_at(deadline, self.submit(id, command, context))
-            .await
-            .unwrap_or_else(|_| {
-                tracing::warn!(account_id = %id, command = name, "command deadline passed");
-                Err(CommandError::OutcomeUnknown(
-                    "the command did not finish in time".into(),
-                ))
-            });
+        let outcome =
+            tokio::time::timeout_at(deadline, self.submit(id, command, context, companion))
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::warn!(account_id = %id, command = name, "command deadline passed");
+                    Err(CommandError::OutcomeUnknown(
+                        "the command did not finish in time".into(),
+                    ))
+                });
         metrics::counter!(
             "commands_total",
             "command" => name,
@@ -162,6 +179,7 @@ impl CommandHandler {
         id: AccountId,
         command: AccountCommand,
         context: CommandContext,
+        companion: Option<StreamAppend>,
     ) -> Outcome {
         if let Some(idempotency) = &context.idempotency
             && let Some(stored) = self.store.stored_response(&idempotency.key).await?
@@ -175,6 +193,7 @@ impl CommandHandler {
             id,
             command,
             context,
+            companion,
             reply,
         };
         self.writers[writer]

@@ -106,8 +106,6 @@ pub(super) fn rebuild(
 }
 
 /// The snapshot to store for an account after a command ([`SNAPSHOT_SCHEMA`]).
-pub(super) fn snapshot(account: Option<&Account>) -> Value {
-    account
-        .and_then(|a| serde_json::to_value(a).ok())
-        .unwrap_or(Value::Null)
+pub(super) fn snapshot(account: Option<&Account>) -> Option<Value> {
+    account.and_then(|a| serde_json::to_value(a).ok())
 }

@@ -105,12 +105,7 @@ impl CommandHandler {
             response: remembered.as_ref(),
         };
         match self.store.append(append).await {
-            Ok(_) => {
-                if let Err(error) = self.store.notify_transfer_requested().await {
-                    tracing::warn!(error = %error, "cannot wake the transfer process; it polls");
-                }
-                Ok(TransferReply::Requested(record(&transfer)))
-            }
+            Ok(_) => Ok(TransferReply::Requested(record(&transfer))),
             Err(StoreError::IdempotencyKeyTaken(_)) => self.replay_taken(&context).await,
             Err(error) if error.outcome_unknown() => {
                 Err(CommandError::OutcomeUnknown(error.to_string()))

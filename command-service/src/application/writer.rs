@@ -42,6 +42,8 @@ pub(super) struct Job {
     pub(super) id: AccountId,
     pub(super) command: AccountCommand,
     pub(super) context: CommandContext,
+    /// Appended with the command's events if it is accepted.
+    pub(super) companion: Option<StreamAppend>,
     pub(super) reply: oneshot::Sender<Outcome>,
 }
 
@@ -222,17 +224,18 @@ impl Writer {
             return Ok(Vec::new());
         }
 
-        let appends: Vec<StreamAppend> = plans.iter().map(|plan| plan.append.clone()).collect();
+        let mut appends: Vec<StreamAppend> = plans.iter().map(|plan| plan.append.clone()).collect();
+        appends.extend(plans.iter().flat_map(companions));
         let jobs_of = |plans: Vec<Plan>| {
             plans
                 .into_iter()
                 .flat_map(|plan| plan.decided.into_iter().map(|(job, _)| job))
         };
         match self.store.append_batch(&appends, SNAPSHOT_SCHEMA).await {
-            Ok(accepted) => {
+            Ok(accepted_streams) => {
                 let (committed, conflicted): (Vec<Plan>, Vec<Plan>) = plans
                     .into_iter()
-                    .partition(|plan| accepted.contains(&plan.append.stream_id));
+                    .partition(|plan| accepted_streams.contains(&plan.append.stream_id));
                 let stage = metrics::histogram!(PIPELINE, "stage" => "committed");
                 for plan in committed {
                     for event in &plan.append.events {
@@ -241,7 +244,13 @@ impl Writer {
                     if let Some(after) = plan.after {
                         self.recent.keep(plan.append.stream_id, after);
                     }
-                    for (job, outcome) in plan.decided {
+                    for (job, mut outcome) in plan.decided {
+                        if let (Some(companion), Ok(Reply::Accepted(accepted))) =
+                            (&job.companion, &mut outcome)
+                        {
+                            accepted.companion_appended =
+                                accepted_streams.contains(&companion.stream_id);
+                        }
                         let _ = job.reply.send(outcome);
                     }
                 }
@@ -353,6 +362,7 @@ impl Writer {
                 events,
                 snapshot: rehydrate::snapshot(account.as_ref()),
                 responses: records,
+                requires: None,
             },
             decided,
             after: account,
@@ -403,7 +413,20 @@ fn accepted(id: AccountId, command: &AccountCommand, after: &Account) -> Accepte
         )
         .then_some(after.balance),
         opened: matches!(command, AccountCommand::Create { .. }),
+        companion_appended: false,
     }
+}
+
+/// The companions of a plan's accepted commands, each requiring the plan's account.
+fn companions(plan: &Plan) -> impl Iterator<Item = StreamAppend> + '_ {
+    plan.decided
+        .iter()
+        .filter(|(_, outcome)| matches!(outcome, Ok(Reply::Accepted(_))))
+        .filter_map(|(job, _)| job.companion.clone())
+        .map(|companion| StreamAppend {
+            requires: Some(plan.append.stream_id),
+            ..companion
+        })
 }
 
 fn to_new_events(events: &[AccountEvent], context: &CommandContext) -> Vec<NewEvent> {

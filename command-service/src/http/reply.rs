@@ -291,18 +291,21 @@ mod tests {
                 version: 1,
                 balance: None,
                 opened: true,
+                companion_appended: false,
             }),
             Ok(Accepted {
                 id,
                 version: 3,
                 balance: None,
                 opened: false,
+                companion_appended: false,
             }),
             Ok(Accepted {
                 id,
                 version: 4,
                 balance: Some(money("12.50")),
                 opened: false,
+                companion_appended: false,
             }),
             Err(CommandError::Domain(DomainError::InsufficientFunds {
                 balance: "1.00".into(),
