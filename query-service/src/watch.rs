@@ -4,16 +4,35 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use uuid::Uuid;
 
 type Channels = Arc<Mutex<HashMap<Uuid, watch::Sender<i64>>>>;
 
-/// How often a bounded wait reads the database again without being woken: another
-/// replica may have projected the stream (its partition is active there), and only
-/// this process's writes wake its waiters.
-pub(crate) const RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
+/// The pauses of a bounded wait between reads of the database it was not woken for:
+/// another replica may have projected the stream (its partition is active there), and
+/// only this process's writes wake its waiters. Short at first, since a projection
+/// takes milliseconds, then doubling up to [`Recheck::LONGEST`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Recheck(Duration);
+
+impl Recheck {
+    const FIRST: Duration = Duration::from_millis(5);
+    const LONGEST: Duration = Duration::from_millis(200);
+
+    pub(crate) fn new() -> Self {
+        Self(Self::FIRST)
+    }
+
+    /// The pause before the next read.
+    pub(crate) fn next_pause(&mut self) -> Duration {
+        let pause = self.0;
+        self.0 = (pause * 2).min(Self::LONGEST);
+        pause
+    }
+}
 
 /// Per-account channels of the latest version known to be projected. A channel
 /// exists only while someone waits on that account.
@@ -101,6 +120,13 @@ mod tests {
             .unwrap();
         drop(subscription);
         assert!(watch.channels.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn rechecks_start_short_and_double_up_to_the_longest() {
+        let mut recheck = Recheck::new();
+        let pauses: Vec<u128> = (0..8).map(|_| recheck.next_pause().as_millis()).collect();
+        assert_eq!(pauses, [5, 10, 20, 40, 80, 160, 200, 200]);
     }
 
     #[test]

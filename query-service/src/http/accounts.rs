@@ -20,6 +20,7 @@ use super::dto::{
 use super::refusals::{AccountRefusals, BalanceSheetRefusals, ListRefusals, OperationsRefusals};
 use crate::error::ApiError;
 use crate::store::{AccountFilter, AccountRecord, Reach};
+use crate::watch::Recheck;
 
 const DEFAULT_WAIT_MS: u64 = 2000;
 /// The longest wait of any read.
@@ -133,6 +134,7 @@ async fn wait_for_version(
         .map_err(|_| ApiError::Invalid("min_version is too large".to_owned()))?;
     let deadline = Instant::now() + wait;
     let mut subscription = state.watch.subscribe(id);
+    let mut recheck = Recheck::new();
     loop {
         let account = state.store.account(id, reach).await?;
         let projected = account.as_ref().map_or(0, |a| a.version);
@@ -143,7 +145,7 @@ async fn wait_for_version(
         }
         let gave_up = tokio::select! {
             () = subscription.changed() => false,
-            () = tokio::time::sleep(crate::watch::RECHECK) => false,
+            () = tokio::time::sleep(recheck.next_pause()) => false,
             () = tokio::time::sleep_until(deadline) => true,
             () = state.shutdown.cancelled() => true,
         };

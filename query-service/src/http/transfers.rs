@@ -17,6 +17,7 @@ use super::dto::{Transfer, TransferPage, TransferPageQuery, TransferQuery, uuid}
 use super::refusals::{OperationsRefusals, TransferRefusals};
 use crate::error::ApiError;
 use crate::store::{Reach, TransferCursor, TransferRecord};
+use crate::watch::Recheck;
 
 /// One transfer (`accounts:read`: one whose source or destination the caller owns;
 /// any for `accounts:admin`; another's is a 404 like an unknown one). With `wait_ms`,
@@ -66,6 +67,7 @@ async fn wait_for_end(
     let deadline = Instant::now() + wait;
     // Subscribed before the first read, so that no commit in between is missed.
     let mut subscription = state.watch.subscribe(id);
+    let mut recheck = Recheck::new();
     loop {
         let transfer = state.store.transfer(id, reach).await?;
         if transfer.as_ref().is_some_and(has_ended) {
@@ -73,7 +75,7 @@ async fn wait_for_end(
         }
         let gave_up = tokio::select! {
             () = subscription.changed() => false,
-            () = tokio::time::sleep(crate::watch::RECHECK) => false,
+            () = tokio::time::sleep(recheck.next_pause()) => false,
             () = tokio::time::sleep_until(deadline) => true,
             () = state.shutdown.cancelled() => true,
         };
