@@ -28,6 +28,7 @@ pub(crate) const SMALL: &str = "command-service on the small store";
 pub(crate) const BIG: &str = "command-service on the big store";
 pub(crate) const REBUILD: &str = "query-service rebuild";
 pub(crate) const GROWTH_QUERY: &str = "query-service on the big store";
+pub(crate) const REPLICAS_COMMAND: &str = "command-service of the replica runs";
 
 /// The run's resources, so that they are cleaned up whatever happens.
 #[derive(Debug)]
@@ -43,6 +44,9 @@ pub(crate) struct Ctx {
     pub(crate) broker: Option<Broker>,
     pub(crate) pg_databases: Vec<String>,
     pub(crate) mysql_databases: Vec<String>,
+    /// Broker objects a phase named for itself, deleted with the others.
+    pub(crate) queues: Vec<String>,
+    pub(crate) exchanges: Vec<String>,
     pub(crate) services: BTreeMap<&'static str, Service>,
     pub(crate) peaks: Peaks,
     pub(crate) main_pool: Option<PgPool>,
@@ -83,6 +87,8 @@ impl Ctx {
             broker: None,
             pg_databases: Vec::new(),
             mysql_databases: Vec::new(),
+            queues: Vec::new(),
+            exchanges: Vec::new(),
             services: BTreeMap::new(),
             peaks: Peaks::default(),
             main_pool: None,
@@ -101,6 +107,11 @@ impl Ctx {
     /// The main command service's exchange.
     pub(crate) fn exchange(&self) -> String {
         format!("bench.{}.events", self.run)
+    }
+
+    /// Where the command service of the replica runs publishes; its queues' prefix.
+    pub(crate) fn replicas_exchange(&self) -> String {
+        format!("bench.{}.replicas", self.run)
     }
 
     pub(crate) fn growth_exchange(&self) -> String {
@@ -290,7 +301,9 @@ impl Ctx {
             ];
             queues.extend(Self::partitions(&self.queue()));
             queues.extend(Self::partitions(&self.growth_queue()));
-            let exchanges = [
+            queues.append(&mut self.queues);
+            let replicas = self.replicas_exchange();
+            let mut exchanges = vec![
                 exchange.clone(),
                 format!("{exchange}.dlx"),
                 format!("{growth}.dlx"),
@@ -299,7 +312,10 @@ impl Ctx {
                 self.cqrs_exchange(),
                 service_kit::amqp::partition_exchange(&self.queue()),
                 service_kit::amqp::partition_exchange(&self.growth_queue()),
+                format!("{replicas}.dlx"),
+                replicas,
             ];
+            exchanges.append(&mut self.exchanges);
             if let Some(broker) = &self.broker {
                 broker.delete(&queues, &exchanges).await;
             }

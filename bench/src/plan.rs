@@ -26,6 +26,8 @@ pub(crate) struct Plan {
     pub(crate) open_streams: usize,
     pub(crate) peer_clients: Vec<usize>,
     pub(crate) peer_accounts: u64,
+    /// Live load of each query-replica run (its backlog load is half of it).
+    pub(crate) replicas_run: Duration,
     /// Optional phases are skipped once the run has taken this long.
     pub(crate) budget: Duration,
 }
@@ -56,7 +58,8 @@ impl Plan {
                 open_streams: 1_000,
                 peer_clients: vec![4],
                 peer_accounts: 2_000,
-                budget: Duration::from_secs(4 * 60),
+                replicas_run: Duration::from_secs(3),
+                budget: Duration::from_secs(5 * 60),
             }
         } else {
             Self {
@@ -82,7 +85,8 @@ impl Plan {
                 open_streams: 10_000,
                 peer_clients: vec![1, 4, 16],
                 peer_accounts: 10_000,
-                budget: Duration::from_secs(13 * 60),
+                replicas_run: Duration::from_secs(10),
+                budget: Duration::from_secs(17 * 60),
             }
         }
     }

@@ -234,6 +234,11 @@ pub(crate) fn credit_latency(before: &Scrape, after: &Scrape) -> Option<Quantile
 
 /// Scrapes `base_url/metrics`; `None` when it cannot be read.
 pub(crate) async fn scrape(client: &reqwest::Client, base_url: &str) -> Option<Scrape> {
+    Some(Scrape::parse(&scrape_text(client, base_url).await?))
+}
+
+/// `base_url/metrics` as text; `None` when it cannot be read.
+pub(crate) async fn scrape_text(client: &reqwest::Client, base_url: &str) -> Option<String> {
     let response = client
         .get(format!("{base_url}/metrics"))
         .send()
@@ -242,7 +247,25 @@ pub(crate) async fn scrape(client: &reqwest::Client, base_url: &str) -> Option<S
     if !response.status().is_success() {
         return None;
     }
-    Some(Scrape::parse(&response.text().await.ok()?))
+    response.text().await.ok()
+}
+
+/// The sum of the samples of counter `name` whose labels include every one of
+/// `matching` (0 when there is none).
+pub(crate) fn counter(text: &str, name: &str, matching: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(split_sample)
+        .filter_map(|(series, value)| Some((parse_series(series)?, value)))
+        .filter(|((series, labels), _)| {
+            *series == name
+                && matching
+                    .iter()
+                    .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(_, value)| value)
+        .sum()
 }
 
 #[cfg(test)]
@@ -265,6 +288,21 @@ event_pipeline_seconds_bucket{stage="published",le="0.001"} 0
 event_pipeline_seconds_bucket{stage="published",le="0.002"} 99
 event_pipeline_seconds_bucket{stage="published",le="+Inf"} 100
 "#;
+
+    #[test]
+    fn counters_sum_the_series_with_the_labels_asked_for() {
+        let text = r#"# TYPE projection_events_total counter
+projection_events_total{path="broker",outcome="applied"} 40
+projection_events_total{path="broker",outcome="duplicate"} 2
+projection_events_total{path="feed",outcome="applied"} 5
+projection_events_total_other{path="broker",outcome="applied"} 9
+"#;
+        let broker = [("path", "broker")];
+        assert!((counter(text, "projection_events_total", &broker) - 42.0).abs() < 1e-9);
+        let applied = [("outcome", "applied")];
+        assert!((counter(text, "projection_events_total", &applied) - 45.0).abs() < 1e-9);
+        assert!(counter(text, "projection_gap_fills_total", &broker).abs() < 1e-9);
+    }
 
     #[test]
     fn quantiles_interpolate_within_a_bucket() {

@@ -16,6 +16,7 @@ pub(crate) mod lag;
 pub(crate) mod live;
 pub(crate) mod peer;
 mod prepare;
+pub(crate) mod replicas;
 pub(crate) mod rss;
 pub(crate) mod token_check;
 pub(crate) mod transfers;
@@ -49,11 +50,13 @@ pub(crate) enum Phase {
     Transfers,
     /// The Python `eventsourcing` peer against the command service.
     Peer,
+    /// The query service's queue designs with one and two replicas.
+    Replicas,
 }
 
 impl Phase {
     /// Every phase, in the order of the run.
-    pub(crate) const ALL: [Self; 11] = [
+    pub(crate) const ALL: [Self; 12] = [
         Self::RelayVsB2,
         Self::LiveProjectionVsB3,
         Self::B1VsService,
@@ -65,6 +68,7 @@ impl Phase {
         Self::CostGrowth,
         Self::TimeTravel,
         Self::Peer,
+        Self::Replicas,
     ];
 
     /// The name progress lines and failures use.
@@ -81,6 +85,7 @@ impl Phase {
             Self::TimeTravel => "time travel and live updates",
             Self::Transfers => "transfers",
             Self::Peer => "peer",
+            Self::Replicas => "query replicas",
         }
     }
 
@@ -93,6 +98,7 @@ impl Phase {
                 | Self::ProjectionLag
                 | Self::TimeTravel
                 | Self::Transfers
+                | Self::Replicas
         )
     }
 
@@ -121,6 +127,7 @@ impl Phase {
             Self::TimeTravel => Box::pin(live::time_travel_and_streams(ctx, results)).await,
             Self::Transfers => Box::pin(transfers::transfers(ctx, results)).await,
             Self::Peer => Box::pin(peer::peer_vs_service(ctx, results)).await,
+            Self::Replicas => Box::pin(replicas::replicas(ctx, results)).await,
         }
     }
 }

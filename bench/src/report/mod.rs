@@ -12,7 +12,9 @@ mod tests;
 use std::time::Duration;
 
 use crate::machine::Machine;
-use crate::phases::{b1, b2, b3, cqrs, growth, lag, live, peer, rss, token_check, transfers};
+use crate::phases::{
+    b1, b2, b3, cqrs, growth, lag, live, peer, replicas, rss, token_check, transfers,
+};
 pub(crate) use format::MISSING;
 pub(crate) use markdown::Markdown;
 
@@ -37,6 +39,7 @@ pub(crate) struct Results {
     pub(crate) growth: growth::Figures,
     pub(crate) live: live::Figures,
     pub(crate) transfers: transfers::Figures,
+    pub(crate) replicas: replicas::Figures,
     pub(crate) rss: rss::Figures,
     pub(crate) peer: peer::Figures,
     pub(crate) failures: Vec<String>,
@@ -70,7 +73,7 @@ impl Part {
 }
 
 /// The phases' sections and method bullets, in the report's order.
-const SECTIONS: [&Part; 11] = [
+const SECTIONS: [&Part; 12] = [
     &b1::REPORT,
     &cqrs::REPORT,
     &token_check::REPORT,
@@ -80,6 +83,7 @@ const SECTIONS: [&Part; 11] = [
     &growth::REPORT,
     &live::REPORT,
     &transfers::REPORT,
+    &replicas::REPORT,
     &rss::REPORT,
     &peer::REPORT,
 ];

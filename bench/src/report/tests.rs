@@ -8,7 +8,9 @@ use crate::phases::b1::Pair;
 use crate::phases::cqrs::Run;
 use crate::phases::lag::Lag;
 use crate::phases::peer::PeerPair;
-use crate::phases::{b1, b2, b3, cqrs, growth, lag, live, peer, rss, token_check, transfers};
+use crate::phases::{
+    b1, b2, b3, cqrs, growth, lag, live, peer, replicas, rss, token_check, transfers,
+};
 use crate::prom::Quantiles;
 use crate::stats::{Drain, Sample};
 
@@ -271,6 +273,56 @@ fn fixture() -> Results {
                 ended_per_s: 850.0,
                 drained_after: Duration::from_millis(300),
             }],
+        },
+        replicas: replicas::Figures {
+            live: Duration::from_secs(10),
+            warmup: Duration::from_secs(1),
+            runs: vec![
+                replicas::Run {
+                    design: "one shared classic queue",
+                    replicas: 2,
+                    live: Sample {
+                        count: 15_000,
+                        ..sample(1500.0, 9.0, 30.0)
+                    },
+                    lags_us: vec![9_000, 12_000, 40_000],
+                    caught_up_after: Duration::from_millis(250),
+                    live_counters: replicas::Counters {
+                        gap_fills: 700.0,
+                        backfilled: 1500.0,
+                        applied: vec![7600.0, 7400.0],
+                    },
+                    backlog: 7000,
+                    worked_off_in: Duration::from_millis(900),
+                    backlog_counters: replicas::Counters {
+                        gap_fills: 3000.0,
+                        backfilled: 6300.0,
+                        applied: vec![3500.0, 3500.0],
+                    },
+                },
+                replicas::Run {
+                    design: "8 quorum partitions (default)",
+                    replicas: 1,
+                    live: Sample {
+                        count: 14_000,
+                        ..sample(1400.0, 10.0, 32.0)
+                    },
+                    lags_us: vec![8_000, 10_000, 30_000],
+                    caught_up_after: Duration::from_millis(40),
+                    live_counters: replicas::Counters {
+                        gap_fills: 0.0,
+                        backfilled: 0.0,
+                        applied: vec![14_000.0],
+                    },
+                    backlog: 6500,
+                    worked_off_in: Duration::from_millis(800),
+                    backlog_counters: replicas::Counters {
+                        gap_fills: 0.0,
+                        backfilled: 0.0,
+                        applied: vec![6500.0],
+                    },
+                },
+            ],
         },
         rss: rss::Figures {
             peaks: vec![
