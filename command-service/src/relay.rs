@@ -32,6 +32,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Windows published and not yet confirmed at once: the next is read and published
 /// while the broker confirms the previous ones.
 const WINDOWS_IN_FLIGHT: usize = 3;
+/// How long a confirmed position may wait before the checkpoint is written: one write
+/// serves every window confirmed meanwhile. A crash in between only republishes the
+/// events confirmed since the last write, which delivery at least once allows.
+const CHECKPOINT_DELAY: Duration = Duration::from_millis(20);
 /// Seconds from an event's `occurred_at` to each stage it reaches (histogram).
 pub(crate) const PIPELINE: &str = "event_pipeline_seconds";
 
@@ -109,6 +113,8 @@ impl Relay {
         let mut publisher: Option<Publisher> = None;
         let mut backoff = RECONNECT_BACKOFF;
         let mut confirmed = leader.checkpoint().await?;
+        // Since when `confirmed` is ahead of the stored checkpoint.
+        let mut unsaved_since: Option<tokio::time::Instant> = None;
         let mut read_to = confirmed;
         let mut in_flight: VecDeque<Window> = VecDeque::with_capacity(WINDOWS_IN_FLIGHT);
         // Whether the last read found fewer events than a window: then the oldest
@@ -116,6 +122,10 @@ impl Relay {
         // committed meanwhile are read together.
         let mut caught_up = false;
         while !shutdown.is_cancelled() {
+            if unsaved_since.is_some_and(|since| since.elapsed() >= CHECKPOINT_DELAY) {
+                leader.confirm(confirmed).await?;
+                unsaved_since = None;
+            }
             let outcome = if !caught_up && in_flight.len() < WINDOWS_IN_FLIGHT {
                 let batch = leader.read_after(read_to, self.batch_size).await?;
                 record_stage("relay_read", &batch);
@@ -159,16 +169,18 @@ impl Relay {
                     settled = self.within("confirm a window", &mut window.settled) => Some(settled),
                     _ = listener.recv(), if room => None,
                 };
-                caught_up = false;
+                // A settled window alone is no reason to read again: events committed
+                // since the last read have notified the listener, which wakes the relay.
                 let Some(settled) = settled else {
                     while listener.next_buffered().is_some() {}
+                    caught_up = false;
                     continue;
                 };
                 in_flight.pop_front();
                 match settled {
                     Ok((last, count)) => {
-                        leader.confirm(last).await?;
                         confirmed = last;
+                        unsaved_since.get_or_insert_with(tokio::time::Instant::now);
                         metrics::counter!("outbox_published_total").increment(count);
                         self.status.set_up();
                         backoff.reset();
@@ -179,15 +191,17 @@ impl Relay {
             } else {
                 metrics::gauge!("relay_backlog_seconds").set(0.0);
                 publisher = self.keep_connected(publisher).await;
+                let save_at = unsaved_since.map(|since| since + CHECKPOINT_DELAY);
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     _ = listener.recv() => {
                         // One read serves every append committed so far.
                         while listener.next_buffered().is_some() {}
+                        caught_up = false;
                     }
-                    () = tokio::time::sleep(IDLE_POLL) => {}
+                    () = sleep_until_some(save_at) => {}
+                    () = tokio::time::sleep(IDLE_POLL) => caught_up = false,
                 }
-                caught_up = false;
                 continue;
             };
             if let Err(error) = outcome {
@@ -206,6 +220,9 @@ impl Relay {
         }
         if let Some(publisher) = publisher {
             publisher.close().await;
+        }
+        if unsaved_since.is_some() {
+            leader.confirm(confirmed).await?;
         }
         leader.resign().await
     }
@@ -408,5 +425,13 @@ impl Publisher {
     async fn close(self) {
         let closing = self.connection.close(200, "relay reconnecting".into());
         let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+    }
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
