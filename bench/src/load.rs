@@ -92,6 +92,41 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// `POST path`, failing unless the answer has `status`; returns the answer's body.
+    pub(crate) async fn post_expecting(
+        &mut self,
+        path: &str,
+        body: Option<Bytes>,
+        status: u16,
+    ) -> anyhow::Result<Bytes> {
+        let (answered, reply) = self.request(Method::POST, path, body).await?;
+        if answered != status {
+            bail!(
+                "POST {path}: HTTP {answered}: {}",
+                String::from_utf8_lossy(&reply)
+            );
+        }
+        Ok(reply)
+    }
+
+    /// Opens account `id` with `initial_balance` MAD and activates it.
+    pub(crate) async fn open_account(
+        &mut self,
+        id: &str,
+        initial_balance: &str,
+    ) -> anyhow::Result<()> {
+        let open = format!(
+            r#"{{"id": "{id}", "initial_balance": "{initial_balance}", "currency": "MAD"}}"#
+        );
+        self.post_expecting("/accounts", Some(Bytes::from(open)), 201)
+            .await?;
+        self.post_expecting(&format!("/accounts/{id}/activate"), None, 200)
+            .await?;
+        Ok(())
+    }
+}
+
 /// The accounts a load picks from, uniformly at random.
 #[derive(Debug, Clone)]
 pub(crate) struct Accounts {

@@ -5,9 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use bytes::Bytes;
-use hyper::Method;
+use anyhow::Context as _;
 use tokio::task::JoinSet;
 
 use crate::context::Ctx;
@@ -50,32 +48,15 @@ pub(crate) async fn seed(target: &Target, count: u64) -> anyhow::Result<()> {
         let mut conn = Conn::open(target).await?;
         workers.spawn(async move {
             for id in chunk {
-                let open =
-                    format!(r#"{{"id": "{id}", "initial_balance": "1000.00", "currency": "MAD"}}"#);
-                expect(&mut conn, "/accounts", Some(Bytes::from(open)), 201).await?;
-                expect(&mut conn, &format!("/accounts/{id}/activate"), None, 200).await?;
+                conn.open_account(&id, "1000.00")
+                    .await
+                    .context("the peer refused to open an account")?;
             }
             anyhow::Ok(())
         });
     }
     while let Some(joined) = workers.join_next().await {
         joined.context("a seeding worker panicked")??;
-    }
-    Ok(())
-}
-
-async fn expect(
-    conn: &mut Conn,
-    path: &str,
-    body: Option<Bytes>,
-    status: u16,
-) -> anyhow::Result<()> {
-    let (answered, body) = conn.request(Method::POST, path, body).await?;
-    if answered != status {
-        bail!(
-            "the peer answered POST {path} with {answered}: {}",
-            String::from_utf8_lossy(&body)
-        );
     }
     Ok(())
 }

@@ -288,28 +288,10 @@ async fn open_accounts(command: &Target, count: usize) -> anyhow::Result<Account
     let mut ids = Vec::with_capacity(count);
     for _ in 0..count {
         let id = uuid::Uuid::new_v4().to_string();
-        let open = format!(r#"{{"id": "{id}", "initial_balance": "0.00", "currency": "MAD"}}"#);
-        expect(&mut conn, "/accounts", Some(Bytes::from(open)), 201).await?;
-        expect(&mut conn, &format!("/accounts/{id}/activate"), None, 200).await?;
+        conn.open_account(&id, "0.00").await?;
         ids.push(id);
     }
     Accounts::new(ids)
-}
-
-async fn expect(
-    conn: &mut Conn,
-    path: &str,
-    body: Option<Bytes>,
-    status: u16,
-) -> anyhow::Result<Value> {
-    let (answered, body) = conn.request(Method::POST, path, body).await?;
-    if answered != status {
-        bail!(
-            "POST {path}: HTTP {answered}: {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
-    Ok(serde_json::from_slice(&body).unwrap_or_default())
 }
 
 /// Credits `account` again and again for `run`, each time timing from the
@@ -332,13 +314,14 @@ async fn probe(
         if Instant::now() >= end {
             break;
         }
-        let ack = expect(
-            &mut conn,
-            &credit,
-            Some(Bytes::from_static(br#"{"amount": "1.00"}"#)),
-            200,
-        )
-        .await?;
+        let ack = conn
+            .post_expecting(
+                &credit,
+                Some(Bytes::from_static(br#"{"amount": "1.00"}"#)),
+                200,
+            )
+            .await?;
+        let ack: Value = serde_json::from_slice(&ack).context("a credit's answer is not JSON")?;
         let acknowledged = Instant::now();
         let version = ack["version"]
             .as_u64()
