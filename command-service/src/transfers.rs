@@ -289,8 +289,11 @@ impl TransferProcess {
     ) -> Result<LegOutcome, CommandError> {
         let transfer = &record.transfer;
         let leg = transfer.leg(kind);
+        let recording = self.recording(record, &then)?;
         if resumed && self.store.event_exists(leg.event_id()).await? {
-            return Ok(LegOutcome::Taken(self.record(record, &then).await?));
+            return Ok(LegOutcome::Taken(
+                self.append_alone(recording, &then).await?,
+            ));
         }
         let account = match kind {
             LegKind::TransferOut | LegKind::TransferRefund => transfer.from,
@@ -309,7 +312,6 @@ impl TransferProcess {
             leg,
             amount: transfer.amount,
         };
-        let recording = self.recording(record, &then)?;
         let companion = recording.as_ref().map(|recording| recording.append.clone());
         let taken = match self
             .handler
@@ -336,7 +338,9 @@ impl TransferProcess {
                 count_step(&then);
                 Ok(LegOutcome::Taken(recording.after))
             }
-            _ => Ok(LegOutcome::Taken(self.record(record, &then).await?)),
+            recording => Ok(LegOutcome::Taken(
+                self.append_alone(recording, &then).await?,
+            )),
         }
     }
 
@@ -399,7 +403,18 @@ impl TransferProcess {
         record: &TransferRecord,
         command: &TransferCommand,
     ) -> Result<Option<TransferRecord>, CommandError> {
-        let Some(recording) = self.recording(record, command)? else {
+        let recording = self.recording(record, command)?;
+        self.append_alone(recording, command).await
+    }
+
+    /// Appends `recording` (what `command` causes) on its own; `None` when there is
+    /// nothing to append or another writer recorded first.
+    async fn append_alone(
+        &self,
+        recording: Option<Recording>,
+        command: &TransferCommand,
+    ) -> Result<Option<TransferRecord>, CommandError> {
+        let Some(recording) = recording else {
             return Ok(None);
         };
         let append = Append {

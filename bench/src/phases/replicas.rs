@@ -152,19 +152,18 @@ async fn measure(
     let queue = format!("{}.r{index}x{replicas}", ctx.replicas_exchange());
     let read = ctx.name(&format!("replicas_read_{index}_{replicas}"));
     ctx.mysql_databases.push(read.clone());
-    ctx.queues.push(queue.clone());
-    ctx.queues.push(format!("{queue}.dlq"));
-    ctx.queues.extend(service_kit::amqp::partition_queues(
-        &queue,
-        design.partitions,
-    ));
-    ctx.exchanges
-        .push(service_kit::amqp::partition_exchange(&queue));
     let queues = if design.partitions == 0 {
         vec![queue.clone()]
     } else {
         service_kit::amqp::partition_queues(&queue, design.partitions)
     };
+    // Every queue and exchange the replicas declare, dropped after the run (and by the
+    // clean-up, should the run fail).
+    let mut made_queues = queues.clone();
+    made_queues.extend([queue.clone(), format!("{queue}.dlq")]);
+    let made_exchanges = [service_kit::amqp::partition_exchange(&queue)];
+    ctx.queues.extend(made_queues.iter().cloned());
+    ctx.exchanges.extend(made_exchanges.iter().cloned());
     let env = replica_env(ctx, design, &queue, &read)?;
     let command = ctx.target(REPLICAS_COMMAND)?;
 
@@ -206,11 +205,7 @@ async fn measure(
         replica.stop().await;
     }
     if let Some(broker) = &ctx.broker {
-        let mut doomed = queues.clone();
-        doomed.extend([queue.clone(), format!("{queue}.dlq")]);
-        broker
-            .delete(&doomed, &[service_kit::amqp::partition_exchange(&queue)])
-            .await;
+        broker.delete(&made_queues, &made_exchanges).await;
     }
     Ok(Run {
         design: design.name,
@@ -393,7 +388,7 @@ impl Counters {
             applied: self
                 .applied
                 .iter()
-                .zip(before.applied.iter().chain(std::iter::repeat(&0.0)))
+                .zip(&before.applied)
                 .map(|(after, before)| after - before)
                 .collect(),
         }
