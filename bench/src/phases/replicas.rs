@@ -76,6 +76,8 @@ pub(crate) struct Run {
     pub(crate) live: Sample,
     /// Acknowledged → visible on a replica (round robin), µs sorted.
     pub(crate) lags_us: Vec<u64>,
+    /// Probe reads that gave up waiting (their lag is at least the wait).
+    pub(crate) probes_timed_out: usize,
     /// How long after the live load every credit was visible.
     pub(crate) caught_up_after: Duration,
     pub(crate) live_counters: Counters,
@@ -185,7 +187,7 @@ async fn measure(
     let probe_id = probe_account.ids()[0].clone();
     let probing = tokio::spawn(probe(command.clone(), targets, probe_id, live));
     let credits = load::closed_loop(&command, &accounts, CLIENTS, Duration::ZERO, live).await?;
-    let mut lags_us = probing.await.context("the lag probe panicked")??;
+    let (mut lags_us, probes_timed_out) = probing.await.context("the lag probe panicked")??;
     lags_us.sort_unstable();
     let load_ended = Instant::now();
     caught_up(store, &read_pool, &all_ids).await?;
@@ -212,6 +214,7 @@ async fn measure(
         replicas,
         live: credits,
         lags_us,
+        probes_timed_out,
         caught_up_after,
         live_counters,
         backlog: backlog_load.count as u64,
@@ -290,13 +293,14 @@ async fn open_accounts(command: &Target, count: usize) -> anyhow::Result<Account
 }
 
 /// Credits `account` again and again for `run`, each time timing from the
-/// acknowledgement until a replica (the next one in turn) shows it.
+/// acknowledgement until a replica (the next one in turn) shows it; returns the lags
+/// and how many reads gave up (`504` after 10 s, counted among the lags as 10 s).
 async fn probe(
     command: Target,
     replicas: Vec<Target>,
     account: String,
     run: Duration,
-) -> anyhow::Result<Vec<u64>> {
+) -> anyhow::Result<(Vec<u64>, usize)> {
     let mut conn = Conn::open(&command).await?;
     let mut reads = Vec::with_capacity(replicas.len());
     for replica in &replicas {
@@ -305,6 +309,7 @@ async fn probe(
     let credit = format!("/accounts/{account}/credit");
     let end = Instant::now() + run;
     let mut lags = Vec::new();
+    let mut timed_out = 0;
     for turn in 0.. {
         if Instant::now() >= end {
             break;
@@ -324,7 +329,9 @@ async fn probe(
         let path = format!("/accounts/{account}?min_version={version}&wait_ms=10000");
         let read = &mut reads[turn % replicas.len()];
         let (status, body) = read.request(Method::GET, &path, None).await?;
-        if status != 200 {
+        if status == 504 {
+            timed_out += 1;
+        } else if status != 200 {
             bail!(
                 "GET {path}: HTTP {status}: {}",
                 String::from_utf8_lossy(&body)
@@ -333,7 +340,7 @@ async fn probe(
         lags.push(micros(acknowledged.elapsed()));
         tokio::time::sleep(PROBE_PAUSE).await;
     }
-    Ok(lags)
+    Ok((lags, timed_out))
 }
 
 /// Waits until the read model holds every event the store has for `ids`.
@@ -435,6 +442,7 @@ fn section(results: &Results, out: &mut Markdown) {
             rate(run.live.throughput),
             ms(run.lag_ms(0.5)),
             ms(run.lag_ms(0.99)),
+            run.probes_timed_out.to_string(),
             duration(run.caught_up_after),
             format!("{:.0}", run.live_counters.gap_fills + 0.0),
             format!(
@@ -452,12 +460,13 @@ fn section(results: &Results, out: &mut Markdown) {
             "credits/s",
             "lag p50 ms",
             "lag p99 ms",
+            "probes timed out",
             "caught up after",
             "gap fills",
             "events backfilled",
             "applied per replica",
         ],
-        "lrrrrrrrl",
+        "lrrrrrrrrl",
         live,
     );
     let backlog = figures.runs.iter().map(|run| {
@@ -495,7 +504,7 @@ fn section(results: &Results, out: &mut Markdown) {
 
 fn method(results: &Results) -> Vec<String> {
     vec![format!(
-        "**Query-service replicas**: a command service of its own (own store, exchange and queues) and, per design and replica count, fresh queues and a fresh read database; the replicas start together (the partitions are shared out as they subscribe) with the feed follower off, so that only the broker's path is measured. {ACCOUNTS} accounts (and the probe's) are opened and activated through the command service, credited by the clients for {} of warm-up, and projected before the load. The lag probe credits its own account, then reads it with `min_version` and `wait_ms=10000` from the replicas in turn, with {} ms between probes. \"Caught up after\" and \"worked off in\" end when the run's read database holds every event the store has for the run's accounts (polled every 20 ms); the backlog's events/s counts the credits queued. Gap fills, events backfilled (fetched from the command service to fill a gap: an event that overtook an earlier one of its account) and events applied are the replicas' `projection_gap_fills_total`, `projection_backfilled_events_total` and `projection_events_total{{outcome=\"applied\"}}` on the broker's path; the percentage is of the credits of that part of the run.",
+        "**Query-service replicas**: a command service of its own (own store, exchange and queues) and, per design and replica count, fresh queues and a fresh read database; the replicas start together (the partitions are shared out as they subscribe) with the feed follower off, so that only the broker's path is measured. {ACCOUNTS} accounts (and the probe's) are opened and activated through the command service, credited by the clients for {} of warm-up, and projected before the load. The lag probe credits its own account, then reads it with `min_version` and `wait_ms=10000` from the replicas in turn, with {} ms between probes; a read that gives up (`504 not_yet_projected`) is counted as timed out and its lag as the time it waited. \"Caught up after\" and \"worked off in\" end when the run's read database holds every event the store has for the run's accounts (polled every 20 ms); the backlog's events/s counts the credits queued. Gap fills, events backfilled (fetched from the command service to fill a gap: an event that overtook an earlier one of its account) and events applied are the replicas' `projection_gap_fills_total`, `projection_backfilled_events_total` and `projection_events_total{{outcome=\"applied\"}}` on the broker's path; the percentage is of the credits of that part of the run.",
         duration(results.replicas.warmup),
         PROBE_PAUSE.as_millis()
     )]

@@ -286,6 +286,7 @@ fn fixture() -> Results {
                         ..sample(1500.0, 9.0, 30.0)
                     },
                     lags_us: vec![9_000, 12_000, 40_000],
+                    probes_timed_out: 0,
                     caught_up_after: Duration::from_millis(250),
                     live_counters: replicas::Counters {
                         gap_fills: 700.0,
@@ -308,6 +309,7 @@ fn fixture() -> Results {
                         ..sample(1400.0, 10.0, 32.0)
                     },
                     lags_us: vec![8_000, 10_000, 30_000],
+                    probes_timed_out: 0,
                     caught_up_after: Duration::from_millis(40),
                     live_counters: replicas::Counters {
                         gap_fills: 0.0,
