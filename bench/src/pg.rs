@@ -11,10 +11,11 @@ use anyhow::{Context, bail};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 
-/// Channel the store notifies on every append; the relay listens on it.
+/// Channel the store notifies after appends commit; the relay listens on it.
 const APPEND_CHANNEL: &str = "bank_outbox";
-/// The store's append lock (transaction advisory lock), held until commit by every append.
-const APPEND_LOCK: i64 = 7_305_954_634_617_839_617;
+/// The lock every append holds, keyed by its backend, from before its events take their
+/// positions until it ends (readers wait for it before reading up to those positions).
+const APPEND_GATE_LOCK: &str = "SELECT pg_advisory_xact_lock(730595463, pg_backend_pid())";
 
 /// The id of seeded account `n`: `00000000-0000-4000-8000-<n as 12 hex digits>`.
 pub(crate) fn account_id(n: u64) -> String {
@@ -92,8 +93,8 @@ pub(crate) struct Seeded {
 }
 
 /// Seeds accounts `first..first+count`, each with `events` events (at least 2), in one
-/// transaction, under the store's append lock (so that positions become visible in
-/// order). With `outbox`, the events are for the relay (the events table is the
+/// transaction, holding the append lock of its backend as the store's appends do (so
+/// that readers wait for its commit). With `outbox`, the events are for the relay (the events table is the
 /// outbox), which is woken at commit; without, the relay checkpoint moves past them.
 pub(crate) async fn seed_accounts(
     pool: &PgPool,
@@ -165,10 +166,7 @@ async fn seed(
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(APPEND_LOCK)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(APPEND_GATE_LOCK).execute(&mut *tx).await?;
     let inserted = sqlx::query(AssertSqlSafe(insert_events))
         .bind(first)
         .bind(last)

@@ -13,9 +13,6 @@ use tokio::process::Command;
 use crate::pg::sql_account_id;
 use crate::stats::{Sample, Timing, to_u64};
 
-/// The advisory lock `append_events` takes: positions are assigned and committed in order.
-const APPEND_LOCK: i64 = 7_305_954_634_617_839_617;
-
 /// The minimal event store's one table.
 pub(crate) const MINIMAL_SCHEMA: &str = "CREATE TABLE events (
     position bigserial PRIMARY KEY,
@@ -46,7 +43,8 @@ COMMIT;
 }
 
 /// B1s: the store's own statements for one credit, with the outbox row where the store
-/// still writes one (`outbox`). The version check is the `UPDATE` of the stream row; it
+/// still writes one (`outbox`). The relay's wake-up is left out: the store sends one for
+/// every burst of appends, from a connection that does not wait for the WAL flush. The version check is the `UPDATE` of the stream row; it
 /// bumps the version it finds (under the row lock) instead of comparing with the
 /// version read first, because pgbench cannot retry a conflict and would abort the client.
 pub(crate) fn store_script(outbox: bool) -> String {
@@ -61,7 +59,7 @@ pub(crate) fn store_script(outbox: bool) -> String {
 SELECT stream_id AS sid, version AS loaded, snapshot FROM streams WHERE stream_id = {id} \\gset
 BEGIN;
 UPDATE streams SET version = version + 1, snapshot_version = version + 1, snapshot_schema = 1, snapshot = '{{\"status\": \"ACTIVE\", \"balance\": {{\"amount\": \"1001.00\", \"currency\": \"MAD\"}}, \"version\": 3}}'::jsonb, updated_at = now() WHERE stream_id = :sid RETURNING version AS v \\gset
-SELECT pg_advisory_xact_lock({APPEND_LOCK}), pg_notify('bank_outbox', '');
+SELECT pg_advisory_xact_lock(730595463, pg_backend_pid());
 INSERT INTO events (event_id, stream_id, version, event_type, schema_version, data, metadata, occurred_at) VALUES (gen_random_uuid(), :sid, :v, 'AccountCredited', 1, '{{\"amount\": \"1.00\", \"currency\": \"MAD\", \"balance\": \"1001.00\"}}', '{{\"correlation_id\": \"0b0e4d7e-4a4e-4b8f-9a57-2f1d3c5b6a79\", \"causation_id\": \"019a0000-0000-7000-8000-000000000000\", \"idempotency_key\": null}}', now()) RETURNING position AS p \\gset
 {outbox}COMMIT;
 "

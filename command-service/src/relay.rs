@@ -172,7 +172,7 @@ impl Relay {
                 // A settled window alone is no reason to read again: events committed
                 // since the last read have notified the listener, which wakes the relay.
                 let Some(settled) = settled else {
-                    while listener.next_buffered().is_some() {}
+                    listener.drain();
                     caught_up = false;
                     continue;
                 };
@@ -196,7 +196,7 @@ impl Relay {
                     () = shutdown.cancelled() => break,
                     _ = listener.recv() => {
                         // One read serves every append committed so far.
-                        while listener.next_buffered().is_some() {}
+                        listener.drain();
                         caught_up = false;
                     }
                     () = sleep_until_some(save_at) => {}

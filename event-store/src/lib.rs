@@ -15,7 +15,7 @@ mod store;
 mod transfers;
 
 pub use error::StoreError;
-pub use outbox::OutboxLeader;
+pub use outbox::{AppendListener, OutboxLeader};
 pub use store::{
     Append, EventStore, LoadedStream, NewEvent, RecordedEvent, Snapshot, StoredResponse,
     StreamAppend,

@@ -1,12 +1,17 @@
-use sqlx::postgres::{PgListener, PgPool};
-use sqlx::{Connection, PgConnection};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
+use tokio::sync::{Notify, mpsc};
+
+use crate::store::settled_position;
 use crate::{EventStore, RecordedEvent, StoreError};
 
 /// Session advisory lock held by the one active outbox relay.
 const RELAY_LOCK: i64 = 7_305_954_634_617_839_618;
 
-/// Channel notified by every append.
+/// Channel notified after appends commit.
 pub(crate) const APPEND_CHANNEL: &str = "bank_outbox";
 
 /// The only active relay, across every replica: it reads the events after the relay
@@ -17,6 +22,100 @@ pub(crate) const APPEND_CHANNEL: &str = "bank_outbox";
 #[derive(Debug)]
 pub struct OutboxLeader {
     connection: PgConnection,
+    _leading_here: LeadingHere,
+}
+
+/// While it lives, appends of this process wake the relay directly, without a `NOTIFY`.
+#[derive(Debug)]
+struct LeadingHere(Announcer);
+
+impl LeadingHere {
+    fn new(announcer: &Announcer) -> Self {
+        announcer.0.leading_here.store(true, Ordering::Relaxed);
+        Self(announcer.clone())
+    }
+}
+
+impl Drop for LeadingHere {
+    fn drop(&mut self) {
+        self.0.0.leading_here.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Wakes the relay once appends have committed, from outside their transactions: a
+/// `NOTIFY` inside an append would hold Postgres' notification lock until its commit,
+/// and appends would commit one at a time again. A relay leading in this process is
+/// woken directly; otherwise a `NOTIFY` on [`APPEND_CHANNEL`] wakes the leader of
+/// another replica, one for every append committed while the previous one was under
+/// way, on a connection that does not wait for the WAL flush (a `NOTIFY` commits a
+/// transaction of its own; a lost one costs the relay a second at most).
+#[derive(Debug, Clone)]
+pub(crate) struct Announcer(Arc<Announcements>);
+
+#[derive(Debug)]
+struct Announcements {
+    local: Notify,
+    leading_here: AtomicBool,
+    remote: mpsc::Sender<()>,
+}
+
+impl Announcer {
+    /// Starts the task that sends the `NOTIFY`s; it ends with the last handle.
+    pub(crate) fn spawn(options: PgConnectOptions) -> Self {
+        let (remote, mut pending) = mpsc::channel(1);
+        let connection = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(options.options([("synchronous_commit", "off")]));
+        tokio::spawn(async move {
+            while pending.recv().await.is_some() {
+                if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(APPEND_CHANNEL)
+                    .execute(&connection)
+                    .await
+                {
+                    tracing::debug!(error = %error, "appends not announced; the relay looks anyway within a second");
+                }
+            }
+            connection.close().await;
+        });
+        Self(Arc::new(Announcements {
+            local: Notify::new(),
+            leading_here: AtomicBool::new(false),
+            remote,
+        }))
+    }
+
+    /// Says that appends have committed.
+    pub(crate) fn announce(&self) {
+        self.0.local.notify_one();
+        if !self.0.leading_here.load(Ordering::Relaxed) {
+            // Full: a `NOTIFY` is already due, and it serves these appends too.
+            let _ = self.0.remote.try_send(());
+        }
+    }
+}
+
+/// Woken by every committed append, of this replica or another.
+#[derive(Debug)]
+pub struct AppendListener {
+    remote: PgListener,
+    announcer: Announcer,
+}
+
+impl AppendListener {
+    /// Waits for the next wake-up.
+    pub async fn recv(&mut self) -> Result<(), StoreError> {
+        tokio::select! {
+            received = self.remote.recv() => { received?; }
+            () = self.announcer.0.local.notified() => {}
+        }
+        Ok(())
+    }
+
+    /// Forgets the wake-ups already received: one read serves them all.
+    pub fn drain(&mut self) {
+        while self.remote.next_buffered().is_some() {}
+    }
 }
 
 impl EventStore {
@@ -34,7 +133,10 @@ impl EventStore {
             sqlx::query("SET synchronous_commit TO off")
                 .execute(&mut connection)
                 .await?;
-            Ok(Some(OutboxLeader { connection }))
+            Ok(Some(OutboxLeader {
+                connection,
+                _leading_here: LeadingHere::new(&self.announcer),
+            }))
         } else {
             connection.close().await?;
             Ok(None)
@@ -42,8 +144,11 @@ impl EventStore {
     }
 
     /// A listener woken by every committed append.
-    pub async fn listen_appends(&self) -> Result<PgListener, StoreError> {
-        listen(self.pool()).await
+    pub async fn listen_appends(&self) -> Result<AppendListener, StoreError> {
+        Ok(AppendListener {
+            remote: listen(self.pool()).await?,
+            announcer: self.announcer.clone(),
+        })
     }
 }
 
@@ -71,14 +176,19 @@ impl OutboxLeader {
         after: i64,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let settled = settled_position(&mut self.connection).await?;
+        if settled <= after {
+            return Ok(Vec::new());
+        }
         Ok(sqlx::query_as(
             "SELECT position, stream_id, version, event_id, event_type, schema_version, data, metadata, occurred_at
                FROM events
-              WHERE position > greatest($1, (SELECT position FROM relay_checkpoint))
+              WHERE position > greatest($1, (SELECT position FROM relay_checkpoint)) AND position <= $3
               ORDER BY position LIMIT $2",
         )
         .bind(after)
         .bind(limit)
+        .bind(settled)
         .fetch_all(&mut self.connection)
         .await?)
     }

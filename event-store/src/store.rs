@@ -5,10 +5,11 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres};
+use sqlx::{PgExecutor, PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::StoreError;
+use crate::outbox::Announcer;
 
 /// An event to append; the store assigns its version and position.
 #[derive(Debug, Clone)]
@@ -119,6 +120,15 @@ pub struct StreamAppend {
 #[derive(Debug, Clone)]
 pub struct EventStore {
     pool: PgPool,
+    pub(crate) announcer: Announcer,
+}
+
+/// The position up to which the log is settled: no event at or below it can still
+/// commit (`settled_position()` in the migrations). Read the events in a later statement.
+pub(crate) async fn settled_position<'e>(executor: impl PgExecutor<'e>) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar("SELECT settled_position()")
+        .fetch_one(executor)
+        .await?)
 }
 
 macro_rules! select_events {
@@ -150,7 +160,8 @@ impl EventStore {
         // A replica of the previous release must still start while a newer one has migrated.
         migrator.set_ignore_missing(true);
         migrator.run(&pool).await?;
-        Ok(Self { pool })
+        let announcer = Announcer::spawn(pool.connect_options().as_ref().clone());
+        Ok(Self { pool, announcer })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -206,6 +217,7 @@ impl EventStore {
                 response.map(|r| r.key.as_str()),
             )
         })?;
+        self.announcer.announce();
         Ok(positions)
     }
 
@@ -266,6 +278,9 @@ impl EventStore {
         .fetch_all(&self.pool)
         .await
         .map_err(|error| StoreError::from_append(error, Uuid::nil(), 0, Some("(batch)")))?;
+        if !accepted.is_empty() {
+            self.announcer.announce();
+        }
         Ok(accepted.into_iter().collect())
     }
 
@@ -396,15 +411,20 @@ impl EventStore {
 
     /// Up to `limit` events with a position above `after`, in position order.
     ///
-    /// Positions are assigned under the append lock, which is held until commit, so
-    /// they become visible in increasing order: a reader that has seen position P
-    /// never later finds an unseen event below P.
+    /// Appends commit concurrently, so a position may commit after a higher one; only
+    /// settled positions are read (see [`settled_position`]), so a reader that has seen
+    /// position P never later finds an unseen event below P.
     pub async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+        let settled = settled_position(&self.pool).await?;
+        if settled <= after {
+            return Ok(Vec::new());
+        }
         Ok(sqlx::query_as(select_events!(
-            "WHERE position > $1 ORDER BY position LIMIT $2"
+            "WHERE position > $1 AND position <= $3 ORDER BY position LIMIT $2"
         ))
         .bind(after)
         .bind(limit)
+        .bind(settled)
         .fetch_all(&self.pool)
         .await?)
     }

@@ -5,6 +5,7 @@ use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
+use crate::store::settled_position;
 use crate::{EventStore, StoreError};
 
 /// Session advisory lock held by the one active transfer process.
@@ -90,20 +91,25 @@ impl TransferProcessLeader {
         Ok(())
     }
 
-    /// Up to `limit` transfer requests after `after`, in position order (gap-free, as
+    /// Up to `limit` transfer requests after `after`, in position order, settled (as
     /// [`EventStore::read_all`]).
     pub async fn requests_after(
         &mut self,
         after: i64,
         limit: i64,
     ) -> Result<Vec<TransferRequest>, StoreError> {
+        let settled = settled_position(&mut self.connection).await?;
+        if settled <= after {
+            return Ok(Vec::new());
+        }
         Ok(sqlx::query_as(
             "SELECT position, stream_id AS transfer_id FROM events
-              WHERE event_type = 'TransferRequested' AND position > $1
+              WHERE event_type = 'TransferRequested' AND position > $1 AND position <= $3
               ORDER BY position LIMIT $2",
         )
         .bind(after)
         .bind(limit)
+        .bind(settled)
         .fetch_all(&mut self.connection)
         .await?)
     }

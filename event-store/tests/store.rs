@@ -3,7 +3,9 @@
 use std::collections::{BTreeSet, HashSet};
 
 use chrono::{SubsecRound, Utc};
-use event_store::{Append, EventStore, NewEvent, StoreError, StoredResponse, StreamAppend};
+use event_store::{
+    Append, AppendListener, EventStore, NewEvent, StoreError, StoredResponse, StreamAppend,
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -205,6 +207,123 @@ async fn the_global_feed_never_skips_an_event_under_concurrent_writers() {
         .map(|e| e.event_id)
         .collect();
     assert_eq!(seen.into_iter().collect::<BTreeSet<_>>(), all);
+}
+
+/// Begins an append by hand, as `append_batch` does it, and leaves it uncommitted: its
+/// backend's append lock, then one event. Returns the transaction and the event's position.
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test helper: a failure fails the test"
+)]
+async fn uncommitted_append(
+    store: &EventStore,
+) -> (sqlx::Transaction<'static, sqlx::Postgres>, i64) {
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(730595463, pg_backend_pid())")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let position = sqlx::query_scalar(
+        "INSERT INTO events (event_id, stream_id, version, event_type, schema_version, data, metadata, occurred_at)
+         VALUES ($1, $2, 1, 'Late', 1, '{}', '{}', now()) RETURNING position",
+    )
+    .bind(Uuid::now_v7())
+    .bind(Uuid::now_v7())
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    (tx, position)
+}
+
+#[tokio::test]
+async fn a_reader_waits_for_an_append_that_took_a_lower_position_until_it_ends() {
+    // Given an append under way with the lower position, and a later one committed
+    let store = fresh_store().await;
+    let (late, late_position) = uncommitted_append(&store).await;
+    store
+        .append(append(Uuid::now_v7(), 0, &[event("Early")]))
+        .await
+        .unwrap();
+
+    // When a reader reads the feed
+    let reader = tokio::spawn({
+        let store = store.clone();
+        async move { store.read_all(0, 10).await.unwrap() }
+    });
+
+    // Then it waits for the append under way, and reads both in position order once it committed
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!reader.is_finished(), "read past an append still under way");
+    late.commit().await.unwrap();
+    let read = reader.await.unwrap();
+    assert_eq!(
+        read.iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
+        ["Late", "Early"]
+    );
+    assert_eq!(read[0].position, late_position);
+
+    // And an append that never commits leaves a hole the feed steps over
+    let (abandoned, hole) = uncommitted_append(&store).await;
+    store
+        .append(append(Uuid::now_v7(), 0, &[event("After")]))
+        .await
+        .unwrap();
+    abandoned.rollback().await.unwrap();
+    let rest = store.read_all(read[1].position, 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert!(rest[0].position > hole && rest[0].event_type == "After");
+}
+
+#[tokio::test]
+async fn the_relay_is_woken_once_an_append_has_committed_whichever_replica_made_it() {
+    // Given a relay leading in one replica, and another replica of the same store
+    let store = fresh_store().await;
+    let mut listener = store.listen_appends().await.unwrap();
+    let mut leader = store.try_lead_outbox().await.unwrap().unwrap();
+    let other_replica = EventStore::connect(&store_url(&store), 2).await.unwrap();
+
+    // When an append commits in the leader's replica, then one in the other
+    store
+        .append(append(Uuid::now_v7(), 0, &[event("AccountCredited")]))
+        .await
+        .unwrap();
+    woken(&mut listener).await;
+    listener.drain();
+    other_replica
+        .append(append(Uuid::now_v7(), 0, &[event("AccountDebited")]))
+        .await
+        .unwrap();
+
+    // Then the relay is woken each time, and finds both events
+    woken(&mut listener).await;
+    let checkpoint = leader.checkpoint().await.unwrap();
+    assert_eq!(leader.read_after(checkpoint, 10).await.unwrap().len(), 2);
+}
+
+#[expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test helper: a failure fails the test"
+)]
+async fn woken(listener: &mut AppendListener) {
+    tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv())
+        .await
+        .expect("the store announces committed appends")
+        .unwrap();
+}
+
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test helper: a failure fails the test"
+)]
+fn store_url(store: &EventStore) -> String {
+    let options = store.pool().connect_options();
+    let database = options.get_database().unwrap();
+    let server = std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+    format!("{server}/{database}")
 }
 
 #[tokio::test]

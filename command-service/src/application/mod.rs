@@ -35,8 +35,8 @@ use writer::Job;
 
 /// Writer tasks; an account always goes to the same one. Measured on 2 cores (hotload,
 /// credits on 1,000 accounts): one writer is best at 4–16 clients but its single
-/// transaction in flight halves throughput at 64; four contend on the append lock and
-/// lose at 4–16 clients; two keep most of both.
+/// transaction in flight halves throughput at 64; two keep most of both. Since appends
+/// commit side by side, four were within the noise of two (`bench --quick`).
 const WRITERS: usize = 2;
 /// Most commands decided and committed together.
 const MAX_BATCH: usize = 256;

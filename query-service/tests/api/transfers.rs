@@ -632,8 +632,9 @@ async fn an_accounts_transfers_are_listed_oldest_first_page_by_page() {
     app.stop().await;
 }
 
-/// Stores events in the command service's event store, as its appends would (under
-/// the append lock, so that positions become visible in order), and wakes its relay.
+/// Stores events in the command service's event store, as its appends would (holding
+/// the append lock of this backend, so that readers wait for the commit), and wakes its
+/// relay.
 async fn store_events(app: &TestApp, events: &[&Value]) {
     let mut postgres = sqlx::PgConnection::connect(&app.postgres_url)
         .await
@@ -642,7 +643,7 @@ async fn store_events(app: &TestApp, events: &[&Value]) {
         .begin()
         .await
         .unwrap_or_else(|error| panic!("{error}"));
-    sqlx::query("SELECT pg_advisory_xact_lock(7305954634617839617)")
+    sqlx::query("SELECT pg_advisory_xact_lock(730595463, pg_backend_pid())")
         .execute(&mut *tx)
         .await
         .unwrap_or_else(|error| panic!("{error}"));
