@@ -15,7 +15,8 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 const APPEND_CHANNEL: &str = "bank_outbox";
 /// The lock every append holds, keyed by its backend, from before its events take their
 /// positions until it ends (readers wait for it before reading up to those positions).
-const APPEND_GATE_LOCK: &str = "SELECT pg_advisory_xact_lock(730595463, pg_backend_pid())";
+pub(crate) const APPEND_GATE_LOCK: &str =
+    "SELECT pg_advisory_xact_lock(730595463, pg_backend_pid())";
 
 /// The id of seeded account `n`: `00000000-0000-4000-8000-<n as 12 hex digits>`.
 pub(crate) fn account_id(n: u64) -> String {
@@ -94,8 +95,9 @@ pub(crate) struct Seeded {
 
 /// Seeds accounts `first..first+count`, each with `events` events (at least 2), in one
 /// transaction, holding the append lock of its backend as the store's appends do (so
-/// that readers wait for its commit). With `outbox`, the events are for the relay (the events table is the
-/// outbox), which is woken at commit; without, the relay checkpoint moves past them.
+/// that readers wait for its commit). With `outbox`, the events are for the relay (the
+/// events table is the outbox), which is woken at commit; without, the relay checkpoint
+/// moves past them.
 pub(crate) async fn seed_accounts(
     pool: &PgPool,
     first: u64,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::process::Command;
 
-use crate::pg::sql_account_id;
+use crate::pg::{APPEND_GATE_LOCK, sql_account_id};
 use crate::stats::{Sample, Timing, to_u64};
 
 /// The minimal event store's one table.
@@ -44,9 +44,10 @@ COMMIT;
 
 /// B1s: the store's own statements for one credit, with the outbox row where the store
 /// still writes one (`outbox`). The relay's wake-up is left out: the store sends one for
-/// every burst of appends, from a connection that does not wait for the WAL flush. The version check is the `UPDATE` of the stream row; it
-/// bumps the version it finds (under the row lock) instead of comparing with the
-/// version read first, because pgbench cannot retry a conflict and would abort the client.
+/// every burst of appends, from a connection that does not wait for the WAL flush. The
+/// version check is the `UPDATE` of the stream row; it bumps the version it finds (under
+/// the row lock) instead of comparing with the version read first, because pgbench
+/// cannot retry a conflict and would abort the client.
 pub(crate) fn store_script(outbox: bool) -> String {
     let id = sql_account_id("CAST(:n AS bigint)");
     let outbox = if outbox {
@@ -59,7 +60,7 @@ pub(crate) fn store_script(outbox: bool) -> String {
 SELECT stream_id AS sid, version AS loaded, snapshot FROM streams WHERE stream_id = {id} \\gset
 BEGIN;
 UPDATE streams SET version = version + 1, snapshot_version = version + 1, snapshot_schema = 1, snapshot = '{{\"status\": \"ACTIVE\", \"balance\": {{\"amount\": \"1001.00\", \"currency\": \"MAD\"}}, \"version\": 3}}'::jsonb, updated_at = now() WHERE stream_id = :sid RETURNING version AS v \\gset
-SELECT pg_advisory_xact_lock(730595463, pg_backend_pid());
+{APPEND_GATE_LOCK};
 INSERT INTO events (event_id, stream_id, version, event_type, schema_version, data, metadata, occurred_at) VALUES (gen_random_uuid(), :sid, :v, 'AccountCredited', 1, '{{\"amount\": \"1.00\", \"currency\": \"MAD\", \"balance\": \"1001.00\"}}', '{{\"correlation_id\": \"0b0e4d7e-4a4e-4b8f-9a57-2f1d3c5b6a79\", \"causation_id\": \"019a0000-0000-7000-8000-000000000000\", \"idempotency_key\": null}}', now()) RETURNING position AS p \\gset
 {outbox}COMMIT;
 "
