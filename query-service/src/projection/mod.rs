@@ -352,8 +352,9 @@ impl Projector {
         };
         let mut batch = self.store.batch(self.tables).await?;
         // The one lock order of every transaction: accounts, transfers, the sheet.
-        let accounts = batch.lock(&ids(StreamKind::Account)).await?;
-        let transfers = batch.lock_transfers(&ids(StreamKind::Transfer)).await?;
+        let (accounts, transfers) = batch
+            .lock(&ids(StreamKind::Account), &ids(StreamKind::Transfer))
+            .await?;
         let head = |stream: &Stream| match stream.kind {
             StreamKind::Account => {
                 StreamHead::Account(accounts.get(&stream.id).map(AccountRow::head))
@@ -421,10 +422,9 @@ impl Projector {
             runs.push((index, decided, run, to_version));
         }
         if !runs.is_empty() {
-            writes.write(&mut batch).await?;
+            writes.write(&mut batch);
         }
-        let written = Utc::now();
-        batch.commit().await?;
+        let written = batch.commit().await?;
         if path != "rebuild" {
             let occurred = || {
                 runs.iter()
@@ -662,20 +662,16 @@ impl BatchWrites {
 
     /// Writes everything in the batch's transaction, the sheet's counters last (in
     /// currency and slot order).
-    async fn write(&self, batch: &mut Batch) -> Result<(), sqlx::Error> {
+    fn write(&self, batch: &mut Batch) {
         if !(self.opened.is_empty() && self.moved.is_empty()) {
-            batch
-                .write(&self.opened, &self.moved, &self.operations, &self.versions)
-                .await?;
+            batch.write(&self.opened, &self.moved, &self.operations, &self.versions);
         }
         if !(self.opened_transfers.is_empty() && self.moved_transfers.is_empty()) {
-            batch
-                .write_transfers(
-                    &self.opened_transfers,
-                    &self.moved_transfers,
-                    &self.transfer_versions,
-                )
-                .await?;
+            batch.write_transfers(
+                &self.opened_transfers,
+                &self.moved_transfers,
+                &self.transfer_versions,
+            );
         }
         let deltas: Vec<SheetDelta> = self
             .sheet
@@ -684,8 +680,7 @@ impl BatchWrites {
             .cloned()
             .collect();
         if !deltas.is_empty() {
-            batch.add_to_sheet(&deltas).await?;
+            batch.add_to_sheet(&deltas);
         }
-        Ok(())
     }
 }

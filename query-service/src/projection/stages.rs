@@ -1,6 +1,6 @@
 //! The query side's stages of an event's journey (`event_pipeline_seconds{stage}`):
 //! seconds from the event's `occurred_at` (the command service's clock) to the moment
-//! the consumer received it, its rows were written, and its transaction committed.
+//! the consumer received it, its rows were sent, and its transaction committed.
 //! `projection_lag_seconds` is the last of these, under the name operators alert on.
 //! Across hosts, clock skew adds to every figure.
 
@@ -11,7 +11,8 @@ use chrono::{DateTime, Utc};
 pub(crate) enum Stage {
     /// The broker consumer received its message.
     Delivered,
-    /// Its rows were written, before the commit.
+    /// Its rows were sent to the database, with the commit that follows them in the
+    /// same round trip (the per-stream path: written, before its commit).
     Applied,
     /// The read-model transaction holding it committed (before waking the waiters).
     Projected,

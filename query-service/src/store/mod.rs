@@ -12,6 +12,7 @@
 
 mod projection;
 mod queries;
+mod values;
 
 use std::time::Duration;
 

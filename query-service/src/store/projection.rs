@@ -9,9 +9,11 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use shared_events::{AccountStatus, TransferStatus};
 use sqlx::mysql::MySqlRow;
-use sqlx::{Executor, MySql, QueryBuilder, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{AssertSqlSafe, Column, Executor, MySql, QueryBuilder, Row};
 use uuid::Uuid;
 
+use super::values::{Script, Value, bound};
 use super::{
     ADD_TO_COUNTERS, ROWS_PER_STATEMENT, ReadStore, Tables, UPDATE_LOCKED_ACCOUNTS,
     UPDATE_LOCKED_TRANSFERS, is_retryable, is_unique_violation,
@@ -34,95 +36,90 @@ pub(crate) enum Applied {
     DuplicateEventId,
 }
 
-/// One transaction applying the runs of many streams at once: [`Batch::lock`] the
-/// accounts and [`Batch::lock_transfers`] the transfers, fold their events in memory,
-/// [`Batch::write`] and [`Batch::write_transfers`] the results, [`Batch::add_to_sheet`]
-/// what they change in the balance sheet, commit.
+/// One transaction applying the runs of many streams at once, in two round trips
+/// (three when redelivered events must be told apart): [`Batch::lock`] starts it and
+/// locks and reads the accounts and the transfers; the caller folds their events in
+/// memory; [`Batch::write`], [`Batch::write_transfers`] and [`Batch::add_to_sheet`]
+/// gather the results as SQL text, which [`Batch::commit`] sends with the commit.
+///
+/// A batch dropped with its transaction open (it failed, or its future was dropped)
+/// closes its connection, which ends the transaction, rather than return it to the pool.
 #[derive(Debug)]
 pub(crate) struct Batch {
-    tx: sqlx::Transaction<'static, MySql>,
+    connection: PoolConnection<MySql>,
     tables: &'static Tables,
+    /// Whether a transaction is open on the connection.
+    open: bool,
+    writes: Script,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if self.open {
+            self.connection.close_on_drop();
+        }
+    }
 }
 
 impl Batch {
-    /// Locks the rows of `accounts` (in id order, the one lock order of every batch)
-    /// and reads them. Accounts without a row are absent from the answer.
+    pub(super) fn new(connection: PoolConnection<MySql>, tables: &'static Tables) -> Self {
+        Self {
+            connection,
+            tables,
+            open: false,
+            writes: Script::default(),
+        }
+    }
+
+    /// Starts the transaction, locks the rows of `accounts` and of `transfers` (in id
+    /// order: accounts, then transfers, the one lock order of every batch) and reads
+    /// them. Streams without a row are absent from the answer.
     pub(crate) async fn lock(
         &mut self,
         accounts: &[Uuid],
-    ) -> Result<HashMap<Uuid, AccountRow>, sqlx::Error> {
-        let mut ids: Vec<String> = accounts
-            .iter()
-            .map(|id| id.hyphenated().to_string())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut rows = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let mut select = QueryBuilder::<MySql>::new(self.tables.lock_accounts);
-            select.push("(");
-            let mut list = select.separated(", ");
-            for id in chunk {
-                list.push_bind(id.as_str());
-            }
-            select.push(") ORDER BY id FOR UPDATE");
-            for row in select.build().fetch_all(&mut *self.tx).await? {
-                let id: String = row.try_get("id")?;
-                let id = Uuid::parse_str(&id).map_err(|error| sqlx::Error::ColumnDecode {
-                    index: "id".to_owned(),
-                    source: Box::new(error),
-                })?;
-                rows.insert(
-                    id,
-                    AccountRow {
-                        id,
-                        owner: row.try_get("owner")?,
-                        status: row
-                            .try_get::<String, _>("status")?
-                            .parse::<AccountStatus>()
-                            .map_err(|error| sqlx::Error::ColumnDecode {
-                                index: "status".to_owned(),
-                                source: error.into(),
-                            })?,
-                        currency: row.try_get("currency")?,
-                        balance: row.try_get("balance")?,
-                        version: row.try_get("version")?,
-                        created_at: row.try_get("created_at")?,
-                        updated_at: row.try_get("updated_at")?,
-                    },
+        transfers: &[Uuid],
+    ) -> Result<(HashMap<Uuid, AccountRow>, HashMap<Uuid, TransferRow>), sqlx::Error> {
+        let mut script = Script::default();
+        script.push("START TRANSACTION");
+        for (ids, select) in [
+            (accounts, self.tables.lock_accounts),
+            (transfers, self.tables.lock_transfers),
+        ] {
+            let mut ids = ids.to_vec();
+            ids.sort_unstable();
+            ids.dedup();
+            if !ids.is_empty() {
+                script.with_list(
+                    select,
+                    ids.into_iter().map(Value::from),
+                    " ORDER BY id FOR UPDATE",
                 );
             }
         }
-        Ok(rows)
-    }
-
-    /// Locks the rows of `transfers` (in id order) and reads them. Transfers without a
-    /// row are absent from the answer.
-    pub(crate) async fn lock_transfers(
-        &mut self,
-        transfers: &[Uuid],
-    ) -> Result<HashMap<Uuid, TransferRow>, sqlx::Error> {
-        let mut ids: Vec<String> = transfers
-            .iter()
-            .map(|id| id.hyphenated().to_string())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut rows = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let mut select = QueryBuilder::<MySql>::new(self.tables.lock_transfers);
-            select.push("(");
-            let mut list = select.separated(", ");
-            for id in chunk {
-                list.push_bind(id.as_str());
-            }
-            select.push(") ORDER BY id FOR UPDATE");
-            for row in select.build().fetch_all(&mut *self.tx).await? {
-                let row = transfer_row(&row)?;
-                rows.insert(row.id, row);
+        self.open = true;
+        let rows = match sqlx::raw_sql(AssertSqlSafe(script.into_sql()))
+            .fetch_all(&mut *self.connection)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(error) => return Err(self.abandon(error).await),
+        };
+        let mut locked_accounts = HashMap::with_capacity(accounts.len());
+        let mut locked_transfers = HashMap::with_capacity(transfers.len());
+        for row in &rows {
+            if row
+                .columns()
+                .iter()
+                .any(|column| column.name() == "from_account")
+            {
+                let row = transfer_row(row)?;
+                locked_transfers.insert(row.id, row);
+            } else {
+                let row = account_row(row)?;
+                locked_accounts.insert(row.id, row);
             }
         }
-        Ok(rows)
+        Ok((locked_accounts, locked_transfers))
     }
 
     /// The event ids recorded for the streams of `ranges` (all of `kind`) between
@@ -134,7 +131,10 @@ impl Batch {
     ) -> Result<HashMap<(Uuid, i64), Uuid>, sqlx::Error> {
         let mut recorded = HashMap::new();
         for chunk in ranges.chunks(ROWS_PER_STATEMENT) {
-            recorded.extend(recorded_ids(&mut *self.tx, self.tables, kind, chunk).await?);
+            match recorded_ids(&mut *self.connection, self.tables, kind, chunk).await {
+                Ok(ids) => recorded.extend(ids),
+                Err(error) => return Err(self.abandon(error).await),
+            }
         }
         Ok(recorded)
     }
@@ -142,154 +142,195 @@ impl Batch {
     /// Inserts the `opened` accounts (a plain insert: an account someone else opened
     /// meanwhile fails the batch), overwrites the `moved` ones (rows this batch holds
     /// locked) and inserts the operations and the versions.
-    pub(crate) async fn write(
+    pub(crate) fn write(
         &mut self,
         opened: &[AccountRow],
         moved: &[AccountRow],
         operations: &[(Uuid, OperationRow)],
         versions: &[(Uuid, VersionRow)],
-    ) -> Result<(), sqlx::Error> {
+    ) {
+        let tables = self.tables;
         for (rows, suffix) in [(opened, ""), (moved, UPDATE_LOCKED_ACCOUNTS)] {
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                let mut insert = QueryBuilder::<MySql>::new(self.tables.insert_accounts);
-                insert.push_values(chunk, |mut row, account| {
-                    row.push_bind(account.id.hyphenated().to_string())
-                        .push_bind(account.owner.clone())
-                        .push_bind(account.status.as_str())
-                        .push_bind(account.currency.clone())
-                        .push_bind(account.balance)
-                        .push_bind(account.version)
-                        .push_bind(account.created_at)
-                        .push_bind(account.updated_at);
-                });
-                insert.push(suffix);
-                insert.build().execute(&mut *self.tx).await?;
+                let rows = chunk.iter().map(account_values);
+                self.writes.insert(tables.insert_accounts, rows, suffix);
             }
         }
         for chunk in operations.chunks(ROWS_PER_STATEMENT) {
-            insert_operations(self.tables, chunk.iter().map(|(id, op)| (*id, op)))
-                .build()
-                .execute(&mut *self.tx)
-                .await?;
+            let rows = chunk.iter().map(|(id, op)| operation_values(*id, op));
+            self.writes.insert(tables.insert_operations, rows, "");
         }
         for chunk in versions.chunks(ROWS_PER_STATEMENT) {
-            insert_versions(self.tables, chunk.iter().map(|(id, row)| (*id, row)))
-                .build()
-                .execute(&mut *self.tx)
-                .await?;
+            let rows = chunk.iter().map(|(id, row)| version_values(*id, row));
+            self.writes.insert(tables.insert_versions, rows, "");
         }
-        Ok(())
     }
 
     /// Inserts the `opened` transfers, overwrites the `moved` ones (rows this batch
     /// holds locked) and inserts their versions.
-    pub(crate) async fn write_transfers(
+    pub(crate) fn write_transfers(
         &mut self,
         opened: &[TransferRow],
         moved: &[TransferRow],
         versions: &[(Uuid, TransferVersionRow)],
-    ) -> Result<(), sqlx::Error> {
+    ) {
+        let tables = self.tables;
         for (rows, suffix) in [(opened, ""), (moved, UPDATE_LOCKED_TRANSFERS)] {
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                let mut insert = insert_transfers(self.tables, chunk);
-                insert.push(suffix);
-                insert.build().execute(&mut *self.tx).await?;
+                let rows = chunk.iter().map(transfer_values);
+                self.writes.insert(tables.insert_transfers, rows, suffix);
             }
         }
         for chunk in versions.chunks(ROWS_PER_STATEMENT) {
-            insert_transfer_versions(self.tables, chunk.iter().map(|(id, row)| (*id, row)))
-                .build()
-                .execute(&mut *self.tx)
-                .await?;
+            let rows = chunk
+                .iter()
+                .map(|(id, row)| transfer_version_values(*id, row));
+            self.writes
+                .insert(tables.insert_transfer_versions, rows, "");
         }
-        Ok(())
     }
 
     /// Adds `deltas` to the balance sheet's counters, in (currency, slot) order.
-    pub(crate) async fn add_to_sheet(&mut self, deltas: &[SheetDelta]) -> Result<(), sqlx::Error> {
+    pub(crate) fn add_to_sheet(&mut self, deltas: &[SheetDelta]) {
         for chunk in deltas.chunks(ROWS_PER_STATEMENT) {
-            add_to_sheet(self.tables, chunk)
-                .build()
-                .execute(&mut *self.tx)
-                .await?;
+            let rows = chunk.iter().map(sheet_values);
+            self.writes
+                .insert(self.tables.add_to_sheet, rows, ADD_TO_COUNTERS);
         }
-        Ok(())
     }
 
-    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
+    /// Sends the gathered writes and the commit together; returns when the rows were
+    /// sent. Nothing is committed when it fails.
+    pub(crate) async fn commit(mut self) -> Result<DateTime<Utc>, sqlx::Error> {
+        let mut script = std::mem::take(&mut self.writes);
+        script.push("COMMIT");
+        let sent = Utc::now();
+        match sqlx::raw_sql(AssertSqlSafe(script.into_sql()))
+            .execute(&mut *self.connection)
+            .await
+        {
+            Ok(_) => {
+                self.open = false;
+                Ok(sent)
+            }
+            Err(error) => Err(self.abandon(error).await),
+        }
+    }
+
+    /// Rolls the transaction back after `error` (the statements after a failed one
+    /// are not run); should that fail too, the connection is closed when the batch
+    /// is dropped.
+    async fn abandon(&mut self, error: sqlx::Error) -> sqlx::Error {
+        if sqlx::raw_sql("ROLLBACK")
+            .execute(&mut *self.connection)
+            .await
+            .is_ok()
+        {
+            self.open = false;
+        }
+        error
     }
 }
 
-/// A multi-row insert of operations, each with its account.
-fn insert_operations<'a>(
-    tables: &Tables,
-    operations: impl IntoIterator<Item = (Uuid, &'a OperationRow)>,
-) -> QueryBuilder<MySql> {
-    let mut insert = QueryBuilder::<MySql>::new(tables.insert_operations);
-    insert.push_values(operations, |mut row, (account, op)| {
-        row.push_bind(op.event_id.hyphenated().to_string())
-            .push_bind(account.hyphenated().to_string())
-            .push_bind(op.version)
-            .push_bind(op.kind.as_str())
-            .push_bind(op.amount)
-            .push_bind(op.currency)
-            .push_bind(op.balance_after)
-            .push_bind(op.occurred_at)
-            .push_bind(op.transfer_id.map(|id| id.hyphenated().to_string()));
-    });
-    insert
+fn account_values(account: &AccountRow) -> [Value; 8] {
+    [
+        account.id.into(),
+        account.owner.clone().into(),
+        account.status.as_str().into(),
+        account.currency.clone().into(),
+        account.balance.into(),
+        account.version.into(),
+        account.created_at.into(),
+        account.updated_at.into(),
+    ]
 }
 
-/// A multi-row insert of transfer rows (the columns of `transfer_columns!`).
-fn insert_transfers(tables: &Tables, rows: &[TransferRow]) -> QueryBuilder<MySql> {
-    let mut insert = QueryBuilder::<MySql>::new(tables.insert_transfers);
-    insert.push_values(rows, |mut row, transfer| {
-        row.push_bind(transfer.id.hyphenated().to_string())
-            .push_bind(transfer.from.hyphenated().to_string())
-            .push_bind(transfer.to.hyphenated().to_string())
-            .push_bind(transfer.amount)
-            .push_bind(transfer.currency.clone())
-            .push_bind(transfer.reference.clone())
-            .push_bind(transfer.status.as_str())
-            .push_bind(transfer.reason.clone())
-            .push_bind(transfer.requested_by.clone())
-            .push_bind(transfer.version)
-            .push_bind(transfer.created_at)
-            .push_bind(transfer.updated_at);
-    });
-    insert
+fn operation_values(account: Uuid, op: &OperationRow) -> [Value; 9] {
+    [
+        op.event_id.into(),
+        account.into(),
+        op.version.into(),
+        op.kind.as_str().into(),
+        op.amount.into(),
+        op.currency.into(),
+        op.balance_after.into(),
+        op.occurred_at.into(),
+        op.transfer_id.into(),
+    ]
 }
 
-/// A multi-row insert of projected transfer versions, each with its transfer.
-fn insert_transfer_versions<'a>(
-    tables: &Tables,
-    versions: impl IntoIterator<Item = (Uuid, &'a TransferVersionRow)>,
-) -> QueryBuilder<MySql> {
-    let mut insert = QueryBuilder::<MySql>::new(tables.insert_transfer_versions);
-    insert.push_values(versions, |mut row, (transfer, version)| {
-        row.push_bind(transfer.hyphenated().to_string())
-            .push_bind(version.version)
-            .push_bind(version.event_id.hyphenated().to_string())
-            .push_bind(version.kind)
-            .push_bind(version.occurred_at);
-    });
-    insert
+/// A transfer row's values (the columns of `transfer_columns!`).
+fn transfer_values(transfer: &TransferRow) -> [Value; 12] {
+    [
+        transfer.id.into(),
+        transfer.from.into(),
+        transfer.to.into(),
+        transfer.amount.into(),
+        transfer.currency.clone().into(),
+        transfer.reference.clone().into(),
+        transfer.status.as_str().into(),
+        transfer.reason.clone().into(),
+        transfer.requested_by.clone().into(),
+        transfer.version.into(),
+        transfer.created_at.into(),
+        transfer.updated_at.into(),
+    ]
 }
 
-/// A multi-row addition to the balance sheet's counters (a row is created at the
-/// first delta of its currency and slot).
-fn add_to_sheet(tables: &Tables, deltas: &[SheetDelta]) -> QueryBuilder<MySql> {
-    let mut insert = QueryBuilder::<MySql>::new(tables.add_to_sheet);
-    insert.push_values(deltas, |mut row, delta| {
-        row.push_bind(delta.currency)
-            .push_bind(delta.slot)
-            .push_bind(delta.balance)
-            .push_bind(delta.accounts)
-            .push_bind(delta.in_transit);
-    });
-    insert.push(ADD_TO_COUNTERS);
-    insert
+fn transfer_version_values(transfer: Uuid, version: &TransferVersionRow) -> [Value; 5] {
+    [
+        transfer.into(),
+        version.version.into(),
+        version.event_id.into(),
+        version.kind.into(),
+        version.occurred_at.into(),
+    ]
+}
+
+fn sheet_values(delta: &SheetDelta) -> [Value; 5] {
+    [
+        delta.currency.into(),
+        delta.slot.into(),
+        delta.balance.into(),
+        delta.accounts.into(),
+        delta.in_transit.into(),
+    ]
+}
+
+fn version_values(account: Uuid, version: &VersionRow) -> [Value; 7] {
+    [
+        account.into(),
+        version.version.into(),
+        version.event_id.into(),
+        version.kind.into(),
+        version.status.as_str().into(),
+        version.balance.into(),
+        version.occurred_at.into(),
+    ]
+}
+
+/// Reads an account row (the columns of the account lock).
+fn account_row(row: &MySqlRow) -> Result<AccountRow, sqlx::Error> {
+    let id: String = row.try_get("id")?;
+    Ok(AccountRow {
+        id: Uuid::parse_str(&id).map_err(|error| sqlx::Error::ColumnDecode {
+            index: "id".to_owned(),
+            source: Box::new(error),
+        })?,
+        owner: row.try_get("owner")?,
+        status: row
+            .try_get::<String, _>("status")?
+            .parse::<AccountStatus>()
+            .map_err(|error| sqlx::Error::ColumnDecode {
+                index: "status".to_owned(),
+                source: error.into(),
+            })?,
+        currency: row.try_get("currency")?,
+        balance: row.try_get("balance")?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
 }
 
 /// Reads a transfer row (the columns of `transfer_columns!`).
@@ -321,24 +362,6 @@ fn transfer_row(row: &MySqlRow) -> Result<TransferRow, sqlx::Error> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
-}
-
-/// A multi-row insert of projected versions, each with its account.
-fn insert_versions<'a>(
-    tables: &Tables,
-    versions: impl IntoIterator<Item = (Uuid, &'a VersionRow)>,
-) -> QueryBuilder<MySql> {
-    let mut insert = QueryBuilder::<MySql>::new(tables.insert_versions);
-    insert.push_values(versions, |mut row, (account, version)| {
-        row.push_bind(account.hyphenated().to_string())
-            .push_bind(version.version)
-            .push_bind(version.event_id.hyphenated().to_string())
-            .push_bind(version.kind)
-            .push_bind(version.status.as_str())
-            .push_bind(version.balance)
-            .push_bind(version.occurred_at);
-    });
-    insert
 }
 
 /// The event ids recorded at `versions` of `stream` (versions without a record, such
@@ -561,8 +584,10 @@ impl ReadStore {
         // Chunked: a gap filled from a long history holds more rows than one statement
         // may have placeholders (65,535).
         for chunk in mutation.operations.chunks(ROWS_PER_STATEMENT) {
-            let operations = chunk.iter().map(|op| (mutation.account, op));
-            match insert_operations(tables, operations)
+            let operations = chunk
+                .iter()
+                .map(|op| operation_values(mutation.account, op));
+            match bound(tables.insert_operations, operations)
                 .build()
                 .execute(&mut *tx)
                 .await
@@ -574,8 +599,10 @@ impl ReadStore {
             }
         }
         for chunk in mutation.versions.chunks(ROWS_PER_STATEMENT) {
-            let versions = chunk.iter().map(|row| (mutation.account, row));
-            match insert_versions(tables, versions)
+            let versions = chunk
+                .iter()
+                .map(|row| version_values(mutation.account, row));
+            match bound(tables.insert_versions, versions)
                 .build()
                 .execute(&mut *tx)
                 .await
@@ -588,11 +615,9 @@ impl ReadStore {
             }
         }
         if let Some(delta) = &mutation.sheet {
-            match add_to_sheet(tables, std::slice::from_ref(delta))
-                .build()
-                .execute(&mut *tx)
-                .await
-            {
+            let mut add = bound(tables.add_to_sheet, [sheet_values(delta)]);
+            add.push(ADD_TO_COUNTERS);
+            match add.build().execute(&mut *tx).await {
                 Ok(_) => {}
                 Err(error) if is_retryable(&error) => return Ok(Applied::Conflict),
                 Err(error) => return Err(error),
@@ -610,7 +635,7 @@ impl ReadStore {
         let row = &mutation.row;
         let mut tx = self.pool.begin().await?;
         let moved = if mutation.opens() {
-            insert_transfers(tables, std::slice::from_ref(row))
+            bound(tables.insert_transfers, [transfer_values(row)])
                 .build()
                 .execute(&mut *tx)
                 .await
@@ -635,10 +660,14 @@ impl ReadStore {
             }
             Err(error) => return Err(error),
         }
-        match insert_transfer_versions(tables, mutation.versions.iter().map(|v| (row.id, v)))
-            .build()
-            .execute(&mut *tx)
-            .await
+        let versions = mutation.versions.iter();
+        match bound(
+            tables.insert_transfer_versions,
+            versions.map(|version| transfer_version_values(row.id, version)),
+        )
+        .build()
+        .execute(&mut *tx)
+        .await
         {
             Ok(_) => {}
             Err(error) if is_retryable(&error) || is_unique_violation(&error) => {
@@ -649,12 +678,9 @@ impl ReadStore {
         commit(tx).await
     }
 
-    /// Starts a transaction applying many streams' runs at once.
+    /// A connection for a transaction applying many streams' runs at once.
     pub(crate) async fn batch(&self, tables: &'static Tables) -> Result<Batch, sqlx::Error> {
-        Ok(Batch {
-            tx: self.pool.begin().await?,
-            tables,
-        })
+        Ok(Batch::new(self.pool.acquire().await?, tables))
     }
 
     /// The feed checkpoint: its generation and the position verified so far.
@@ -681,5 +707,127 @@ impl ReadStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rust_decimal::Decimal;
+    use service_kit::settings::SecretUrl;
+    use test_support::Leftovers;
+    use test_support::names::fresh_database;
+    use test_support::servers::{Server, mysql_url, require};
+
+    use super::*;
+    use crate::store::LIVE;
+
+    /// Text with quotes, a backslash, SQL and characters outside ASCII.
+    const AWKWARD: &str = "O'Brien \\ \"loyer\" — é 🏦'); DROP TABLE transfers; --";
+
+    async fn fresh_store() -> (ReadStore, Leftovers) {
+        require(&[Server::MySql]);
+        let database = fresh_database("qs_test_batch");
+        let store = ReadStore::open(&SecretUrl::new(mysql_url(&database)), 2)
+            .await
+            .unwrap();
+        let leftovers = Leftovers {
+            mysql_databases: vec![database],
+            ..Leftovers::default()
+        };
+        (store, leftovers)
+    }
+
+    fn time(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    fn account(owner: &str) -> AccountRow {
+        AccountRow {
+            id: Uuid::now_v7(),
+            owner: Some(owner.to_owned()),
+            status: AccountStatus::Active,
+            currency: "MAD".to_owned(),
+            balance: Decimal::new(-1_234_500, 4),
+            version: 3,
+            created_at: time("2026-12-01T16:05:09.000123Z"),
+            updated_at: time("2026-12-01T16:05:10.999999Z"),
+        }
+    }
+
+    fn transfer(from: Uuid, reference: &str) -> TransferRow {
+        TransferRow {
+            id: Uuid::now_v7(),
+            from,
+            to: Uuid::now_v7(),
+            amount: Decimal::new(400, 2),
+            currency: "MAD".to_owned(),
+            reference: Some(reference.to_owned()),
+            status: TransferStatus::Failed,
+            reason: Some(format!("{reference}\n")),
+            requested_by: reference.to_owned(),
+            version: 2,
+            created_at: time("2026-12-01T16:05:09.5Z"),
+            updated_at: time("2026-12-01T16:05:11Z"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_writes_any_text_and_reads_it_back_exactly() {
+        // Given an account and a transfer whose every text column holds awkward text
+        let (store, leftovers) = fresh_store().await;
+        let alices = account(AWKWARD);
+        let rent = transfer(alices.id, AWKWARD);
+
+        // When one batch opens both
+        let mut batch = store.batch(&LIVE).await.unwrap();
+        let (accounts, transfers) = batch.lock(&[alices.id], &[rent.id]).await.unwrap();
+        assert!(accounts.is_empty() && transfers.is_empty());
+        batch.write(std::slice::from_ref(&alices), &[], &[], &[]);
+        batch.write_transfers(std::slice::from_ref(&rent), &[], &[]);
+        batch.commit().await.unwrap();
+
+        // Then the next batch locks and reads them as they were written
+        let mut batch = store.batch(&LIVE).await.unwrap();
+        let (accounts, transfers) = batch.lock(&[alices.id], &[rent.id]).await.unwrap();
+        assert_eq!(accounts.get(&alices.id), Some(&alices));
+        assert_eq!(transfers.get(&rent.id), Some(&rent));
+        drop(batch);
+        leftovers.remove().await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_fails_commits_nothing_and_releases_its_locks() {
+        // Given an account projected already
+        let (store, leftovers) = fresh_store().await;
+        let alices = account("alice");
+        let mut batch = store.batch(&LIVE).await.unwrap();
+        batch.lock(&[alices.id], &[]).await.unwrap();
+        batch.write(std::slice::from_ref(&alices), &[], &[], &[]);
+        batch.commit().await.unwrap();
+
+        // When a batch opens a transfer, then opens the same account again
+        let bobs = account("bob");
+        let rent = transfer(bobs.id, "rent");
+        let mut batch = store.batch(&LIVE).await.unwrap();
+        batch.lock(&[alices.id, bobs.id], &[rent.id]).await.unwrap();
+        batch.write(&[bobs.clone(), alices.clone()], &[], &[], &[]);
+        batch.write_transfers(std::slice::from_ref(&rent), &[], &[]);
+        let error = batch.commit().await.unwrap_err();
+
+        // Then it fails on the duplicate, and nothing of it was written: the next batch
+        // locks the same rows at once and finds only the first account
+        assert!(is_unique_violation(&error), "{error}");
+        let mut batch = store.batch(&LIVE).await.unwrap();
+        let locked = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            batch.lock(&[alices.id, bobs.id], &[rent.id]),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(locked.0.into_keys().collect::<Vec<_>>(), [alices.id]);
+        assert!(locked.1.is_empty());
+        drop(batch);
+        leftovers.remove().await;
     }
 }

@@ -376,6 +376,29 @@ async fn a_transfer_the_source_refuses_fails_and_moves_nothing() {
 }
 
 #[tokio::test]
+async fn text_a_client_chose_reads_back_exactly_as_written() {
+    // Given a transfer whose reference holds quotes, a backslash, SQL and non-ASCII text
+    let app = spawn_app_with(isolated()).await;
+    let alices = seed(&app, Some("alice"), "MAD").await;
+    let bobs = seed(&app, Some("bob"), "MAD").await;
+    let rent = Transfer::new(&alices, &bobs, "4.00", "MAD");
+    let reference = "O'Brien \\ \"loyer\" — é 🏦'); DROP TABLE transfers; --";
+    let mut requested = rent.requested(1);
+    requested["data"]["reference"] = json!(reference);
+    let reason = "refusé: l'account's \\' closed\n";
+    // When it is requested, then fails with a reason of the same kind
+    let publisher = app.publisher().await;
+    publish_all(&publisher, &[&requested, &rent.failed(reason, 2)]).await;
+    // Then both read back as they were written
+    let failed = transfer(&app, &rent.id, 10_000).await;
+    assert_eq!(
+        (&failed["status"], &failed["reference"], &failed["reason"]),
+        (&json!("FAILED"), &json!(reference), &json!(reason))
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_transfer_the_destination_refuses_is_refunded_to_the_source() {
     // Given alice's and bob's accounts with 15.00 each
     let app = spawn_app_with(isolated()).await;
