@@ -274,10 +274,10 @@ impl Projector {
     ///
     /// Every stream whose candidates are a plain continuation of its projection goes
     /// into one transaction: its row locked and read, its events folded in memory, all
-    /// rows, operations and balance-sheet counters written with multi-row statements,
-    /// one commit. The others (a gap to fill, an event that cannot apply) and, should
-    /// that transaction fail, all of them, go through the per-stream path
-    /// ([`Projector::project_alone`]).
+    /// rows, operations and balance-sheet counters written with multi-row statements
+    /// sent with the commit ([`Batch`]). The others (a gap to fill, an event that
+    /// cannot apply) and, should that transaction fail, all of them, go through the
+    /// per-stream path ([`Projector::project_alone`]).
     pub(crate) async fn project_deliveries(
         &self,
         streams: &[(Stream, Vec<Candidate>)],
