@@ -150,14 +150,10 @@ impl Script {
         self.sql.push_str(head);
         self.sql.push_str("VALUES ");
         for (index, values) in rows.enumerate() {
-            self.sql.push_str(if index == 0 { "(" } else { ", (" });
-            for (column, value) in values.iter().enumerate() {
-                if column > 0 {
-                    self.sql.push_str(", ");
-                }
-                value.write_literal(&mut self.sql);
+            if index > 0 {
+                self.sql.push_str(", ");
             }
-            self.sql.push(')');
+            self.tuple(values);
         }
         self.sql.push_str(tail);
         self.sql.push_str(";\n");
@@ -177,6 +173,13 @@ impl Script {
         tail: &str,
     ) {
         self.sql.push_str(head);
+        self.tuple(values);
+        self.sql.push_str(tail);
+        self.sql.push_str(";\n");
+    }
+
+    /// Appends `(v, v, ...)`.
+    fn tuple(&mut self, values: impl IntoIterator<Item = Value>) {
         self.sql.push('(');
         for (index, value) in values.into_iter().enumerate() {
             if index > 0 {
@@ -185,8 +188,6 @@ impl Script {
             value.write_literal(&mut self.sql);
         }
         self.sql.push(')');
-        self.sql.push_str(tail);
-        self.sql.push_str(";\n");
     }
 
     pub(super) fn into_sql(self) -> String {
