@@ -18,7 +18,7 @@ use sqlx::{ConnectOptions, Connection, MySqlConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::projection::{ProjectionError, Projector};
+use crate::projection::{ProjectionError, Projector, SortedPage};
 use crate::settings::Settings;
 use crate::source::{CommandClient, TokenSource};
 use crate::store::{REBUILD, ReadStore};
@@ -29,6 +29,9 @@ const PAGE_SIZE: u32 = 1000;
 /// Attempts at one page before the rebuild gives up.
 const PAGE_ATTEMPTS: u32 = 8;
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Account rows, and transfer rows, the rebuild keeps as it wrote them, so that a page
+/// reads from the database only the rows of streams it has not written lately.
+const ROWS_HELD: usize = 50_000;
 
 const PREPARE: [&str; 9] = [
     "DROP TABLE IF EXISTS accounts_rebuild, operations_rebuild, account_versions_rebuild, \
@@ -113,7 +116,8 @@ async fn rebuild_locked(
             .with_context(|| format!("cannot prepare the rebuild tables ({statement})"))?;
     }
     let source = CommandClient::new(&settings.command_service_url, token)?;
-    let projector = Projector::new(store.clone(), &REBUILD, source, ProjectionWatch::default());
+    let projector = Projector::new(store.clone(), &REBUILD, source, ProjectionWatch::default())
+        .sole_writer(ROWS_HELD);
     tracing::info!(command_service = %settings.command_service_url, "rebuilding the read model from the global feed");
     let started = Instant::now();
     let mut progress_at = started;
@@ -123,17 +127,17 @@ async fn rebuild_locked(
         skipped: 0,
         position: 0,
     };
-    // Each page is projected (one transaction) while the next one is read.
+    // Each page is projected (one transaction) while the next one is read and decoded.
     let mut page = read_page(&projector, 0, shutdown).await?;
-    while !page.events.is_empty() {
+    while page.events > 0 {
         if shutdown.is_cancelled() {
             bail!("rebuild interrupted; the live read model is untouched");
         }
-        let events = page.events.len() as u64;
+        let events = page.events;
         let position = page.next_after;
         let (next, outcome) = tokio::join!(
             read_page(&projector, position, shutdown),
-            project_page(&projector, page.events, shutdown)
+            project_page(&projector, &page.sorted, shutdown)
         );
         let outcome = outcome?;
         report.events += events;
@@ -176,16 +180,30 @@ async fn rebuild_locked(
     Ok(report)
 }
 
+/// A page of the feed, decoded.
+struct Page {
+    events: u64,
+    /// The feed position to read the next page after.
+    next_after: u64,
+    sorted: SortedPage,
+}
+
 async fn read_page(
     projector: &Projector,
     after: u64,
     shutdown: &CancellationToken,
-) -> anyhow::Result<crate::source::FeedPage> {
+) -> anyhow::Result<Page> {
     let mut attempt = 0;
     let mut backoff = page_backoff();
     loop {
         match projector.source().feed(after, PAGE_SIZE).await {
-            Ok(page) => return Ok(page),
+            Ok(page) => {
+                return Ok(Page {
+                    events: page.events.len() as u64,
+                    next_after: page.next_after,
+                    sorted: SortedPage::sort(page.events, "rebuild"),
+                });
+            }
             Err(error) => {
                 attempt += 1;
                 if attempt >= PAGE_ATTEMPTS {
@@ -200,13 +218,13 @@ async fn read_page(
 
 async fn project_page(
     projector: &Projector,
-    events: Vec<shared_events::EventEnvelope>,
+    page: &SortedPage,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<crate::projection::BatchOutcome> {
     let mut attempt = 0;
     let mut backoff = page_backoff();
     loop {
-        match projector.project_feed_page(events.clone(), "rebuild").await {
+        match projector.project_sorted(page, "rebuild").await {
             Ok(outcome) => return Ok(outcome),
             Err(error) => {
                 attempt += 1;

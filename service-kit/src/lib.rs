@@ -10,6 +10,7 @@ pub mod extract;
 pub mod http;
 pub mod ops;
 pub mod problem;
+pub mod recent;
 pub mod refusals;
 pub mod settings;
 pub mod shutdown;

@@ -2,7 +2,7 @@
 //! transaction, with the one retry loop for accounts written concurrently.
 //!
 //! A writer keeps the accounts it decided recently as it left them
-//! ([`RecentAccounts`]), so that a command on one of them costs the append alone. The
+//! ([`RecentMap`]), so that a command on one of them costs the append alone. The
 //! append's version check still catches a write by another replica: the account is
 //! then forgotten, loaded again and the command decided again on the fresh state. An
 //! account is also forgotten when an append's outcome is unknown or failed.
@@ -13,6 +13,7 @@ use std::time::Duration;
 use chrono::{SubsecRound, Utc};
 use event_store::{EventStore, NewEvent, StoreError, StoredResponse, StreamAppend};
 use service_kit::backoff::Backoff;
+use service_kit::recent::RecentMap;
 use shared_events::{AccountEvent, AccountId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -57,7 +58,7 @@ pub(super) async fn write_loop(
     let mut writer = Writer {
         store,
         encode,
-        recent: RecentAccounts::new(RECENT_ACCOUNTS / WRITERS),
+        recent: RecentMap::new(RECENT_ACCOUNTS / WRITERS),
     };
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -80,39 +81,8 @@ struct Plan {
 struct Writer {
     store: EventStore,
     encode: ReplyEncoder,
-    recent: RecentAccounts,
-}
-
-/// Accounts as last decided and committed, about the `capacity` most recent ones: two
-/// generations, the older dropped whole when the younger fills up (no per-access
-/// bookkeeping).
-struct RecentAccounts {
-    young: HashMap<Uuid, Account>,
-    old: HashMap<Uuid, Account>,
-    generation: usize,
-}
-
-impl RecentAccounts {
-    fn new(capacity: usize) -> Self {
-        Self {
-            young: HashMap::new(),
-            old: HashMap::new(),
-            generation: (capacity / 2).max(1),
-        }
-    }
-
-    /// The account as this writer left it, if kept; moved out (a command is about to
-    /// change it).
-    fn take(&mut self, id: Uuid) -> Option<Account> {
-        self.young.remove(&id).or_else(|| self.old.remove(&id))
-    }
-
-    fn keep(&mut self, id: Uuid, account: Account) {
-        if self.young.len() >= self.generation {
-            self.old = std::mem::take(&mut self.young);
-        }
-        self.young.insert(id, account);
-    }
+    /// Accounts as last decided and committed.
+    recent: RecentMap<Uuid, Account>,
 }
 
 impl Writer {
@@ -167,7 +137,7 @@ impl Writer {
         }
         let kept: Vec<Option<Account>> = groups
             .iter()
-            .map(|(id, _)| self.recent.take(id.as_uuid()))
+            .map(|(id, _)| self.recent.take(&id.as_uuid()))
             .collect();
         let missing: Vec<Uuid> = groups
             .iter()

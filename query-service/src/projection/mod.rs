@@ -23,11 +23,12 @@ pub(crate) mod plan;
 pub(crate) mod stages;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::Utc;
 use futures::StreamExt;
+use service_kit::recent::RecentMap;
 use shared_events::EventEnvelope;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -92,6 +93,42 @@ pub struct BatchOutcome {
     pub conflicts: u64,
 }
 
+/// A page of the global feed sorted by stream, with the events that cannot be decoded
+/// counted as poison.
+#[derive(Debug)]
+pub struct SortedPage {
+    streams: Vec<(Stream, Vec<Candidate>)>,
+    outcome: BatchOutcome,
+}
+
+impl SortedPage {
+    /// Decodes `events` and sorts them by stream, in feed order within each.
+    pub fn sort(events: Vec<EventEnvelope>, path: &'static str) -> Self {
+        let mut outcome = BatchOutcome::default();
+        let mut streams: BTreeMap<Stream, Vec<Candidate>> = BTreeMap::new();
+        for envelope in events {
+            let (event_id, version, stream) =
+                (envelope.event_id, envelope.version, envelope.account_id);
+            match Candidate::decode(envelope, Origin::Delivered) {
+                Ok(candidate) => streams
+                    .entry(candidate.stream())
+                    .or_default()
+                    .push(candidate),
+                Err(reason) => {
+                    tracing::error!(%event_id, %stream, version, path, %reason, "skipping an event that cannot be projected");
+                    metrics::counter!("projection_events_total", "path" => path, "outcome" => "poison")
+                        .increment(1);
+                    outcome.poisoned += 1;
+                }
+            }
+        }
+        Self {
+            streams: streams.into_iter().collect(),
+            outcome,
+        }
+    }
+}
+
 /// Applies events to one set of tables.
 #[derive(Debug, Clone)]
 pub struct Projector {
@@ -100,7 +137,74 @@ pub struct Projector {
     source: CommandClient,
     watch: ProjectionWatch,
     highest_position: Arc<AtomicU64>,
+    /// The rows as this projector last wrote them, when it is their only writer.
+    written: Option<Arc<Mutex<WrittenRows>>>,
 }
+
+/// The account and transfer rows a sole writer committed last, so that a batch reads
+/// only the rows it does not hold (none while it holds every row it ever wrote).
+#[derive(Debug)]
+struct WrittenRows {
+    accounts: RecentMap<Uuid, AccountRow>,
+    transfers: RecentMap<Uuid, TransferRow>,
+}
+
+impl WrittenRows {
+    /// The rows held of `accounts` and `transfers`, and the ids whose rows must be read.
+    fn split(&self, accounts: Vec<Uuid>, transfers: Vec<Uuid>) -> (Rows, (Vec<Uuid>, Vec<Uuid>)) {
+        let (held_accounts, read_accounts) = held(&self.accounts, accounts);
+        let (held_transfers, read_transfers) = held(&self.transfers, transfers);
+        (
+            (held_accounts, held_transfers),
+            (read_accounts, read_transfers),
+        )
+    }
+
+    fn keep(&mut self, writes: &BatchWrites) {
+        for row in writes.opened.iter().chain(&writes.moved) {
+            self.accounts.keep(row.id, row.clone());
+        }
+        for row in writes
+            .opened_transfers
+            .iter()
+            .chain(&writes.moved_transfers)
+        {
+            self.transfers.keep(row.id, row.clone());
+        }
+    }
+
+    fn forget(&mut self, stream: Stream) {
+        match stream.kind {
+            StreamKind::Account => self.accounts.forget(&stream.id),
+            StreamKind::Transfer => self.transfers.forget(&stream.id),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.accounts.clear();
+        self.transfers.clear();
+    }
+}
+
+/// The rows of `ids` that `written` holds, and the ids to read: all but those held and,
+/// while `written` holds every row ever kept, those never written.
+fn held<V: Clone>(written: &RecentMap<Uuid, V>, ids: Vec<Uuid>) -> (HashMap<Uuid, V>, Vec<Uuid>) {
+    let mut rows = HashMap::new();
+    let mut unknown = Vec::new();
+    for id in ids {
+        match written.get(&id) {
+            Some(row) => {
+                rows.insert(id, row.clone());
+            }
+            None if written.holds_all_kept() => {}
+            None => unknown.push(id),
+        }
+    }
+    (rows, unknown)
+}
+
+/// Account and transfer rows by id.
+type Rows = (HashMap<Uuid, AccountRow>, HashMap<Uuid, TransferRow>);
 
 impl Projector {
     /// A projector writing to `tables`, filling gaps from `source` and telling
@@ -117,7 +221,26 @@ impl Projector {
             source,
             watch,
             highest_position: Arc::default(),
+            written: None,
         }
+    }
+
+    /// The same projector, for tables created empty that only it writes (the rebuild's):
+    /// it keeps about `capacity` rows as it wrote them and reads only the others.
+    pub fn sole_writer(self, capacity: usize) -> Self {
+        Self {
+            written: Some(Arc::new(Mutex::new(WrittenRows {
+                accounts: RecentMap::new(capacity),
+                transfers: RecentMap::new(capacity),
+            }))),
+            ..self
+        }
+    }
+
+    fn written(&self) -> Option<std::sync::MutexGuard<'_, WrittenRows>> {
+        self.written
+            .as_ref()
+            .map(|written| written.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The read model it writes to.
@@ -148,33 +271,27 @@ impl Projector {
         events: Vec<EventEnvelope>,
         path: &'static str,
     ) -> Result<BatchOutcome, ProjectionError> {
-        let mut outcome = BatchOutcome::default();
-        let mut streams: BTreeMap<Stream, Vec<Candidate>> = BTreeMap::new();
-        for envelope in events {
-            let (event_id, version, stream) =
-                (envelope.event_id, envelope.version, envelope.account_id);
-            match Candidate::decode(envelope, Origin::Delivered) {
-                Ok(candidate) => streams
-                    .entry(candidate.stream())
-                    .or_default()
-                    .push(candidate),
-                Err(reason) => {
-                    tracing::error!(%event_id, %stream, version, path, %reason, "skipping an event that cannot be projected");
-                    metrics::counter!("projection_events_total", "path" => path, "outcome" => "poison")
-                        .increment(1);
-                    outcome.poisoned += 1;
-                }
-            }
-        }
-        let mut streams: Vec<(Stream, Vec<Candidate>)> = streams.into_iter().collect();
+        let mut page = SortedPage::sort(events, path);
         if path == "feed" {
             let skipped;
-            (streams, skipped) = self.skip_recorded(streams).await?;
+            (page.streams, skipped) = self.skip_recorded(page.streams).await?;
             metrics::counter!("projection_events_total", "path" => path, "outcome" => "duplicate")
                 .increment(skipped);
-            outcome.duplicates += skipped;
+            page.outcome.duplicates += skipped;
         }
-        let results = self.project_deliveries(&streams, path).await;
+        self.project_sorted(&page, path).await
+    }
+
+    /// Projects a page of the global feed already sorted by stream (and retries it as
+    /// it is after a failure).
+    pub async fn project_sorted(
+        &self,
+        page: &SortedPage,
+        path: &'static str,
+    ) -> Result<BatchOutcome, ProjectionError> {
+        let streams = &page.streams;
+        let mut outcome = page.outcome;
+        let results = self.project_deliveries(streams, path).await;
         let mut failure = None;
         for ((_, candidates), verdicts) in streams.iter().zip(results) {
             match verdicts {
@@ -300,6 +417,10 @@ impl Projector {
                 }
             }
             Err(error) => {
+                // Its commit may have happened all the same.
+                if let Some(mut written) = self.written() {
+                    written.clear();
+                }
                 metrics::counter!("projection_batch_fallbacks_total", "path" => path).increment(1);
                 tracing::debug!(error = %error, streams = streams.len(), path, "batched apply failed; projecting stream by stream");
             }
@@ -314,6 +435,9 @@ impl Projector {
         )
         .map(|index| async move {
             let (stream, candidates) = &streams[index];
+            if let Some(mut written) = self.written() {
+                written.forget(*stream);
+            }
             (index, self.project_alone(*stream, candidates, path).await)
         })
         .buffer_unordered(STREAM_CONCURRENCY)
@@ -351,9 +475,12 @@ impl Projector {
                 .collect()
         };
         let mut batch = self.store.batch(self.tables).await?;
-        // The one lock order of every transaction: accounts, transfers, the sheet.
-        let (accounts, transfers) = batch
-            .lock(&ids(StreamKind::Account), &ids(StreamKind::Transfer))
+        let (accounts, transfers) = self
+            .lock(
+                &mut batch,
+                ids(StreamKind::Account),
+                ids(StreamKind::Transfer),
+            )
             .await?;
         let head = |stream: &Stream| match stream.kind {
             StreamKind::Account => {
@@ -425,6 +552,9 @@ impl Projector {
             writes.write(&mut batch);
         }
         let written = batch.commit().await?;
+        if let Some(mut rows) = self.written() {
+            rows.keep(&writes);
+        }
         if path != "rebuild" {
             let occurred = || {
                 runs.iter()
@@ -445,6 +575,29 @@ impl Projector {
             done.push((index, decided.finish()));
         }
         Ok(done)
+    }
+
+    /// Starts `batch`'s transaction, locking and reading the rows of `accounts` and of
+    /// `transfers` (the one lock order of every transaction: accounts, transfers, the
+    /// sheet); a sole writer reads only the rows it does not hold.
+    async fn lock(
+        &self,
+        batch: &mut Batch,
+        accounts: Vec<Uuid>,
+        transfers: Vec<Uuid>,
+    ) -> Result<Rows, sqlx::Error> {
+        let split = match self.written() {
+            Some(written) => Ok(written.split(accounts, transfers)),
+            None => Err((accounts, transfers)),
+        };
+        let ((mut held_accounts, mut held_transfers), (accounts, transfers)) = match split {
+            Ok(split) => split,
+            Err((accounts, transfers)) => return batch.lock(&accounts, &transfers).await,
+        };
+        let (read_accounts, read_transfers) = batch.lock(&accounts, &transfers).await?;
+        held_accounts.extend(read_accounts);
+        held_transfers.extend(read_transfers);
+        Ok((held_accounts, held_transfers))
     }
 
     /// Projects candidates of one stream, in its own transactions; returns one

@@ -37,10 +37,11 @@ pub(crate) enum Applied {
 }
 
 /// One transaction applying the runs of many streams at once, in two round trips
-/// (three when redelivered events must be told apart): [`Batch::lock`] starts it and
-/// locks and reads the accounts and the transfers; the caller folds their events in
-/// memory; [`Batch::write`], [`Batch::write_transfers`] and [`Batch::add_to_sheet`]
-/// gather the results as SQL text, which [`Batch::commit`] sends with the commit.
+/// (three when redelivered events must be told apart; one when no row is to be read):
+/// [`Batch::lock`] starts it and locks and reads the accounts and the transfers; the
+/// caller folds their events in memory; [`Batch::write`], [`Batch::write_transfers`]
+/// and [`Batch::add_to_sheet`] gather the results as SQL text, which [`Batch::commit`]
+/// sends with the commit.
 ///
 /// A batch dropped with its transaction open (it failed, or its future was dropped)
 /// closes its connection, which ends the transaction, rather than return it to the pool.
@@ -48,8 +49,10 @@ pub(crate) enum Applied {
 pub(crate) struct Batch {
     connection: PoolConnection<MySql>,
     tables: &'static Tables,
-    /// Whether a transaction is open on the connection.
+    /// Whether a transaction is open on the connection (or starts with the writes).
     open: bool,
+    /// Whether the transaction's start waits to be sent with the writes.
+    start_with_writes: bool,
     writes: Script,
 }
 
@@ -67,18 +70,26 @@ impl Batch {
             connection,
             tables,
             open: false,
+            start_with_writes: false,
             writes: Script::default(),
         }
     }
 
     /// Starts the transaction, locks the rows of `accounts` and of `transfers` (in id
     /// order: accounts, then transfers, the one lock order of every batch) and reads
-    /// them. Streams without a row are absent from the answer.
+    /// them. Streams without a row are absent from the answer. With no row to read, the
+    /// transaction starts with the writes, in their round trip.
     pub(crate) async fn lock(
         &mut self,
         accounts: &[Uuid],
         transfers: &[Uuid],
     ) -> Result<(HashMap<Uuid, AccountRow>, HashMap<Uuid, TransferRow>), sqlx::Error> {
+        if accounts.is_empty() && transfers.is_empty() {
+            self.writes.push("START TRANSACTION");
+            self.open = true;
+            self.start_with_writes = true;
+            return Ok((HashMap::new(), HashMap::new()));
+        }
         let mut script = Script::default();
         script.push("START TRANSACTION");
         for (ids, select) in [
@@ -129,6 +140,15 @@ impl Batch {
         kind: StreamKind,
         ranges: &[(Uuid, i64, i64)],
     ) -> Result<HashMap<(Uuid, i64), Uuid>, sqlx::Error> {
+        if std::mem::take(&mut self.start_with_writes) {
+            self.writes = Script::default();
+            if let Err(error) = sqlx::raw_sql("START TRANSACTION")
+                .execute(&mut *self.connection)
+                .await
+            {
+                return Err(self.abandon(error).await);
+            }
+        }
         let mut recorded = HashMap::new();
         for chunk in ranges.chunks(ROWS_PER_STATEMENT) {
             match recorded_ids(&mut *self.connection, self.tables, kind, chunk).await {

@@ -291,3 +291,80 @@ async fn rebuild_reads_a_feed_that_mixes_streams_of_both_schema_versions() {
         json!({"initial_balance": "40.00", "currency": "MAD"})
     );
 }
+
+/// Stores, straight into the event store, `accounts` accounts of 100.00 MAD each credited
+/// 1.00 `credits` times, their events interleaved in the feed; returns their ids.
+#[expect(
+    clippy::unwrap_used,
+    reason = "test helper: a failure is the test's failure"
+)]
+async fn store_interleaved_histories(app: &TestApp, accounts: usize, credits: i64) -> Vec<String> {
+    let ids: Vec<uuid::Uuid> = (0..accounts).map(|_| uuid::Uuid::now_v7()).collect();
+    let mut postgres = <sqlx::PgConnection as sqlx::Connection>::connect(&app.postgres_url)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO streams (stream_id, version) SELECT unnest($1::uuid[]), $2")
+        .bind(&ids)
+        .bind(credits + 2)
+        .execute(&mut postgres)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO events (event_id, stream_id, version, event_type, schema_version, data, \
+         metadata, occurred_at)
+         SELECT gen_random_uuid(), s.id, v,
+                CASE v WHEN 1 THEN 'AccountCreated' WHEN 2 THEN 'AccountActivated' ELSE 'AccountCredited' END,
+                1,
+                CASE v WHEN 1 THEN '{\"initial_balance\": \"100.00\", \"currency\": \"MAD\"}'::jsonb
+                       WHEN 2 THEN '{}'::jsonb
+                       ELSE jsonb_build_object('amount', '1.00', 'currency', 'MAD',
+                                               'balance', to_char(98 + v, 'FM999999990.00')) END,
+                '{\"correlation_id\": \"pages\", \"causation_id\": null, \"idempotency_key\": null}'::jsonb,
+                now()
+           FROM generate_series(1, $2 + 2) AS v, unnest($1::uuid[]) WITH ORDINALITY AS s (id, n)
+          ORDER BY v, s.n",
+    )
+    .bind(&ids)
+    .bind(credits)
+    .execute(&mut postgres)
+    .await
+    .unwrap();
+    ids.iter().map(uuid::Uuid::to_string).collect()
+}
+
+#[tokio::test]
+async fn rebuild_carries_each_account_from_page_to_page_of_the_feed() {
+    // Given three accounts whose histories run over three pages of the feed (1,000
+    // events a page), interleaved
+    let app = spawn_app().await;
+    let credits = 900;
+    let ids = store_interleaved_histories(&app, 3, credits).await;
+
+    // When the read model is rebuilt
+    let report = query_service::rebuild::run(&app.settings, CancellationToken::new())
+        .await
+        .unwrap();
+
+    // Then every event is applied, and each account ends at its last version and
+    // balance with one operation per credit
+    assert_eq!((report.events, report.applied), (2706, 2706));
+    let mut mysql = app.mysql().await;
+    for id in &ids {
+        let account = app
+            .query_get(&format!("/accounts/{id}"))
+            .await
+            .expect(200, "rebuilt account");
+        assert_eq!(
+            (account["version"].as_u64(), account["balance"].as_str()),
+            (Some(902), Some("1000.00"))
+        );
+        let operations: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM operations WHERE account_id = ? AND type = 'CREDIT'",
+        )
+        .bind(id)
+        .fetch_one(&mut mysql)
+        .await
+        .unwrap();
+        assert_eq!(operations, credits);
+    }
+}
