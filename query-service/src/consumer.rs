@@ -36,7 +36,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use service_kit::amqp::BrokerStatus;
 use service_kit::backoff::Backoff;
 use shared_events::EventEnvelope;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
@@ -261,7 +261,7 @@ impl Consumer {
                             .settle_joined(earlier.accounts, joined, &mut retry, stop)
                             .await
                         {
-                            Ok(Some(held)) => previous = Some(self.start(held)),
+                            Ok(Some(held)) => previous = Some(self.start(held, None)),
                             Ok(None) => {}
                             Err(error) => break Err(error.into()),
                         }
@@ -273,6 +273,12 @@ impl Consumer {
                 Some(Ok(delivery)) => vec![delivery],
                 Some(Err(error)) => break Err(error.into()),
                 None => break Err(ConsumeError::Cancelled(queue.to_owned())),
+            };
+            // The batch takes what arrived while it waited for its turn to project: the
+            // busier the read model, the bigger (and fewer) the transactions.
+            let mut permit = tokio::select! {
+                () = stop.cancelled() => break Ok(()),
+                permit = Arc::clone(&self.projecting).acquire_owned() => permit.ok(),
             };
             while batch.len() < usize::from(self.settings.prefetch) {
                 match consumer.next().now_or_never() {
@@ -288,12 +294,14 @@ impl Consumer {
             if accounts.is_empty() {
                 continue;
             }
-            if let Some(earlier) = previous.take_if(|earlier| earlier.shares_a_stream(&accounts))
-                && let Err(error) = self.settle(earlier, &mut retry, stop).await
-            {
-                break Err(error.into());
+            if let Some(earlier) = previous.take_if(|earlier| earlier.shares_a_stream(&accounts)) {
+                // The earlier batch may have to wait for a permit to be projected again.
+                permit = None;
+                if let Err(error) = self.settle(earlier, &mut retry, stop).await {
+                    break Err(error.into());
+                }
             }
-            let started = self.start(accounts);
+            let started = self.start(accounts, permit);
             if let Some(earlier) = previous.replace(started)
                 && let Err(error) = self.settle(earlier, &mut retry, stop).await
             {
@@ -351,8 +359,13 @@ impl Consumer {
         Ok(accounts)
     }
 
-    /// Starts projecting the messages of a batch, each stream's in one go.
-    fn start(&self, accounts: BTreeMap<Stream, Vec<Received>>) -> InFlight {
+    /// Starts projecting the messages of a batch, each stream's in one go, once it has
+    /// a `permit` (taken here when none is given).
+    fn start(
+        &self,
+        accounts: BTreeMap<Stream, Vec<Received>>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> InFlight {
         let groups: Vec<(Stream, Vec<Candidate>)> = accounts
             .iter()
             .map(|(account, received)| {
@@ -364,7 +377,10 @@ impl Consumer {
         let permits = Arc::clone(&self.projecting);
         let projecting = AbortOnDropHandle::new(tokio::spawn(async move {
             // A closed semaphore (never closed) would only lift the bound.
-            let _permit = permits.acquire_owned().await;
+            let _permit = match permit {
+                Some(permit) => Some(permit),
+                None => permits.acquire_owned().await.ok(),
+            };
             projector.project_deliveries(&groups, "broker").await
         }));
         InFlight {
@@ -387,7 +403,7 @@ impl Consumer {
                 .settle_joined(batch.accounts, joined, retry, shutdown)
                 .await?
             {
-                Some(held) => batch = self.start(held),
+                Some(held) => batch = self.start(held, None),
                 None => return Ok(()),
             }
         }
