@@ -586,13 +586,10 @@ impl Projector {
         accounts: Vec<Uuid>,
         transfers: Vec<Uuid>,
     ) -> Result<Rows, sqlx::Error> {
-        let split = match self.written() {
-            Some(written) => Ok(written.split(accounts, transfers)),
-            None => Err((accounts, transfers)),
-        };
-        let ((mut held_accounts, mut held_transfers), (accounts, transfers)) = match split {
-            Ok(split) => split,
-            Err((accounts, transfers)) => return batch.lock(&accounts, &transfers).await,
+        let ((mut held_accounts, mut held_transfers), (accounts, transfers)) = match self.written()
+        {
+            Some(written) => written.split(accounts, transfers),
+            None => (Rows::default(), (accounts, transfers)),
         };
         let (read_accounts, read_transfers) = batch.lock(&accounts, &transfers).await?;
         held_accounts.extend(read_accounts);
