@@ -17,7 +17,7 @@ mod transfers;
 pub use error::StoreError;
 pub use outbox::{AppendListener, OutboxLeader};
 pub use store::{
-    Append, EventStore, LoadedStream, NewEvent, RecordedEvent, Snapshot, StoredResponse,
-    StreamAppend,
+    Append, AppendConnection, EventStore, LoadedStream, NewEvent, RecordedEvent, Snapshot,
+    StoredResponse, StreamAppend,
 };
 pub use transfers::{TransferProcessLeader, TransferRequest};

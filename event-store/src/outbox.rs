@@ -5,7 +5,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::{Notify, mpsc};
 
-use crate::store::settled_position;
+use crate::store::{pinged_when_idle, settled_position};
 use crate::{EventStore, RecordedEvent, StoreError};
 
 /// Session advisory lock held by the one active outbox relay.
@@ -63,7 +63,7 @@ impl Announcer {
     /// Starts the task that sends the `NOTIFY`s; it ends with the last handle.
     pub(crate) fn spawn(options: PgConnectOptions) -> Self {
         let (remote, mut pending) = mpsc::channel(1);
-        let connection = PgPoolOptions::new()
+        let connection = pinged_when_idle(PgPoolOptions::new())
             .max_connections(1)
             .connect_lazy_with(options.options([("synchronous_commit", "off")]));
         tokio::spawn(async move {

@@ -1,11 +1,11 @@
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgExecutor, PgPool, Postgres};
+use sqlx::{Connection, PgConnection, PgExecutor, PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::StoreError;
@@ -123,6 +123,50 @@ pub struct EventStore {
     pub(crate) announcer: Announcer,
 }
 
+/// One writer's own connection, outside the store's pool and held across its appends:
+/// sqlx pings a pooled connection as it goes back to the pool, a round trip per append
+/// that a held one does not make, and a writer holding one of the pool's would leave
+/// a small pool short. It is opened on first use, closed after an append that failed
+/// otherwise than by a taken idempotency key, and pinged before use after an idle
+/// spell, as the pool's loans are.
+#[derive(Debug)]
+pub struct AppendConnection {
+    store: EventStore,
+    held: Option<(PgConnection, Instant)>,
+}
+
+impl AppendConnection {
+    /// [`EventStore::append_batch`] on the held connection.
+    pub async fn append_batch(
+        &mut self,
+        appends: &[StreamAppend],
+        snapshot_schema: i32,
+    ) -> Result<HashSet<Uuid>, StoreError> {
+        let mut connection = match self.held.take() {
+            Some((mut connection, last_used)) => {
+                if last_used.elapsed() < TRUSTED_IDLE || connection.ping().await.is_ok() {
+                    connection
+                } else {
+                    self.connect().await?
+                }
+            }
+            None => self.connect().await?,
+        };
+        let appended = self
+            .store
+            .append_batch_on(&mut connection, appends, snapshot_schema)
+            .await;
+        if matches!(appended, Ok(_) | Err(StoreError::IdempotencyKeyTaken(_))) {
+            self.held = Some((connection, Instant::now()));
+        }
+        appended
+    }
+
+    async fn connect(&self) -> Result<PgConnection, StoreError> {
+        Ok(PgConnection::connect_with(&self.store.pool.connect_options()).await?)
+    }
+}
+
 /// The position up to which the log is settled: no event at or below it can still
 /// commit (`settled_position()` in the migrations). Read the events in a later statement.
 pub(crate) async fn settled_position<'e>(executor: impl PgExecutor<'e>) -> Result<i64, StoreError> {
@@ -140,6 +184,26 @@ macro_rules! select_events {
     };
 }
 
+/// How long a pooled connection may have sat idle and still be lent without a ping.
+const TRUSTED_IDLE: Duration = Duration::from_millis(500);
+
+/// Pool options that ping a connection before lending it only when it sat idle for
+/// [`TRUSTED_IDLE`] or longer. sqlx pings every connection it lends by default: one
+/// more round trip per append, as costly as the append itself. A connection that broke
+/// in the window fails its statement, as one that breaks mid-statement does.
+pub(crate) fn pinged_when_idle(options: PgPoolOptions) -> PgPoolOptions {
+    options
+        .test_before_acquire(false)
+        .before_acquire(|connection, lent| {
+            Box::pin(async move {
+                if lent.idle_for >= TRUSTED_IDLE {
+                    connection.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 impl EventStore {
     /// Connects, creating the database if it is missing, and applies the migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
@@ -151,7 +215,7 @@ impl EventStore {
             return Err(error.into());
         }
         let options: PgConnectOptions = url.parse()?;
-        let pool = PgPoolOptions::new()
+        let pool = pinged_when_idle(PgPoolOptions::new())
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
@@ -166,6 +230,14 @@ impl EventStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A connection to append on, held until dropped ([`AppendConnection`]).
+    pub fn append_connection(&self) -> AppendConnection {
+        AppendConnection {
+            store: self.clone(),
+            held: None,
+        }
     }
 
     /// Whether the database answers.
@@ -230,6 +302,17 @@ impl EventStore {
         appends: &[StreamAppend],
         snapshot_schema: i32,
     ) -> Result<HashSet<Uuid>, StoreError> {
+        self.append_batch_on(&self.pool, appends, snapshot_schema)
+            .await
+    }
+
+    /// [`EventStore::append_batch`] on `executor`.
+    async fn append_batch_on<'e>(
+        &self,
+        executor: impl PgExecutor<'e>,
+        appends: &[StreamAppend],
+        snapshot_schema: i32,
+    ) -> Result<HashSet<Uuid>, StoreError> {
         // Same lock order in every batch: no deadlock between concurrent batches. The
         // streams that require another come last, after the one they require.
         let mut ordered: Vec<&StreamAppend> =
@@ -275,7 +358,7 @@ impl EventStore {
         .bind(responses().map(|(_, r)| i16::try_from(r.status).unwrap_or(i16::MAX)).collect::<Vec<_>>())
         .bind(responses().map(|(_, r)| &r.body).collect::<Vec<_>>())
         .bind(ordered.iter().map(|a| a.requires).collect::<Vec<_>>())
-        .fetch_all(&self.pool)
+        .fetch_all(executor)
         .await
         .map_err(|error| StoreError::from_append(error, Uuid::nil(), 0, Some("(batch)")))?;
         if !accepted.is_empty() {

@@ -688,3 +688,64 @@ async fn the_commit_that_requests_a_transfer_wakes_the_transfer_process() {
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].transfer_id, request);
 }
+
+/// Ends the server sessions of `store`'s database other than the caller's own; says
+/// how many it ended.
+async fn terminate_other_sessions(store: &EventStore) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()) AS ended",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap_or_else(|error| panic!("cannot end the store's sessions: {error}"))
+}
+
+#[tokio::test]
+async fn a_held_append_connection_whose_session_ended_is_replaced_after_at_most_one_failure() {
+    // Given a writer's connection that appended once
+    let store = fresh_store().await;
+    let mut appends = store.append_connection();
+    let stream = Uuid::now_v7();
+    appends
+        .append_batch(&[stream_append(stream, 0, &["A"])], 1)
+        .await
+        .unwrap();
+    // When the server ends its session at once
+    assert!(terminate_other_sessions(&store).await >= 1);
+    // Then the next append may fail, writing nothing, and the one after succeeds
+    let next = appends
+        .append_batch(&[stream_append(stream, 1, &["B"])], 1)
+        .await;
+    let version = if next.is_ok() { 2 } else { 1 };
+    let after = appends
+        .append_batch(&[stream_append(stream, version, &["C"])], 1)
+        .await
+        .unwrap();
+    assert_eq!(after, HashSet::from([stream]));
+    assert_eq!(
+        store.load(stream).await.unwrap().unwrap().version,
+        version + 1
+    );
+}
+
+#[tokio::test]
+async fn a_held_append_connection_idle_past_the_trusted_spell_is_checked_before_use() {
+    // Given a writer's connection that appended once, then sat idle
+    let store = fresh_store().await;
+    let mut appends = store.append_connection();
+    let stream = Uuid::now_v7();
+    appends
+        .append_batch(&[stream_append(stream, 0, &["A"])], 1)
+        .await
+        .unwrap();
+    // When the server ended its session meanwhile
+    assert!(terminate_other_sessions(&store).await >= 1);
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    // Then the next append goes through on a fresh connection
+    let accepted = appends
+        .append_batch(&[stream_append(stream, 1, &["B"])], 1)
+        .await
+        .unwrap();
+    assert_eq!(accepted, HashSet::from([stream]));
+}

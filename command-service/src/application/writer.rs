@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
-use event_store::{EventStore, NewEvent, StoreError, StoredResponse, StreamAppend};
+use event_store::{
+    AppendConnection, EventStore, NewEvent, StoreError, StoredResponse, StreamAppend,
+};
 use service_kit::backoff::Backoff;
 use service_kit::recent::RecentMap;
 use shared_events::{AccountEvent, AccountId};
@@ -56,6 +58,7 @@ pub(super) async fn write_loop(
     mut receiver: mpsc::Receiver<Job>,
 ) {
     let mut writer = Writer {
+        appends: store.append_connection(),
         store,
         encode,
         recent: RecentMap::new(RECENT_ACCOUNTS / WRITERS),
@@ -80,6 +83,7 @@ struct Plan {
 
 struct Writer {
     store: EventStore,
+    appends: AppendConnection,
     encode: ReplyEncoder,
     /// Accounts as last decided and committed.
     recent: RecentMap<Uuid, Account>,
@@ -201,7 +205,7 @@ impl Writer {
                 .into_iter()
                 .flat_map(|plan| plan.decided.into_iter().map(|(job, _)| job))
         };
-        match self.store.append_batch(&appends, SNAPSHOT_SCHEMA).await {
+        match self.appends.append_batch(&appends, SNAPSHOT_SCHEMA).await {
             Ok(accepted_streams) => {
                 let (committed, conflicted): (Vec<Plan>, Vec<Plan>) = plans
                     .into_iter()
