@@ -126,9 +126,9 @@ pub struct EventStore {
 /// One writer's own connection, outside the store's pool and held across its appends:
 /// sqlx pings a pooled connection as it goes back to the pool, a round trip per append
 /// that a held one does not make, and a writer holding one of the pool's would leave
-/// a small pool short. It is opened on first use, closed after an append that failed
-/// otherwise than by a taken idempotency key, and pinged before use after an idle
-/// spell, as the pool's loans are.
+/// a small pool short. It is opened on first use (within the pool's acquire timeout),
+/// closed after an append that failed otherwise than by a taken idempotency key, and
+/// pinged before use after an idle spell, as the pool's loans are.
 #[derive(Debug)]
 pub struct AppendConnection {
     store: EventStore,
@@ -142,16 +142,9 @@ impl AppendConnection {
         appends: &[StreamAppend],
         snapshot_schema: i32,
     ) -> Result<HashSet<Uuid>, StoreError> {
-        let mut connection = match self.held.take() {
-            Some((mut connection, last_used)) => {
-                if last_used.elapsed() < TRUSTED_IDLE || connection.ping().await.is_ok() {
-                    connection
-                } else {
-                    self.connect().await?
-                }
-            }
-            None => self.connect().await?,
-        };
+        let mut connection = tokio::time::timeout(CONNECT_TIMEOUT, self.connection())
+            .await
+            .unwrap_or(Err(StoreError::Database(sqlx::Error::PoolTimedOut)))?;
         let appended = self
             .store
             .append_batch_on(&mut connection, appends, snapshot_schema)
@@ -162,7 +155,13 @@ impl AppendConnection {
         appended
     }
 
-    async fn connect(&self) -> Result<PgConnection, StoreError> {
+    /// The held connection if it was used lately or still answers, else a new one.
+    async fn connection(&mut self) -> Result<PgConnection, StoreError> {
+        if let Some((mut connection, last_used)) = self.held.take()
+            && (last_used.elapsed() < TRUSTED_IDLE || connection.ping().await.is_ok())
+        {
+            return Ok(connection);
+        }
         Ok(PgConnection::connect_with(&self.store.pool.connect_options()).await?)
     }
 }
@@ -186,6 +185,9 @@ macro_rules! select_events {
 
 /// How long a pooled connection may have sat idle and still be lent without a ping.
 const TRUSTED_IDLE: Duration = Duration::from_millis(500);
+
+/// How long a borrower waits for a connection: the pool's, or a writer's own.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pool options that ping a connection before lending it only when it sat idle for
 /// [`TRUSTED_IDLE`] or longer. sqlx pings every connection it lends by default: one
@@ -217,7 +219,7 @@ impl EventStore {
         let options: PgConnectOptions = url.parse()?;
         let pool = pinged_when_idle(PgPoolOptions::new())
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options)
             .await?;
         let mut migrator = sqlx::migrate!("./migrations");
