@@ -4,7 +4,8 @@ use std::collections::{BTreeSet, HashSet};
 
 use chrono::{SubsecRound, Utc};
 use event_store::{
-    Append, AppendListener, EventStore, NewEvent, StoreError, StoredResponse, StreamAppend,
+    Append, AppendConnection, AppendListener, EventStore, NewEvent, StoreError, StoredResponse,
+    StreamAppend,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -701,16 +702,22 @@ async fn terminate_other_sessions(store: &EventStore) -> i64 {
     .unwrap_or_else(|error| panic!("cannot end the store's sessions: {error}"))
 }
 
-#[tokio::test]
-async fn a_held_append_connection_whose_session_ended_is_replaced_after_at_most_one_failure() {
-    // Given a writer's connection that appended once
+/// A fresh store, and a writer's connection that appended a stream's first event.
+async fn appended_once() -> (EventStore, AppendConnection, Uuid) {
     let store = fresh_store().await;
     let mut appends = store.append_connection();
     let stream = Uuid::now_v7();
     appends
         .append_batch(&[stream_append(stream, 0, &["A"])], 1)
         .await
-        .unwrap();
+        .unwrap_or_else(|error| panic!("cannot append: {error}"));
+    (store, appends, stream)
+}
+
+#[tokio::test]
+async fn a_held_append_connection_whose_session_ended_is_replaced_after_at_most_one_failure() {
+    // Given a writer's connection that appended once
+    let (store, mut appends, stream) = appended_once().await;
     // When the server ends its session at once
     assert!(terminate_other_sessions(&store).await >= 1);
     // Then the next append may fail, writing nothing, and the one after succeeds
@@ -732,13 +739,7 @@ async fn a_held_append_connection_whose_session_ended_is_replaced_after_at_most_
 #[tokio::test]
 async fn a_held_append_connection_idle_past_the_trusted_spell_is_checked_before_use() {
     // Given a writer's connection that appended once, then sat idle
-    let store = fresh_store().await;
-    let mut appends = store.append_connection();
-    let stream = Uuid::now_v7();
-    appends
-        .append_batch(&[stream_append(stream, 0, &["A"])], 1)
-        .await
-        .unwrap();
+    let (store, mut appends, stream) = appended_once().await;
     // When the server ended its session meanwhile
     assert!(terminate_other_sessions(&store).await >= 1);
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
