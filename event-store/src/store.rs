@@ -191,7 +191,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pool options that ping a connection before lending it only when it sat idle for
 /// [`TRUSTED_IDLE`] or longer. sqlx pings every connection it lends by default: one
-/// more round trip per append, as costly as the append itself. A connection that broke
+/// more round trip per loan, as costly as a small statement. A connection that broke
 /// in the window fails its statement, as one that breaks mid-statement does.
 pub(crate) fn pinged_when_idle(options: PgPoolOptions) -> PgPoolOptions {
     options
