@@ -5,7 +5,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::{Notify, mpsc};
 
-use crate::store::{pinged_when_idle, settled_position};
+use crate::store::{pinged_when_idle, settled_events};
 use crate::{EventStore, RecordedEvent, StoreError};
 
 /// Session advisory lock held by the one active outbox relay.
@@ -176,19 +176,11 @@ impl OutboxLeader {
         after: i64,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let settled = settled_position(&mut self.connection).await?;
-        if settled <= after {
-            return Ok(Vec::new());
-        }
-        Ok(sqlx::query_as(
-            "SELECT position, stream_id, version, event_id, event_type, schema_version, data, metadata, occurred_at
-               FROM events
-              WHERE position > greatest($1, (SELECT position FROM relay_checkpoint)) AND position <= $3
-              ORDER BY position LIMIT $2",
-        )
+        Ok(sqlx::query_as(settled_events!(
+            "greatest($1, (SELECT position FROM relay_checkpoint))"
+        ))
         .bind(after)
         .bind(limit)
-        .bind(settled)
         .fetch_all(&mut self.connection)
         .await?)
     }

@@ -166,6 +166,21 @@ impl AppendConnection {
     }
 }
 
+/// Up to `$2` events after the position `$after` (an SQL expression) that are settled:
+/// no event at or below the last of them can still commit (`settled_events()` in the
+/// migrations).
+macro_rules! settled_events {
+    ($after:literal) => {
+        concat!(
+            "SELECT position, stream_id, version, event_id, event_type, schema_version, data, metadata, occurred_at ",
+            "FROM settled_events(",
+            $after,
+            ", $2)"
+        )
+    };
+}
+pub(crate) use settled_events;
+
 /// The position up to which the log is settled: no event at or below it can still
 /// commit (`settled_position()` in the migrations). Read the events in a later statement.
 pub(crate) async fn settled_position<'e>(executor: impl PgExecutor<'e>) -> Result<i64, StoreError> {
@@ -497,21 +512,14 @@ impl EventStore {
     /// Up to `limit` events with a position above `after`, in position order.
     ///
     /// Appends commit concurrently, so a position may commit after a higher one; only
-    /// settled positions are read (see [`settled_position`]), so a reader that has seen
+    /// settled positions are read (see `settled_events()` in the migrations), so a reader that has seen
     /// position P never later finds an unseen event below P.
     pub async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
-        let settled = settled_position(&self.pool).await?;
-        if settled <= after {
-            return Ok(Vec::new());
-        }
-        Ok(sqlx::query_as(select_events!(
-            "WHERE position > $1 AND position <= $3 ORDER BY position LIMIT $2"
-        ))
-        .bind(after)
-        .bind(limit)
-        .bind(settled)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(settled_events!("$1"))
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// The response stored under an idempotency key, if any.

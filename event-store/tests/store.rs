@@ -277,6 +277,59 @@ async fn a_reader_waits_for_an_append_that_took_a_lower_position_until_it_ends()
     assert!(rest[0].position > hole && rest[0].event_type == "After");
 }
 
+/// Advisory locks a reader of the log still holds (it must hold none once its read ended).
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test helper: a failure fails the test"
+)]
+async fn locks_left_by_readers(store: &EventStore) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 730595463::oid AND mode = 'ShareLock' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_reader_that_waited_for_an_append_holds_no_lock_afterwards_even_when_cancelled() {
+    // Given an append under way, and a reader waiting for it
+    let store = fresh_store().await;
+    let (under_way, _) = uncommitted_append(&store).await;
+    let reader = tokio::spawn({
+        let store = store.clone();
+        async move { store.read_all(0, 10).await }
+    });
+    let mut waiting_reader = None;
+    for _ in 0..200 {
+        waiting_reader = sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%FROM settled_events(%' AND wait_event_type = 'Lock'",
+        )
+        .fetch_optional(store.pool())
+        .await
+        .unwrap();
+        if waiting_reader.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let waiting_reader = waiting_reader.expect("the reader never waited for the append");
+
+    // When its statement is cancelled while it waits
+    sqlx::query("SELECT pg_cancel_backend($1)")
+        .bind(waiting_reader)
+        .execute(store.pool())
+        .await
+        .unwrap();
+
+    // Then its read fails, it holds no lock, and the append commits and is read
+    assert!(reader.await.unwrap().is_err(), "a cancelled read succeeded");
+    assert_eq!(locks_left_by_readers(&store).await, 0);
+    under_way.commit().await.unwrap();
+    assert_eq!(store.read_all(0, 10).await.unwrap().len(), 1);
+    assert_eq!(locks_left_by_readers(&store).await, 0);
+}
+
 #[tokio::test]
 async fn the_relay_is_woken_once_an_append_has_committed_whichever_replica_made_it() {
     // Given a relay leading in one replica, and another replica of the same store

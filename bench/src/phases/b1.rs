@@ -95,6 +95,12 @@ pub(crate) async fn b1_vs_service(ctx: &mut Ctx, results: &mut Results) -> anyho
     let minimal = pgbench::Target::parse(&ctx.opts.postgres, &ctx.name("b1"))?;
     let store = pgbench::Target::parse(&ctx.opts.postgres, &ctx.name("b1s"))?;
     let accounts = Accounts::seeded(1, ctx.plan.accounts())?;
+    let main = Ctx::pool(ctx.main_pool.as_ref())?;
+    if pg::event_count(main).await? == 0 {
+        // The relay phase seeds the service's accounts; run without it, this one does.
+        pg::seed_accounts(main, 1, ctx.plan.accounts(), 2, false).await?;
+        pg::analyze(main).await?;
+    }
     let timing = ctx.plan.timing;
     for (index, &clients) in ctx.plan.clients.clone().iter().enumerate() {
         let mut pair = Pair {
