@@ -18,7 +18,7 @@ use sqlx::{ConnectOptions, Connection, MySqlConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::projection::{ProjectionError, Projector, SortedPage};
+use crate::projection::{PlannedPage, ProjectionError, Projector, SortedPage};
 use crate::settings::Settings;
 use crate::source::{CommandClient, TokenSource};
 use crate::store::{REBUILD, ReadStore};
@@ -127,19 +127,38 @@ async fn rebuild_locked(
         skipped: 0,
         position: 0,
     };
-    // Each page is projected (one transaction) while the next one is read and decoded.
+    // Each page commits (one transaction) while the next one is read, decoded and
+    // planned on the rows the committing page holds as written; should the committing
+    // page fail or settle a stream apart from its transaction, that plan is dropped
+    // with the rows held, and the next page is planned again from the database.
     let mut page = read_page(&projector, 0, shutdown).await?;
+    let mut planned = plan_ahead(&projector, &page).await;
     while page.events > 0 {
         if shutdown.is_cancelled() {
             bail!("rebuild interrupted; the live read model is untouched");
         }
         let events = page.events;
         let position = page.next_after;
-        let (next, outcome) = tokio::join!(
-            read_page(&projector, position, shutdown),
-            project_page(&projector, &page.sorted, shutdown)
+        let plan_next = planned.as_ref().is_some_and(PlannedPage::is_complete);
+        let (outcome, next) = tokio::join!(
+            commit_page(&projector, &page.sorted, planned.take(), shutdown),
+            async {
+                let next = read_page(&projector, position, shutdown).await?;
+                let planned = match plan_next {
+                    true => plan_ahead(&projector, &next).await,
+                    false => None,
+                };
+                anyhow::Ok((next, planned))
+            }
         );
-        let outcome = outcome?;
+        let (outcome, committed_as_planned) = outcome?;
+        let (next, mut next_planned) = next?;
+        if !committed_as_planned && next_planned.take().is_some() {
+            projector.forget_written();
+        }
+        if next_planned.is_none() {
+            next_planned = plan_ahead(&projector, &next).await;
+        }
         report.events += events;
         report.applied += outcome.applied;
         report.skipped += outcome.poisoned + outcome.conflicts;
@@ -154,7 +173,8 @@ async fn rebuild_locked(
                 "rebuild in progress"
             );
         }
-        page = next?;
+        page = next;
+        planned = next_planned;
     }
     sqlx::query(WRITE_CHECKPOINT)
         .bind(Uuid::new_v4().hyphenated().to_string())
@@ -214,6 +234,40 @@ async fn read_page(
             }
         }
     }
+}
+
+/// The page planned ahead ([`Projector::plan_page`]); `None` when planning failed
+/// (the page is then projected whole, with retries).
+async fn plan_ahead(projector: &Projector, page: &Page) -> Option<PlannedPage> {
+    if page.events == 0 {
+        return None;
+    }
+    match projector.plan_page(&page.sorted, "rebuild").await {
+        Ok(planned) => Some(planned),
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot plan a page ahead; projecting it whole");
+            None
+        }
+    }
+}
+
+/// Commits a planned page, or projects it whole (with retries) when it has no plan or
+/// its commit failed; says whether it committed as planned.
+async fn commit_page(
+    projector: &Projector,
+    page: &SortedPage,
+    planned: Option<PlannedPage>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(crate::projection::BatchOutcome, bool)> {
+    if let Some(planned) = planned {
+        match projector.commit_page(planned, page, "rebuild").await {
+            Ok(committed) => return Ok(committed),
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot project a page; retrying");
+            }
+        }
+    }
+    Ok((project_page(projector, page, shutdown).await?, false))
 }
 
 async fn project_page(

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use service_kit::recent::RecentMap;
 use shared_events::EventEnvelope;
@@ -289,48 +289,55 @@ impl Projector {
         page: &SortedPage,
         path: &'static str,
     ) -> Result<BatchOutcome, ProjectionError> {
-        let streams = &page.streams;
-        let mut outcome = page.outcome;
-        let results = self.project_deliveries(streams, path).await;
-        let mut failure = None;
-        for ((_, candidates), verdicts) in streams.iter().zip(results) {
-            match verdicts {
-                Ok(verdicts) => {
-                    for (candidate, verdict) in candidates.iter().zip(verdicts) {
-                        match verdict {
-                            Verdict::Applied => outcome.applied += 1,
-                            Verdict::Duplicate => outcome.duplicates += 1,
-                            Verdict::Conflict(reason) => {
-                                tracing::error!(
-                                    event_id = %candidate.envelope.event_id,
-                                    stream = %candidate.stream(),
-                                    version = candidate.envelope.version,
-                                    path,
-                                    %reason,
-                                    "skipping an event that conflicts with the projected one"
-                                );
-                                outcome.conflicts += 1;
-                            }
-                            Verdict::Poison(reason) => {
-                                tracing::error!(
-                                    event_id = %candidate.envelope.event_id,
-                                    stream = %candidate.stream(),
-                                    version = candidate.envelope.version,
-                                    path,
-                                    %reason,
-                                    "skipping an event that cannot be projected"
-                                );
-                                outcome.poisoned += 1;
-                            }
-                        }
-                    }
-                }
-                Err(error) => failure = Some(error),
-            }
+        let results = self.project_deliveries(&page.streams, path).await;
+        tally(page, results, path)
+    }
+
+    /// Plans `page` and writes it into its transaction without committing it, so that
+    /// the page after it can be planned while it commits ([`Projector::commit_page`]).
+    /// A sole writer holds the rows it wrote from now on, as if it had committed them:
+    /// whoever plans on them must drop those plans and [`Projector::forget_written`]
+    /// should this page fail to commit, or settle a stream apart from its transaction
+    /// ([`PlannedPage::is_complete`]).
+    pub async fn plan_page(
+        &self,
+        page: &SortedPage,
+        path: &'static str,
+    ) -> Result<PlannedPage, ProjectionError> {
+        self.note_positions(&page.streams);
+        let prepared = self.prepare_together(&page.streams, path).await?;
+        let settled = prepared.as_ref().map_or(0, |prepared| prepared.done.len());
+        if let (Some(prepared), Some(mut rows)) = (&prepared, self.written()) {
+            rows.keep(&prepared.writes);
         }
-        match failure {
-            Some(error) => Err(error),
-            None => Ok(outcome),
+        Ok(PlannedPage {
+            prepared,
+            complete: settled == page.streams.len(),
+        })
+    }
+
+    /// Commits a page planned by [`Projector::plan_page`], then projects stream by
+    /// stream what its transaction did not settle (all of it, should the commit fail).
+    /// Says whether the planned transaction committed.
+    pub async fn commit_page(
+        &self,
+        planned: PlannedPage,
+        page: &SortedPage,
+        path: &'static str,
+    ) -> Result<(BatchOutcome, bool), ProjectionError> {
+        let together = match planned.prepared {
+            Some(prepared) => self.commit_prepared(prepared, path, false).await,
+            None => Ok(Vec::new()),
+        };
+        let committed = together.is_ok();
+        let results = self.settle_rest(&page.streams, together, path).await;
+        Ok((tally(page, results, path)?, committed))
+    }
+
+    /// Drops every row a sole writer holds: the next batches read them.
+    pub fn forget_written(&self) {
+        if let Some(mut written) = self.written() {
+            written.clear();
         }
     }
 
@@ -400,8 +407,13 @@ impl Projector {
         streams: &[(Stream, Vec<Candidate>)],
         path: &'static str,
     ) -> Vec<Result<Vec<Verdict>, ProjectionError>> {
-        let mut results: Vec<Option<Result<Vec<Verdict>, ProjectionError>>> =
-            streams.iter().map(|_| None).collect();
+        self.note_positions(streams);
+        let together = self.project_together(streams, path).await;
+        self.settle_rest(streams, together, path).await
+    }
+
+    /// Records the highest global position of `streams`' candidates.
+    fn note_positions(&self, streams: &[(Stream, Vec<Candidate>)]) {
         if let Some(highest) = streams
             .iter()
             .flat_map(|(_, candidates)| candidates.iter().map(|c| c.envelope.position))
@@ -409,7 +421,19 @@ impl Projector {
         {
             self.highest_position.fetch_max(highest, Ordering::Relaxed);
         }
-        match self.project_together(streams, path).await {
+    }
+
+    /// Every stream's verdicts: those the one transaction settled (`together`), and
+    /// the others projected stream by stream (all of them when it failed).
+    async fn settle_rest(
+        &self,
+        streams: &[(Stream, Vec<Candidate>)],
+        together: Result<Vec<(usize, Vec<Verdict>)>, sqlx::Error>,
+        path: &'static str,
+    ) -> Vec<Result<Vec<Verdict>, ProjectionError>> {
+        let mut results: Vec<Option<Result<Vec<Verdict>, ProjectionError>>> =
+            streams.iter().map(|_| None).collect();
+        match together {
             Ok(done) => {
                 for (index, verdicts) in done {
                     count_verdicts(&verdicts, path);
@@ -418,9 +442,7 @@ impl Projector {
             }
             Err(error) => {
                 // Its commit may have happened all the same.
-                if let Some(mut written) = self.written() {
-                    written.clear();
-                }
+                self.forget_written();
                 metrics::counter!("projection_batch_fallbacks_total", "path" => path).increment(1);
                 tracing::debug!(error = %error, streams = streams.len(), path, "batched apply failed; projecting stream by stream");
             }
@@ -464,8 +486,21 @@ impl Projector {
         streams: &[(Stream, Vec<Candidate>)],
         path: &'static str,
     ) -> Result<Vec<(usize, Vec<Verdict>)>, sqlx::Error> {
+        match self.prepare_together(streams, path).await? {
+            Some(prepared) => self.commit_prepared(prepared, path, true).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Starts the one transaction of `streams`, plans what it settles and writes it
+    /// (sent with the commit); `None` for no stream.
+    async fn prepare_together(
+        &self,
+        streams: &[(Stream, Vec<Candidate>)],
+        path: &'static str,
+    ) -> Result<Option<PreparedBatch>, sqlx::Error> {
         if streams.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let ids = |kind: StreamKind| -> Vec<Uuid> {
             streams
@@ -518,7 +553,8 @@ impl Projector {
                 );
             }
         }
-        let mut settled = Vec::new();
+        let mut done = Vec::with_capacity(streams.len());
+        let mut versions = Vec::with_capacity(streams.len());
         let mut runs = Vec::new();
         let mut writes = BatchWrites::default();
         for ((index, (stream, candidates)), mut decided) in
@@ -529,7 +565,8 @@ impl Projector {
             decided.settle_up_to(projected);
             let pending = decided.pending();
             let Some(&highest) = pending.last() else {
-                settled.push((index, decided.finish(), projected));
+                done.push((index, decided.finish()));
+                versions.push((stream.id, projected));
                 continue;
             };
             let run = next_run(candidates, &pending, projected);
@@ -546,33 +583,58 @@ impl Projector {
             if !writes.add(stream.id, &accounts, mutation) {
                 continue;
             }
-            runs.push((index, decided, run, to_version));
+            // The verdicts once the transaction commits (only then are they given).
+            decided.committed(&run);
+            decided.settle_up_to(to_version);
+            done.push((index, decided.finish()));
+            versions.push((stream.id, to_version));
+            runs.push(PlannedRun::of(&run));
         }
         if !runs.is_empty() {
             writes.write(&mut batch);
         }
+        if path == "rebuild" {
+            runs.iter_mut().for_each(|run| run.occurred.clear());
+        }
+        Ok(Some(PreparedBatch {
+            batch,
+            writes,
+            done,
+            versions,
+            runs,
+        }))
+    }
+
+    /// Commits a prepared transaction and returns the verdicts of the streams it
+    /// settled; a sole writer holds the rows it wrote, unless it took them already
+    /// (`keep_rows` false, [`Projector::plan_page`]).
+    async fn commit_prepared(
+        &self,
+        prepared: PreparedBatch,
+        path: &'static str,
+        keep_rows: bool,
+    ) -> Result<Vec<(usize, Vec<Verdict>)>, sqlx::Error> {
+        let PreparedBatch {
+            batch,
+            writes,
+            done,
+            versions,
+            runs,
+        } = prepared;
         let written = batch.commit().await?;
-        if let Some(mut rows) = self.written() {
+        if keep_rows && let Some(mut rows) = self.written() {
             rows.keep(&writes);
         }
         if path != "rebuild" {
-            let occurred = || {
-                runs.iter()
-                    .flat_map(|(_, _, run, _)| run.iter().map(|c| c.envelope.occurred_at))
-            };
+            let occurred = || runs.iter().flat_map(|run| run.occurred.iter().copied());
             stages::record(Stage::Applied, written, occurred());
             stages::record(Stage::Projected, Utc::now(), occurred());
         }
-        let mut done = Vec::with_capacity(settled.len() + runs.len());
-        for (index, verdicts, projected) in settled {
-            self.watch.publish(streams[index].0.id, projected);
-            done.push((index, verdicts));
+        for run in &runs {
+            run.committed(path);
         }
-        for (index, mut decided, run, version) in runs {
-            self.committed(&run, &mut decided, path);
-            decided.settle_up_to(version);
-            self.watch.publish(streams[index].0.id, version);
-            done.push((index, decided.finish()));
+        for (stream, version) in versions {
+            self.watch.publish(stream, version);
         }
         Ok(done)
     }
@@ -675,7 +737,8 @@ impl Projector {
                             stages::record(Stage::Applied, written, occurred());
                             stages::record(Stage::Projected, Utc::now(), occurred());
                         }
-                        self.committed(run, &mut decided, path);
+                        decided.committed(run);
+                        PlannedRun::of(run).committed(path);
                         self.watch.publish(stream.id, mutation.end_version());
                     }
                     Applied::Conflict => continue,
@@ -705,24 +768,120 @@ impl Projector {
             Err(ProjectionError::Contention(stream.id))
         }
     }
+}
 
-    fn committed(&self, run: &[Candidate], decided: &mut Decisions<'_>, path: &'static str) {
-        decided.committed(run);
-        let fetched = run.iter().filter(|c| c.origin == Origin::Fetched).count();
-        if fetched > 0 {
-            metrics::counter!("projection_backfilled_events_total", "path" => path)
-                .increment(fetched as u64);
+/// What a committed run of one stream tells the metrics.
+#[derive(Debug)]
+struct PlannedRun {
+    /// Its events fetched from the command service to fill a gap.
+    fetched: u64,
+    /// When each of its events occurred (left empty by the rebuild, which records no
+    /// stage).
+    occurred: Vec<DateTime<Utc>>,
+    last_version: i64,
+}
+
+impl PlannedRun {
+    fn of(run: &[Candidate]) -> Self {
+        Self {
+            fetched: run.iter().filter(|c| c.origin == Origin::Fetched).count() as u64,
+            occurred: run.iter().map(|c| c.envelope.occurred_at).collect(),
+            last_version: run.last().map_or(0, Candidate::version),
         }
-        if let Some(last) = run.last()
+    }
+
+    fn committed(&self, path: &'static str) {
+        if self.fetched > 0 {
+            metrics::counter!("projection_backfilled_events_total", "path" => path)
+                .increment(self.fetched);
+        }
+        if let Some(last) = self.occurred.last()
             && path != "rebuild"
         {
-            let delay = (Utc::now() - last.envelope.occurred_at)
+            let delay = (Utc::now() - *last)
                 .to_std()
                 .unwrap_or_default()
                 .as_secs_f64();
             metrics::histogram!("projection_delay_seconds", "path" => path).record(delay);
-            tracing::debug!(version = last.envelope.version, "projected");
+            tracing::debug!(version = self.last_version, "projected");
         }
+    }
+}
+
+/// A transaction planned and written, not yet committed.
+#[derive(Debug)]
+struct PreparedBatch {
+    batch: Batch,
+    writes: BatchWrites,
+    /// The verdicts of each stream it settles (by index), as they stand once it commits.
+    done: Vec<(usize, Vec<Verdict>)>,
+    /// The version each stream it settles is at once it commits.
+    versions: Vec<(Uuid, i64)>,
+    runs: Vec<PlannedRun>,
+}
+
+/// A page planned by [`Projector::plan_page`], to commit with [`Projector::commit_page`].
+#[derive(Debug)]
+pub struct PlannedPage {
+    prepared: Option<PreparedBatch>,
+    complete: bool,
+}
+
+impl PlannedPage {
+    /// Whether its one transaction settles every stream of its page: then nothing but
+    /// that transaction writes the page, and the next page can be planned on the rows
+    /// it holds before it commits.
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+}
+
+/// Adds up the verdicts of a page's streams; the first failure, if any.
+fn tally(
+    page: &SortedPage,
+    results: Vec<Result<Vec<Verdict>, ProjectionError>>,
+    path: &'static str,
+) -> Result<BatchOutcome, ProjectionError> {
+    let mut outcome = page.outcome;
+    let mut failure = None;
+    for ((_, candidates), verdicts) in page.streams.iter().zip(results) {
+        match verdicts {
+            Ok(verdicts) => {
+                for (candidate, verdict) in candidates.iter().zip(verdicts) {
+                    match verdict {
+                        Verdict::Applied => outcome.applied += 1,
+                        Verdict::Duplicate => outcome.duplicates += 1,
+                        Verdict::Conflict(reason) => {
+                            tracing::error!(
+                                event_id = %candidate.envelope.event_id,
+                                stream = %candidate.stream(),
+                                version = candidate.envelope.version,
+                                path,
+                                %reason,
+                                "skipping an event that conflicts with the projected one"
+                            );
+                            outcome.conflicts += 1;
+                        }
+                        Verdict::Poison(reason) => {
+                            tracing::error!(
+                                event_id = %candidate.envelope.event_id,
+                                stream = %candidate.stream(),
+                                version = candidate.envelope.version,
+                                path,
+                                %reason,
+                                "skipping an event that cannot be projected"
+                            );
+                            outcome.poisoned += 1;
+                        }
+                    }
+                }
+            }
+            Err(error) => failure = Some(error),
+        }
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(outcome),
     }
 }
 

@@ -292,13 +292,52 @@ async fn rebuild_reads_a_feed_that_mixes_streams_of_both_schema_versions() {
     );
 }
 
+#[tokio::test]
+async fn rebuild_projects_a_stream_that_cannot_go_on_apart_and_the_pages_after_it_still_add_up() {
+    // Given three accounts over three pages of the feed, the first of which has a
+    // credit it cannot take (in euros) at version 100, on the first page
+    let app = spawn_app().await;
+    let credits = 900;
+    let ids = store_interleaved_histories(&app, 3, credits, Some((1, 100))).await;
+
+    // When the read model is rebuilt
+    let report = query_service::rebuild::run(&app.settings, CancellationToken::new())
+        .await
+        .unwrap();
+
+    // Then the first account stops before that credit and every event of it from there
+    // on is skipped, while the others are carried to their last version
+    assert_eq!(
+        (report.events, report.applied, report.skipped),
+        (2706, 2706 - 803, 803)
+    );
+    let expected = [(99, "197.00"), (902, "1000.00"), (902, "1000.00")];
+    for (id, (version, balance)) in ids.iter().zip(expected) {
+        let account = app
+            .query_get(&format!("/accounts/{id}"))
+            .await
+            .expect(200, "rebuilt account");
+        assert_eq!(
+            (account["version"].as_u64(), account["balance"].as_str()),
+            (Some(version), Some(balance))
+        );
+    }
+}
+
 /// Stores, straight into the event store, `accounts` accounts of 100.00 MAD each credited
-/// 1.00 `credits` times, their events interleaved in the feed; returns their ids.
+/// 1.00 `credits` times, their events interleaved in the feed; returns their ids. The
+/// credit at version `impossible.1` of the account numbered `impossible.0` (from 1) is in
+/// euros, which its account cannot take.
 #[expect(
     clippy::unwrap_used,
     reason = "test helper: a failure is the test's failure"
 )]
-async fn store_interleaved_histories(app: &TestApp, accounts: usize, credits: i64) -> Vec<String> {
+async fn store_interleaved_histories(
+    app: &TestApp,
+    accounts: usize,
+    credits: i64,
+    impossible: Option<(i64, i64)>,
+) -> Vec<String> {
     let ids: Vec<uuid::Uuid> = (0..accounts).map(|_| uuid::Uuid::now_v7()).collect();
     let mut postgres = <sqlx::PgConnection as sqlx::Connection>::connect(&app.postgres_url)
         .await
@@ -317,7 +356,8 @@ async fn store_interleaved_histories(app: &TestApp, accounts: usize, credits: i6
                 1,
                 CASE v WHEN 1 THEN '{\"initial_balance\": \"100.00\", \"currency\": \"MAD\"}'::jsonb
                        WHEN 2 THEN '{}'::jsonb
-                       ELSE jsonb_build_object('amount', '1.00', 'currency', 'MAD',
+                       ELSE jsonb_build_object('amount', '1.00',
+                                               'currency', CASE WHEN (s.n, v) = ($3, $4) THEN 'EUR' ELSE 'MAD' END,
                                                'balance', to_char(98 + v, 'FM999999990.00')) END,
                 '{\"correlation_id\": \"pages\", \"causation_id\": null, \"idempotency_key\": null}'::jsonb,
                 now()
@@ -326,6 +366,8 @@ async fn store_interleaved_histories(app: &TestApp, accounts: usize, credits: i6
     )
     .bind(&ids)
     .bind(credits)
+    .bind(impossible.map_or(0, |(account, _)| account))
+    .bind(impossible.map_or(0, |(_, version)| version))
     .execute(&mut postgres)
     .await
     .unwrap();
@@ -338,7 +380,7 @@ async fn rebuild_carries_each_account_from_page_to_page_of_the_feed() {
     // events a page), interleaved
     let app = spawn_app().await;
     let credits = 900;
-    let ids = store_interleaved_histories(&app, 3, credits).await;
+    let ids = store_interleaved_histories(&app, 3, credits, None).await;
 
     // When the read model is rebuilt
     let report = query_service::rebuild::run(&app.settings, CancellationToken::new())
