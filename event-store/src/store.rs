@@ -512,8 +512,8 @@ impl EventStore {
     /// Up to `limit` events with a position above `after`, in position order.
     ///
     /// Appends commit concurrently, so a position may commit after a higher one; only
-    /// settled positions are read (see `settled_events()` in the migrations), so a reader that has seen
-    /// position P never later finds an unseen event below P.
+    /// settled positions are read (`settled_events()` in the migrations), so a reader
+    /// that has seen position P never later finds an unseen event below P.
     pub async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
         Ok(sqlx::query_as(settled_events!("$1"))
             .bind(after)

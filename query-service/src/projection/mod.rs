@@ -588,13 +588,10 @@ impl Projector {
             decided.settle_up_to(to_version);
             done.push((index, decided.finish()));
             versions.push((stream.id, to_version));
-            runs.push(PlannedRun::of(&run));
+            runs.push(PlannedRun::of(&run, path));
         }
         if !runs.is_empty() {
             writes.write(&mut batch);
-        }
-        if path == "rebuild" {
-            runs.iter_mut().for_each(|run| run.occurred.clear());
         }
         Ok(Some(PreparedBatch {
             batch,
@@ -738,7 +735,7 @@ impl Projector {
                             stages::record(Stage::Projected, Utc::now(), occurred());
                         }
                         decided.committed(run);
-                        PlannedRun::of(run).committed(path);
+                        PlannedRun::of(run, path).committed(path);
                         self.watch.publish(stream.id, mutation.end_version());
                     }
                     Applied::Conflict => continue,
@@ -782,10 +779,13 @@ struct PlannedRun {
 }
 
 impl PlannedRun {
-    fn of(run: &[Candidate]) -> Self {
+    fn of(run: &[Candidate], path: &'static str) -> Self {
         Self {
             fetched: run.iter().filter(|c| c.origin == Origin::Fetched).count() as u64,
-            occurred: run.iter().map(|c| c.envelope.occurred_at).collect(),
+            occurred: match path {
+                "rebuild" => Vec::new(),
+                _ => run.iter().map(|c| c.envelope.occurred_at).collect(),
+            },
             last_version: run.last().map_or(0, Candidate::version),
         }
     }
@@ -795,9 +795,7 @@ impl PlannedRun {
             metrics::counter!("projection_backfilled_events_total", "path" => path)
                 .increment(self.fetched);
         }
-        if let Some(last) = self.occurred.last()
-            && path != "rebuild"
-        {
+        if let Some(last) = self.occurred.last() {
             let delay = (Utc::now() - *last)
                 .to_std()
                 .unwrap_or_default()
