@@ -1,5 +1,6 @@
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
@@ -14,6 +15,10 @@ const RELAY_LOCK: i64 = 7_305_954_634_617_839_618;
 /// Channel notified after appends commit.
 pub(crate) const APPEND_CHANNEL: &str = "bank_outbox";
 
+/// Most events of this process's appends held for the relay at once; those committed
+/// while it is full are read back from the store.
+const ANNOUNCED_CAPACITY: usize = 4_096;
+
 /// The only active relay, across every replica: it reads the events after the relay
 /// checkpoint and moves the checkpoint as the broker confirms them (the events table
 /// is the outbox). Leadership is a session advisory lock on a dedicated connection: it
@@ -22,15 +27,17 @@ pub(crate) const APPEND_CHANNEL: &str = "bank_outbox";
 #[derive(Debug)]
 pub struct OutboxLeader {
     connection: PgConnection,
-    _leading_here: LeadingHere,
+    leading_here: LeadingHere,
 }
 
-/// While it lives, appends of this process wake the relay directly, without a `NOTIFY`.
+/// While it lives, appends of this process wake the relay directly, without a
+/// `NOTIFY`, and hand it the events they committed.
 #[derive(Debug)]
 struct LeadingHere(Announcer);
 
 impl LeadingHere {
     fn new(announcer: &Announcer) -> Self {
+        announcer.0.forget_announced();
         announcer.0.leading_here.store(true, Ordering::Relaxed);
         Self(announcer.clone())
     }
@@ -39,6 +46,7 @@ impl LeadingHere {
 impl Drop for LeadingHere {
     fn drop(&mut self) {
         self.0.0.leading_here.store(false, Ordering::Relaxed);
+        self.0.0.forget_announced();
     }
 }
 
@@ -56,7 +64,42 @@ pub(crate) struct Announcer(Arc<Announcements>);
 struct Announcements {
     local: Notify,
     leading_here: AtomicBool,
+    /// The events this process committed while its relay leads, by position, until
+    /// the relay takes them ([`OutboxLeader::read_after`]).
+    announced: Mutex<BTreeMap<i64, RecordedEvent>>,
+    /// Whether another replica announced an append since the relay last read the log:
+    /// its events are read back, not waited for among the announced ones.
+    heard_remote: AtomicBool,
     remote: mpsc::Sender<()>,
+}
+
+impl Announcements {
+    fn announced(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, RecordedEvent>> {
+        self.announced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn forget_announced(&self) {
+        self.announced().clear();
+    }
+
+    /// Up to `limit` announced events that directly follow position `after`: none when
+    /// the next one was not announced (another replica's append, one still committing,
+    /// or one that did not fit). Those at or below `after` are forgotten.
+    fn take_after(&self, after: i64, limit: usize) -> Vec<RecordedEvent> {
+        let mut announced = self.announced();
+        *announced = announced.split_off(&(after + 1));
+        let mut next = after + 1;
+        let mut taken = Vec::new();
+        while taken.len() < limit
+            && let Some(event) = announced.remove(&next)
+        {
+            taken.push(event);
+            next += 1;
+        }
+        taken
+    }
 }
 
 impl Announcer {
@@ -81,17 +124,30 @@ impl Announcer {
         Self(Arc::new(Announcements {
             local: Notify::new(),
             leading_here: AtomicBool::new(false),
+            announced: Mutex::new(BTreeMap::new()),
+            heard_remote: AtomicBool::new(false),
             remote,
         }))
     }
 
-    /// Says that appends have committed.
-    pub(crate) fn announce(&self) {
-        self.0.local.notify_one();
-        if !self.0.leading_here.load(Ordering::Relaxed) {
+    /// Says that appends have committed `committed()` (called only when the relay leads
+    /// in this process, which then takes the events without reading them back).
+    pub(crate) fn announce(&self, committed: impl FnOnce() -> Vec<RecordedEvent>) {
+        if self.0.leading_here.load(Ordering::Relaxed) {
+            let events = committed();
+            let mut announced = self.0.announced();
+            let room = ANNOUNCED_CAPACITY.saturating_sub(announced.len());
+            announced.extend(
+                events
+                    .into_iter()
+                    .take(room)
+                    .map(|event| (event.position, event)),
+            );
+        } else {
             // Full: a `NOTIFY` is already due, and it serves these appends too.
             let _ = self.0.remote.try_send(());
         }
+        self.0.local.notify_one();
     }
 }
 
@@ -106,7 +162,10 @@ impl AppendListener {
     /// Waits for the next wake-up.
     pub async fn recv(&mut self) -> Result<(), StoreError> {
         tokio::select! {
-            received = self.remote.recv() => { received?; }
+            received = self.remote.recv() => {
+                received?;
+                self.heard_remote();
+            }
             () = self.announcer.0.local.notified() => {}
         }
         Ok(())
@@ -114,7 +173,13 @@ impl AppendListener {
 
     /// Forgets the wake-ups already received: one read serves them all.
     pub fn drain(&mut self) {
-        while self.remote.next_buffered().is_some() {}
+        while self.remote.next_buffered().is_some() {
+            self.heard_remote();
+        }
+    }
+
+    fn heard_remote(&self) {
+        self.announcer.0.heard_remote.store(true, Ordering::Relaxed);
     }
 }
 
@@ -135,7 +200,7 @@ impl EventStore {
                 .await?;
             Ok(Some(OutboxLeader {
                 connection,
-                _leading_here: LeadingHere::new(&self.announcer),
+                leading_here: LeadingHere::new(&self.announcer),
             }))
         } else {
             connection.close().await?;
@@ -171,11 +236,23 @@ impl OutboxLeader {
     /// is further (moved past events that are not to be published, e.g. bulk-loaded
     /// ones), in position order (which is version order per stream); see
     /// [`EventStore::read_all`] for why no event can appear later below one already read.
+    ///
+    /// Events that this process committed and that directly follow `after` are taken
+    /// as they were handed over, without a read (no position between `after` and them
+    /// is left to commit), unless another replica announced appends since the last
+    /// read: those may follow `after` too.
     pub async fn read_after(
         &mut self,
         after: i64,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let announcements = &self.leading_here.0.0;
+        if !announcements.heard_remote.swap(false, Ordering::Relaxed) {
+            let announced = announcements.take_after(after, usize::try_from(limit).unwrap_or(0));
+            if !announced.is_empty() {
+                return Ok(announced);
+            }
+        }
         Ok(sqlx::query_as(settled_events!(
             "greatest($1, (SELECT position FROM relay_checkpoint))"
         ))

@@ -22,6 +22,23 @@ pub struct NewEvent {
     pub occurred_at: DateTime<Utc>,
 }
 
+impl NewEvent {
+    /// The event as committed at `version` of `stream_id`, at `position`.
+    pub(crate) fn recorded(&self, stream_id: Uuid, version: i64, position: i64) -> RecordedEvent {
+        RecordedEvent {
+            position,
+            stream_id,
+            version,
+            event_id: self.event_id,
+            event_type: self.event_type.clone(),
+            schema_version: self.schema_version,
+            data: self.data.clone(),
+            metadata: self.metadata.clone(),
+            occurred_at: self.occurred_at,
+        }
+    }
+}
+
 /// An event as committed.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct RecordedEvent {
@@ -306,7 +323,16 @@ impl EventStore {
                 response.map(|r| r.key.as_str()),
             )
         })?;
-        self.announcer.announce();
+        self.announcer.announce(|| {
+            events
+                .iter()
+                .zip(&positions)
+                .zip(append.expected_version + 1..)
+                .map(|((event, &position), version)| {
+                    event.recorded(append.stream_id, version, position)
+                })
+                .collect()
+        });
         Ok(positions)
     }
 
@@ -348,8 +374,8 @@ impl EventStore {
         let version_of = |a: &StreamAppend, index: usize| {
             a.expected_version + 1 + i64::try_from(index).unwrap_or(i64::MAX)
         };
-        let accepted: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+        let appended: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+            "SELECT appended_stream, appended_version, appended_position FROM append_batch_positioned($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
         )
         .bind(ordered.iter().map(|a| a.stream_id).collect::<Vec<_>>())
         .bind(ordered.iter().map(|a| a.expected_version).collect::<Vec<_>>())
@@ -378,10 +404,27 @@ impl EventStore {
         .fetch_all(executor)
         .await
         .map_err(|error| StoreError::from_append(error, Uuid::nil(), 0, Some("(batch)")))?;
-        if !accepted.is_empty() {
-            self.announcer.announce();
+        if !appended.is_empty() {
+            self.announcer.announce(|| {
+                let written: HashMap<(Uuid, i64), &NewEvent> = ordered
+                    .iter()
+                    .flat_map(|a| {
+                        a.events
+                            .iter()
+                            .enumerate()
+                            .map(move |(index, e)| ((a.stream_id, version_of(a, index)), e))
+                    })
+                    .collect();
+                appended
+                    .iter()
+                    .filter_map(|&(stream_id, version, position)| {
+                        let event = written.get(&(stream_id, version))?;
+                        Some(event.recorded(stream_id, version, position))
+                    })
+                    .collect()
+            });
         }
-        Ok(accepted.into_iter().collect())
+        Ok(appended.into_iter().map(|(stream, _, _)| stream).collect())
     }
 
     /// [`EventStore::load`] for many streams at once; unknown streams are absent from the map.

@@ -210,6 +210,69 @@ async fn the_global_feed_never_skips_an_event_under_concurrent_writers() {
     assert_eq!(seen.into_iter().collect::<BTreeSet<_>>(), all);
 }
 
+#[tokio::test]
+async fn the_leader_reads_every_event_once_in_order_while_both_replicas_append() {
+    // Given a relay leading in one replica, woken as the relay is, and another replica
+    let store = fresh_store().await;
+    let mut listener = store.listen_appends().await.unwrap();
+    let mut leader = store.try_lead_outbox().await.unwrap().unwrap();
+    let other_replica = EventStore::connect(&store_url(&store), 4).await.unwrap();
+    let checkpoint = leader.checkpoint().await.unwrap();
+
+    // When six writers of its replica (batches) and two of the other (single appends)
+    // append concurrently while it reads
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let (store, other_replica) = (store.clone(), other_replica.clone());
+            tokio::spawn(async move {
+                let stream = Uuid::now_v7();
+                for version in 0..30 {
+                    if writer < 6 {
+                        let batch = [stream_append(stream, version * 2, &["E", "E"])];
+                        store.append_batch(&batch, 1).await.unwrap();
+                    } else {
+                        let events = [event("E"), event("E")];
+                        other_replica
+                            .append(append(stream, version * 2, &events))
+                            .await
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let reading = async {
+        let mut seen = Vec::new();
+        let mut after = checkpoint;
+        while seen.len() < 8 * 30 * 2 {
+            listener.drain();
+            for event in leader.read_after(after, 7).await.unwrap() {
+                assert!(event.position > after, "the relay's feed went backwards");
+                after = event.position;
+                seen.push(event.event_id);
+            }
+            tokio::task::yield_now().await;
+        }
+        seen
+    };
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(60), reading)
+        .await
+        .expect("the leader missed events");
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    // Then it read each event once, in the log's order
+    let logged: Vec<Uuid> = store
+        .read_all(checkpoint, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(seen, logged);
+}
+
 /// Begins an append by hand, as `append_batch` does it, and leaves it uncommitted: its
 /// backend's append lock, then one event. Returns the transaction and the event's position.
 #[expect(
@@ -354,6 +417,54 @@ async fn the_relay_is_woken_once_an_append_has_committed_whichever_replica_made_
     woken(&mut listener).await;
     let checkpoint = leader.checkpoint().await.unwrap();
     assert_eq!(leader.read_after(checkpoint, 10).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_leader_takes_its_replicas_appends_as_committed_and_reads_the_others_from_the_log() {
+    // Given a relay leading in one replica, and another replica of the same store
+    let store = fresh_store().await;
+    let mut leader = store.try_lead_outbox().await.unwrap().unwrap();
+    let other_replica = EventStore::connect(&store_url(&store), 2).await.unwrap();
+    let checkpoint = leader.checkpoint().await.unwrap();
+    let (mine, theirs) = (Uuid::now_v7(), Uuid::now_v7());
+
+    // When the leader's replica appends a batch of two streams, then the other replica
+    // appends, then the leader's replica once more
+    let batch = [
+        stream_append(mine, 0, &["AccountOpened", "AccountActivated"]),
+        stream_append(Uuid::now_v7(), 0, &["AccountOpened"]),
+    ];
+    store.append_batch(&batch, 1).await.unwrap();
+    other_replica
+        .append(append(theirs, 0, &[event("AccountOpened")]))
+        .await
+        .unwrap();
+    store
+        .append(append(mine, 2, &[event("AccountCredited")]))
+        .await
+        .unwrap();
+
+    // Then the leader reads every event once, in position order, exactly as the log
+    // holds it, whether handed over or read back
+    let logged = store.read_all(checkpoint, 100).await.unwrap();
+    assert_eq!(logged.len(), 5);
+    let mut relayed = Vec::new();
+    let mut after = checkpoint;
+    while let Some(last) =
+        leader
+            .read_after(after, 2)
+            .await
+            .unwrap()
+            .into_iter()
+            .fold(None, |_, event| {
+                let position = event.position;
+                relayed.push(event);
+                Some(position)
+            })
+    {
+        after = last;
+    }
+    assert_eq!(relayed, logged);
 }
 
 #[expect(
