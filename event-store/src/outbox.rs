@@ -15,9 +15,10 @@ const RELAY_LOCK: i64 = 7_305_954_634_617_839_618;
 /// Channel notified after appends commit.
 pub(crate) const APPEND_CHANNEL: &str = "bank_outbox";
 
-/// Most events of this process's appends held for the relay at once; those committed
-/// while it is full are read back from the store.
-const ANNOUNCED_CAPACITY: usize = 4_096;
+/// Most events of this process's appends held for the relay at once (about two
+/// windows; about a kibibyte each): those committed while it is full are read back
+/// from the store, as a relay that fell behind reads anyway.
+const ANNOUNCED_CAPACITY: usize = 1_024;
 
 /// The only active relay, across every replica: it reads the events after the relay
 /// checkpoint and moves the checkpoint as the broker confirms them (the events table
