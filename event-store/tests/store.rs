@@ -450,19 +450,11 @@ async fn a_leader_takes_its_replicas_appends_as_committed_and_reads_the_others_f
     assert_eq!(logged.len(), 5);
     let mut relayed = Vec::new();
     let mut after = checkpoint;
-    while let Some(last) =
-        leader
-            .read_after(after, 2)
-            .await
-            .unwrap()
-            .into_iter()
-            .fold(None, |_, event| {
-                let position = event.position;
-                relayed.push(event);
-                Some(position)
-            })
-    {
-        after = last;
+    loop {
+        let read = leader.read_after(after, 2).await.unwrap();
+        let Some(last) = read.last() else { break };
+        after = last.position;
+        relayed.extend(read);
     }
     assert_eq!(relayed, logged);
 }
