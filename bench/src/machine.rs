@@ -16,6 +16,8 @@ pub(crate) struct Machine {
     pub(crate) postgres: String,
     pub(crate) postgres_settings: String,
     pub(crate) mariadb: String,
+    /// `innodb_flush_log_at_trx_commit`: the server's own, and the run's.
+    pub(crate) mariadb_log_flush: Option<(u8, u8)>,
     pub(crate) rabbitmq: String,
     pub(crate) load_start: String,
     pub(crate) load_end: String,
@@ -56,6 +58,7 @@ pub(crate) async fn describe_machine(opts: &Options) -> Machine {
         postgres,
         postgres_settings,
         mariadb,
+        mariadb_log_flush: None,
         rabbitmq: rabbitmq_version().await,
         load_start: load_average(),
         load_end: String::new(),

@@ -104,6 +104,10 @@ async fn run() -> anyhow::Result<bool> {
         ..Results::default()
     };
     results.growth.append_clients = plan.append_clients;
+    let mysql = opts.mysql.clone();
+    let server_log_flush = mariadb::log_flush(&mysql).await?;
+    mariadb::set_log_flush(&mysql, mariadb::DEPLOYED_LOG_FLUSH).await?;
+    results.machine.mariadb_log_flush = Some((server_log_flush, mariadb::DEPLOYED_LOG_FLUSH));
     let mut ctx = Ctx::new(opts, plan, run, dir)?;
     let phases = Box::pin(phases::run_all(&mut ctx, &mut results));
     tokio::select! {
@@ -114,6 +118,11 @@ async fn run() -> anyhow::Result<bool> {
     }
     progress!("cleaning up");
     ctx.cleanup().await;
+    if let Err(error) = mariadb::set_log_flush(&mysql, server_log_flush).await {
+        results.failures.push(format!(
+            "MariaDB's innodb_flush_log_at_trx_commit not set back to {server_log_flush}: {error:#}"
+        ));
+    }
     results.rss = ctx.peaks.figures();
     results.machine.load_end = machine::load_average();
     results.took = elapsed();

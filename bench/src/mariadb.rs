@@ -44,6 +44,36 @@ pub(crate) async fn drop_database(server: &str, name: &str) -> anyhow::Result<()
     Ok(())
 }
 
+/// `innodb_flush_log_at_trx_commit` as the deployments set it for the read model
+/// (docs/operations.md, "Read model durability"): the redo log is written at each
+/// commit and flushed to disk once a second. The run measures the system so
+/// configured, and the lag once more with the log flushed at each commit (1).
+pub(crate) const DEPLOYED_LOG_FLUSH: u8 = 2;
+
+/// The server's `innodb_flush_log_at_trx_commit`.
+pub(crate) async fn log_flush(server: &str) -> anyhow::Result<u8> {
+    let pool = connect(server).await?;
+    let value: u64 = sqlx::query_scalar("SELECT @@GLOBAL.innodb_flush_log_at_trx_commit")
+        .fetch_one(&pool)
+        .await?;
+    pool.close().await;
+    u8::try_from(value).context("innodb_flush_log_at_trx_commit out of range")
+}
+
+/// Sets the server's `innodb_flush_log_at_trx_commit` (global: every connection's next
+/// commit).
+pub(crate) async fn set_log_flush(server: &str, value: u8) -> anyhow::Result<()> {
+    let pool = connect(server).await?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "SET GLOBAL innodb_flush_log_at_trx_commit = {value}"
+    )))
+    .execute(&pool)
+    .await
+    .context("cannot set innodb_flush_log_at_trx_commit (the bench needs MariaDB's root user)")?;
+    pool.close().await;
+    Ok(())
+}
+
 /// The tables B3 writes, made `LIKE` the query service's own (same columns, keys and
 /// indexes), empty before every run.
 const TABLES: [&str; 4] = [

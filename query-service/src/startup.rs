@@ -52,6 +52,14 @@ impl Application {
             .with_context(|| {
                 format!("cannot open the read model at {:?}", settings.database_url)
             })?;
+        if !settings.feed_follow_enabled && store.flushes_each_commit().await == Some(false) {
+            tracing::warn!(
+                "the read model's server does not flush its log at every commit \
+                 (innodb_flush_log_at_trx_commit): after a power loss, what it lost of the \
+                 last second is projected again only by the feed follower, which is off \
+                 (FEED_FOLLOW_ENABLED=false); see docs/operations.md, \"Read model durability\""
+            );
+        }
         let source = CommandClient::new(&settings.command_service_url, token)
             .context("cannot build the command service client")?;
         let watch = ProjectionWatch::default();

@@ -7,17 +7,19 @@ use anyhow::Context as _;
 
 use crate::context::{COMMAND, Ctx, QUERY};
 use crate::load::{self, Accounts, Probe};
-use crate::pg;
 use crate::prom::{self, Quantiles, Scrape};
 use crate::report::format::{MISSING, duration, list, ms, rate};
 use crate::report::{Markdown, Part, Results, Target};
 use crate::stats::{Sample, percentile, to_usize};
+use crate::{mariadb, pg};
 
 /// One open-loop lag measurement.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Lag {
     /// Of the peak service throughput.
     pub(crate) fraction: f64,
+    /// Whether the read model's MariaDB flushed its log at each commit (not as deployed).
+    pub(crate) flush_each_commit: bool,
     /// Commands per second.
     pub(crate) offered: f64,
     /// Commands answered per second, first arrival to last answer.
@@ -101,6 +103,16 @@ impl Scrapes {
 }
 
 impl Lag {
+    /// The load, as the report names it.
+    fn load(&self) -> String {
+        let flush = if self.flush_each_commit {
+            ", MariaDB flushing at each commit"
+        } else {
+            ""
+        };
+        format!("{:.0}% of peak{flush}", self.fraction * 100.0)
+    }
+
     /// A lag quantile in milliseconds.
     fn lag_ms(&self, q: f64) -> f64 {
         percentile(&self.lags_us, q) / 1000.0
@@ -116,7 +128,8 @@ pub(crate) struct Figures {
 }
 
 /// Open-loop credits at fractions of the peak with the query service live; probes
-/// measure acknowledged → visible.
+/// measure acknowledged → visible. The loads of the targets (10% and 50%) run once more
+/// with the read model's MariaDB flushing its log at each commit.
 pub(crate) async fn projection_lag(ctx: &mut Ctx, results: &mut Results) -> anyhow::Result<()> {
     let peak = results
         .b1
@@ -126,45 +139,71 @@ pub(crate) async fn projection_lag(ctx: &mut Ctx, results: &mut Results) -> anyh
     ctx.spawn_query()?;
     ctx.wait_query().await?;
     let accounts = Accounts::seeded(1, ctx.plan.accounts())?;
-    let query_base = ctx.service(QUERY)?.base_url();
-    for &fraction in &ctx.plan.lag_fractions.clone() {
-        let rate = (peak * fraction).max(1.0);
-        let probe = Probe {
-            query_base: query_base.clone(),
-            client: ctx.http.clone(),
-            every: to_usize(rate / 40.0).max(1),
-            timeout: Duration::from_secs(15),
-        };
-        let target = ctx.target(COMMAND)?;
-        let before = Scrapes::take(ctx).await;
-        let outcome =
-            load::open_loop(&target, &accounts, rate, ctx.plan.lag_run, 64, Some(probe)).await?;
-        let pool = Ctx::pool(ctx.main_pool.as_ref())?;
-        pg::wait_outbox_empty(pool, Instant::now(), Duration::from_secs(180)).await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let after = Scrapes::take(ctx).await;
-        let lag = Lag {
-            fraction,
-            offered: rate,
-            achieved: outcome.achieved_rate,
-            ack: outcome.ack,
-            lags_us: outcome.lags_us,
-            timed_out: outcome.probes_timed_out,
-            stages: after.stages(&before),
-            server: after.server(&before),
-        };
-        progress!(
-            "lag at {:.0}% of peak ({rate:.0} cmd/s): p50 {:.1} ms p99 {:.1} ms over {} probes, {} timed out",
-            fraction * 100.0,
-            lag.lag_ms(0.5),
-            lag.lag_ms(0.99),
-            lag.lags_us.len(),
-            lag.timed_out
-        );
+    let fractions = ctx.plan.lag_fractions.clone();
+    for &fraction in &fractions {
+        let lag = measure(ctx, &accounts, peak, fraction, false).await?;
         results.lag.runs.push(lag);
     }
+    let mysql = ctx.opts.mysql.clone();
+    mariadb::set_log_flush(&mysql, 1).await?;
+    let mut compared = Ok(());
+    for &fraction in fractions.iter().filter(|&&f| f <= 0.5) {
+        match measure(ctx, &accounts, peak, fraction, true).await {
+            Ok(lag) => results.lag.runs.push(lag),
+            Err(error) => {
+                compared = Err(error);
+                break;
+            }
+        }
+    }
+    mariadb::set_log_flush(&mysql, mariadb::DEPLOYED_LOG_FLUSH).await?;
     ctx.stop(QUERY).await;
-    Ok(())
+    compared
+}
+
+/// One open-loop run at `fraction` of `peak`, its probes and its stages.
+async fn measure(
+    ctx: &mut Ctx,
+    accounts: &Accounts,
+    peak: f64,
+    fraction: f64,
+    flush_each_commit: bool,
+) -> anyhow::Result<Lag> {
+    let rate = (peak * fraction).max(1.0);
+    let probe = Probe {
+        query_base: ctx.service(QUERY)?.base_url(),
+        client: ctx.http.clone(),
+        every: to_usize(rate / 40.0).max(1),
+        timeout: Duration::from_secs(15),
+    };
+    let target = ctx.target(COMMAND)?;
+    let before = Scrapes::take(ctx).await;
+    let outcome =
+        load::open_loop(&target, accounts, rate, ctx.plan.lag_run, 64, Some(probe)).await?;
+    let pool = Ctx::pool(ctx.main_pool.as_ref())?;
+    pg::wait_outbox_empty(pool, Instant::now(), Duration::from_secs(180)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = Scrapes::take(ctx).await;
+    let lag = Lag {
+        fraction,
+        flush_each_commit,
+        offered: rate,
+        achieved: outcome.achieved_rate,
+        ack: outcome.ack,
+        lags_us: outcome.lags_us,
+        timed_out: outcome.probes_timed_out,
+        stages: after.stages(&before),
+        server: after.server(&before),
+    };
+    progress!(
+        "lag at {} ({rate:.0} cmd/s): p50 {:.1} ms p99 {:.1} ms over {} probes, {} timed out",
+        lag.load(),
+        lag.lag_ms(0.5),
+        lag.lag_ms(0.99),
+        lag.lags_us.len(),
+        lag.timed_out
+    );
+    Ok(lag)
 }
 
 /// The phase's part of the report.
@@ -176,7 +215,7 @@ fn targets(results: &Results) -> Vec<Target> {
             .lag
             .runs
             .iter()
-            .find(|l| (l.fraction - fraction).abs() < 1e-6)
+            .find(|l| (l.fraction - fraction).abs() < 1e-6 && !l.flush_each_commit)
             .filter(|lag| !lag.lags_us.is_empty())
     };
     let measured = |lag: &Lag, q: f64, limit: f64| {
@@ -216,7 +255,7 @@ fn section(results: &Results, out: &mut Markdown) {
                 (ms(q.p50_ms), ms(q.p99_ms))
             });
         [
-            format!("{:.0}% of peak", lag.fraction * 100.0),
+            lag.load(),
             rate(lag.offered),
             rate(lag.achieved),
             ms(lag.ack.p50_ms),
@@ -249,8 +288,8 @@ fn section(results: &Results, out: &mut Markdown) {
     out.paragraph("\"ack\" is the client's latency (from when the request was due); \"server\" is the command service's own `http_request_duration_seconds` of the credit route over the run (– when it is not exported as a histogram).");
     for lag in &results.lag.runs {
         out.paragraph(&format!(
-            "Where the time goes at {:.0}% of peak ({} cmd/s), each stage from the event's `occurred_at`:\n",
-            lag.fraction * 100.0,
+            "Where the time goes at {} ({} cmd/s), each stage from the event's `occurred_at`:\n",
+            lag.load(),
             rate(lag.offered)
         ));
         let stages = stage_rows(&lag.stages);
@@ -305,13 +344,18 @@ pub(crate) fn stage_rows<'a>(
 }
 
 fn method(results: &Results) -> Vec<String> {
-    let fractions = list(&results.lag.runs, |lag| {
-        format!("{:.0}%", lag.fraction * 100.0)
-    });
+    let deployed: Vec<&Lag> = results
+        .lag
+        .runs
+        .iter()
+        .filter(|lag| !lag.flush_each_commit)
+        .collect();
+    let fractions = list(&deployed, |lag| format!("{:.0}%", lag.fraction * 100.0));
     vec![
         format!(
-            "**Lag** runs an open loop (arrivals at a fixed rate, 64 connections, latency counted from when a request was due) for {} at each of {fractions} of the highest service throughput B1's turns found, with the query service live; \"achieved\" is the commands answered per second from the first arrival to the last answer; about 40 acknowledged commands a second are probed with `GET /accounts/{{id}}?min_version=<acknowledged version>` on the query service, and the lag is the time from the acknowledgement to that answer. One run per load level (no repeats: the probes are the sample).",
-            duration(results.lag.run)
+            "**Lag** runs an open loop (arrivals at a fixed rate, 64 connections, latency counted from when a request was due) for {} at each of {fractions} of the highest service throughput B1's turns found, with the query service live; \"achieved\" is the commands answered per second from the first arrival to the last answer; about 40 acknowledged commands a second are probed with `GET /accounts/{{id}}?min_version=<acknowledged version>` on the query service, and the lag is the time from the acknowledgement to that answer. One run per load level (no repeats: the probes are the sample). The read model's MariaDB runs as the deployments configure it (`innodb_flush_log_at_trx_commit` {}: the log written at each commit, flushed to disk once a second; docs/operations.md, \"Read model durability\"); the loads up to 50% then run once more with it flushing at each commit (1), the lines marked so, which the targets do not count.",
+            duration(results.lag.run),
+            mariadb::DEPLOYED_LOG_FLUSH
         ),
         "**Stages**: both services' `/metrics` are scraped before each lag run and after it (once the relay's backlog is drained and a second has passed); each stage's p50/p99 is computed from the difference of the `event_pipeline_seconds{stage}` histogram buckets (seconds from the event's `occurred_at`, set when the command was decided, to the stage: committed, relay_read, published, confirmed in the command service; delivered, applied, projected in the query service), interpolating linearly within a bucket, so a figure is only as fine as the buckets around it (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50 ms ...); a quantile past the last finite bucket shows that bound. Both services run on this machine and share its clock. \"visible\" is the bench's own probe, measured from the acknowledgement (not from `occurred_at`), so it is not directly comparable to the stages above it. A stage reads \"not exported\" when the service's `/metrics` has no such histogram.".to_owned(),
     ]

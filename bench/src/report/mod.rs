@@ -237,7 +237,16 @@ impl Results {
                 "PostgreSQL",
                 format!("{} ({})", m.postgres, m.postgres_settings),
             ),
-            ("MariaDB", m.mariadb.clone()),
+            (
+                "MariaDB",
+                match m.mariadb_log_flush {
+                    Some((server, run)) => format!(
+                        "{} (innodb_flush_log_at_trx_commit {run} during the run, as the deployments set it for the read model; the server's own: {server})",
+                        m.mariadb
+                    ),
+                    None => m.mariadb.clone(),
+                },
+            ),
             ("RabbitMQ", m.rabbitmq.clone()),
             (
                 "load average (1 min) at start / end",

@@ -45,6 +45,7 @@ fn fixture() -> Results {
             postgres: "PostgreSQL 15".to_owned(),
             postgres_settings: "max_connections 100".to_owned(),
             mariadb: "10.11".to_owned(),
+            mariadb_log_flush: Some((1, 2)),
             rabbitmq: "3.10".to_owned(),
             load_start: "0.10".to_owned(),
             load_end: "2.00".to_owned(),
@@ -166,6 +167,7 @@ fn fixture() -> Results {
             runs: vec![
                 Lag {
                     fraction: 0.1,
+                    flush_each_commit: false,
                     offered: 210.0,
                     achieved: 210.0,
                     ack: sample(210.0, 1.0, 2.0),
@@ -191,6 +193,7 @@ fn fixture() -> Results {
                 },
                 Lag {
                     fraction: 0.5,
+                    flush_each_commit: false,
                     offered: 1050.0,
                     achieved: 1049.5,
                     ack: sample(1049.5, 1.2, 3.4),
@@ -200,7 +203,19 @@ fn fixture() -> Results {
                     server: None,
                 },
                 Lag {
+                    fraction: 0.1,
+                    flush_each_commit: true,
+                    offered: 210.0,
+                    achieved: 210.0,
+                    ack: sample(210.0, 1.0, 2.0),
+                    lags_us: vec![9_000, 14_000, 30_000],
+                    timed_out: 0,
+                    stages: Vec::new(),
+                    server: None,
+                },
+                Lag {
                     fraction: 0.9,
+                    flush_each_commit: false,
                     offered: 1890.0,
                     achieved: 1800.0,
                     ack: sample(1800.0, 2.0, 8.0),

@@ -335,6 +335,16 @@ impl ReadStore {
         &self.pool
     }
 
+    /// Whether the server flushes its redo log to disk at every commit
+    /// (`innodb_flush_log_at_trx_commit` 1); `None` when it cannot tell.
+    pub(crate) async fn flushes_each_commit(&self) -> Option<bool> {
+        sqlx::query_scalar::<_, u64>("SELECT @@GLOBAL.innodb_flush_log_at_trx_commit")
+            .fetch_one(&self.pool)
+            .await
+            .ok()
+            .map(|value| value == 1)
+    }
+
     /// Whether the database answers (within two seconds).
     pub(crate) async fn ping(&self) -> bool {
         let ping = sqlx::query("SELECT 1").execute(&self.pool);
