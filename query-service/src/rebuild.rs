@@ -49,6 +49,10 @@ const PREPARE: [&str; 9] = [
 ];
 const WRITE_CHECKPOINT: &str = "INSERT INTO projection_checkpoint_rebuild (name, generation, position, updated_at) \
      VALUES ('feed', ?, ?, UTC_TIMESTAMP(6))";
+/// Statistics of the filled tables, so that the first queries on them after the swap
+/// are planned as on any table of their size, not as on the empty ones they were.
+const ANALYZE: &str = "ANALYZE TABLE accounts_rebuild, operations_rebuild, account_versions_rebuild, \
+     transfers_rebuild, transfer_versions_rebuild, balance_sheet_rebuild";
 const SWAP: &str = "RENAME TABLE accounts TO accounts_old, accounts_rebuild TO accounts, \
      operations TO operations_old, operations_rebuild TO operations, \
      account_versions TO account_versions_old, account_versions_rebuild TO account_versions, \
@@ -182,6 +186,10 @@ async fn rebuild_locked(
         .execute(&mut *connection)
         .await
         .context("cannot write the rebuilt checkpoint")?;
+    sqlx::raw_sql(ANALYZE)
+        .execute(&mut *connection)
+        .await
+        .context("cannot analyze the rebuilt tables")?;
     sqlx::raw_sql(SWAP)
         .execute(&mut *connection)
         .await
