@@ -16,8 +16,9 @@ pub(crate) struct Machine {
     pub(crate) postgres: String,
     pub(crate) postgres_settings: String,
     pub(crate) mariadb: String,
-    /// `innodb_flush_log_at_trx_commit`: the server's own, and the run's.
-    pub(crate) mariadb_log_flush: Option<(u8, u8)>,
+    /// The server's own `innodb_flush_log_at_trx_commit` (the run's is
+    /// [`mariadb::DEPLOYED_LOG_FLUSH`]).
+    pub(crate) mariadb_log_flush: Option<u8>,
     pub(crate) rabbitmq: String,
     pub(crate) load_start: String,
     pub(crate) load_end: String,

@@ -107,7 +107,7 @@ async fn run() -> anyhow::Result<bool> {
     let mysql = opts.mysql.clone();
     let server_log_flush = mariadb::log_flush(&mysql).await?;
     mariadb::set_log_flush(&mysql, mariadb::DEPLOYED_LOG_FLUSH).await?;
-    results.machine.mariadb_log_flush = Some((server_log_flush, mariadb::DEPLOYED_LOG_FLUSH));
+    results.machine.mariadb_log_flush = Some(server_log_flush);
     let mut ctx = Ctx::new(opts, plan, run, dir)?;
     let phases = Box::pin(phases::run_all(&mut ctx, &mut results));
     tokio::select! {

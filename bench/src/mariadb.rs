@@ -24,12 +24,18 @@ pub(crate) async fn connect(url: &str) -> anyhow::Result<MySqlPool> {
 }
 
 pub(crate) async fn server_version(server: &str) -> anyhow::Result<String> {
+    server_value(server, "SELECT VERSION()").await
+}
+
+/// The one value `select` gives, on a connection of its own.
+async fn server_value<T>(server: &str, select: &'static str) -> anyhow::Result<T>
+where
+    T: Send + Unpin + for<'r> sqlx::Decode<'r, sqlx::MySql> + sqlx::Type<sqlx::MySql>,
+{
     let pool = connect(server).await?;
-    let version: String = sqlx::query_scalar("SELECT VERSION()")
-        .fetch_one(&pool)
-        .await?;
+    let value = sqlx::query_scalar(select).fetch_one(&pool).await?;
     pool.close().await;
-    Ok(version)
+    Ok(value)
 }
 
 pub(crate) async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
@@ -52,11 +58,7 @@ pub(crate) const DEPLOYED_LOG_FLUSH: u8 = 2;
 
 /// The server's `innodb_flush_log_at_trx_commit`.
 pub(crate) async fn log_flush(server: &str) -> anyhow::Result<u8> {
-    let pool = connect(server).await?;
-    let value: u64 = sqlx::query_scalar("SELECT @@GLOBAL.innodb_flush_log_at_trx_commit")
-        .fetch_one(&pool)
-        .await?;
-    pool.close().await;
+    let value: u64 = server_value(server, "SELECT @@GLOBAL.innodb_flush_log_at_trx_commit").await?;
     u8::try_from(value).context("innodb_flush_log_at_trx_commit out of range")
 }
 

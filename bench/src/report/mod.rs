@@ -240,9 +240,10 @@ impl Results {
             (
                 "MariaDB",
                 match m.mariadb_log_flush {
-                    Some((server, run)) => format!(
-                        "{} (innodb_flush_log_at_trx_commit {run} during the run, as the deployments set it for the read model; the server's own: {server})",
-                        m.mariadb
+                    Some(server) => format!(
+                        "{} (innodb_flush_log_at_trx_commit {} during the run, as the deployments set it for the read model; the server's own: {server})",
+                        m.mariadb,
+                        crate::mariadb::DEPLOYED_LOG_FLUSH
                     ),
                     None => m.mariadb.clone(),
                 },

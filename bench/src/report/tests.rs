@@ -45,7 +45,7 @@ fn fixture() -> Results {
             postgres: "PostgreSQL 15".to_owned(),
             postgres_settings: "max_connections 100".to_owned(),
             mariadb: "10.11".to_owned(),
-            mariadb_log_flush: Some((1, 2)),
+            mariadb_log_flush: Some(1),
             rabbitmq: "3.10".to_owned(),
             load_start: "0.10".to_owned(),
             load_end: "2.00".to_owned(),
