@@ -17,7 +17,7 @@ mod transfers;
 pub use error::StoreError;
 pub use outbox::{AppendListener, OutboxLeader};
 pub use store::{
-    Append, AppendConnection, EventStore, LoadedStream, NewEvent, RecordedEvent, Snapshot,
-    StoredResponse, StreamAppend,
+    Append, EventStore, LoadedStream, NewEvent, RecordedEvent, Snapshot, StoredResponse,
+    StreamAppend, WriterConnection,
 };
 pub use transfers::{TransferProcessLeader, TransferRequest};

@@ -140,28 +140,26 @@ pub struct EventStore {
     pub(crate) announcer: Announcer,
 }
 
-/// One writer's own connection, outside the store's pool and held across its appends:
-/// sqlx pings a pooled connection as it goes back to the pool, a round trip per append
-/// that a held one does not make, and a writer holding one of the pool's would leave
-/// a small pool short. It is opened on first use (within the pool's acquire timeout),
-/// closed after an append that failed otherwise than by a taken idempotency key, and
-/// pinged before use after an idle spell, as the pool's loans are.
+/// One writer's own connection, outside the store's pool and held across its loads and
+/// appends: sqlx pings a pooled connection as it goes back to the pool, a round trip
+/// per use that a held one does not make, and a writer holding one of the pool's would
+/// leave a small pool short. It is opened on first use (within the pool's acquire
+/// timeout), closed after a load or an append that failed otherwise than by a taken
+/// idempotency key, and pinged before use after an idle spell, as the pool's loans are.
 #[derive(Debug)]
-pub struct AppendConnection {
+pub struct WriterConnection {
     store: EventStore,
     held: Option<(PgConnection, Instant)>,
 }
 
-impl AppendConnection {
+impl WriterConnection {
     /// [`EventStore::append_batch`] on the held connection.
     pub async fn append_batch(
         &mut self,
         appends: &[StreamAppend],
         snapshot_schema: i32,
     ) -> Result<HashSet<Uuid>, StoreError> {
-        let mut connection = tokio::time::timeout(CONNECT_TIMEOUT, self.connection())
-            .await
-            .unwrap_or(Err(StoreError::Database(sqlx::Error::PoolTimedOut)))?;
+        let mut connection = self.connection().await?;
         let appended = self
             .store
             .append_batch_on(&mut connection, appends, snapshot_schema)
@@ -172,15 +170,77 @@ impl AppendConnection {
         appended
     }
 
+    /// [`EventStore::load_many`] on the held connection.
+    pub async fn load_many(
+        &mut self,
+        stream_ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, LoadedStream>, StoreError> {
+        let mut connection = self.connection().await?;
+        let loaded = load_many_on(&mut connection, stream_ids).await;
+        if loaded.is_ok() {
+            self.held = Some((connection, Instant::now()));
+        }
+        loaded
+    }
+
     /// The held connection if it was used lately or still answers, else a new one.
     async fn connection(&mut self) -> Result<PgConnection, StoreError> {
-        if let Some((mut connection, last_used)) = self.held.take()
-            && (last_used.elapsed() < TRUSTED_IDLE || connection.ping().await.is_ok())
-        {
-            return Ok(connection);
-        }
-        Ok(PgConnection::connect_with(&self.store.pool.connect_options()).await?)
+        tokio::time::timeout(CONNECT_TIMEOUT, async {
+            if let Some((mut connection, last_used)) = self.held.take()
+                && (last_used.elapsed() < TRUSTED_IDLE || connection.ping().await.is_ok())
+            {
+                return Ok(connection);
+            }
+            Ok(PgConnection::connect_with(&self.store.pool.connect_options()).await?)
+        })
+        .await
+        .unwrap_or(Err(StoreError::Database(sqlx::Error::PoolTimedOut)))
     }
+}
+
+/// The heads of `stream_ids` and, for those whose snapshot is behind, the events after it.
+async fn load_many_on(
+    connection: &mut PgConnection,
+    stream_ids: &[Uuid],
+) -> Result<HashMap<Uuid, LoadedStream>, StoreError> {
+    let heads: Vec<StreamHead> = sqlx::query_as(
+        "SELECT stream_id, version, snapshot_version, snapshot_schema, snapshot FROM streams WHERE stream_id = ANY($1)",
+    )
+    .bind(stream_ids)
+    .fetch_all(&mut *connection)
+    .await?;
+    let mut streams: HashMap<Uuid, LoadedStream> = heads
+        .into_iter()
+        .map(|head| (head.stream_id, head.into_loaded()))
+        .collect();
+    let behind: Vec<(Uuid, i64)> = streams
+        .iter()
+        .filter(|(_, s)| s.snapshot.as_ref().map_or(0, |snapshot| snapshot.version) < s.version)
+        .map(|(id, s)| {
+            (
+                *id,
+                s.snapshot.as_ref().map_or(0, |snapshot| snapshot.version),
+            )
+        })
+        .collect();
+    if !behind.is_empty() {
+        let tails: Vec<RecordedEvent> = sqlx::query_as(
+            "SELECT e.position, e.stream_id, e.version, e.event_id, e.event_type, e.schema_version, e.data, e.metadata, e.occurred_at
+               FROM events e JOIN unnest($1::uuid[], $2::bigint[]) AS f (stream_id, after)
+                 ON e.stream_id = f.stream_id AND e.version > f.after
+              ORDER BY e.stream_id, e.version",
+        )
+        .bind(behind.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind(behind.iter().map(|(_, after)| *after).collect::<Vec<_>>())
+        .fetch_all(&mut *connection)
+        .await?;
+        for event in tails {
+            if let Some(stream) = streams.get_mut(&event.stream_id) {
+                stream.events.push(event);
+            }
+        }
+    }
+    Ok(streams)
 }
 
 /// Up to `$2` events after the position `$after` (an SQL expression) that are settled:
@@ -266,9 +326,9 @@ impl EventStore {
         &self.pool
     }
 
-    /// A connection to append on, held until dropped ([`AppendConnection`]).
-    pub fn append_connection(&self) -> AppendConnection {
-        AppendConnection {
+    /// A connection to load and append on, held until dropped ([`WriterConnection`]).
+    pub fn writer_connection(&self) -> WriterConnection {
+        WriterConnection {
             store: self.clone(),
             held: None,
         }
@@ -432,44 +492,7 @@ impl EventStore {
         &self,
         stream_ids: &[Uuid],
     ) -> Result<HashMap<Uuid, LoadedStream>, StoreError> {
-        let heads: Vec<StreamHead> = sqlx::query_as(
-            "SELECT stream_id, version, snapshot_version, snapshot_schema, snapshot FROM streams WHERE stream_id = ANY($1)",
-        )
-        .bind(stream_ids)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut streams: HashMap<Uuid, LoadedStream> = heads
-            .into_iter()
-            .map(|head| (head.stream_id, head.into_loaded()))
-            .collect();
-        let behind: Vec<(Uuid, i64)> = streams
-            .iter()
-            .filter(|(_, s)| s.snapshot.as_ref().map_or(0, |snapshot| snapshot.version) < s.version)
-            .map(|(id, s)| {
-                (
-                    *id,
-                    s.snapshot.as_ref().map_or(0, |snapshot| snapshot.version),
-                )
-            })
-            .collect();
-        if !behind.is_empty() {
-            let tails: Vec<RecordedEvent> = sqlx::query_as(
-                "SELECT e.position, e.stream_id, e.version, e.event_id, e.event_type, e.schema_version, e.data, e.metadata, e.occurred_at
-                   FROM events e JOIN unnest($1::uuid[], $2::bigint[]) AS f (stream_id, after)
-                     ON e.stream_id = f.stream_id AND e.version > f.after
-                  ORDER BY e.stream_id, e.version",
-            )
-            .bind(behind.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-            .bind(behind.iter().map(|(_, after)| *after).collect::<Vec<_>>())
-            .fetch_all(&self.pool)
-            .await?;
-            for event in tails {
-                if let Some(stream) = streams.get_mut(&event.stream_id) {
-                    stream.events.push(event);
-                }
-            }
-        }
-        Ok(streams)
+        load_many_on(&mut *self.pool.acquire().await?, stream_ids).await
     }
 
     /// The latest snapshot of a stream and the events after it; `None` for an unknown stream.

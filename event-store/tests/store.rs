@@ -4,8 +4,8 @@ use std::collections::{BTreeSet, HashSet};
 
 use chrono::{SubsecRound, Utc};
 use event_store::{
-    Append, AppendConnection, AppendListener, EventStore, NewEvent, StoreError, StoredResponse,
-    StreamAppend,
+    Append, AppendListener, EventStore, NewEvent, StoreError, StoredResponse, StreamAppend,
+    WriterConnection,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -859,9 +859,9 @@ async fn terminate_other_sessions(store: &EventStore) -> i64 {
 }
 
 /// A fresh store, and a writer's connection that appended a stream's first event.
-async fn appended_once() -> (EventStore, AppendConnection, Uuid) {
+async fn appended_once() -> (EventStore, WriterConnection, Uuid) {
     let store = fresh_store().await;
-    let mut appends = store.append_connection();
+    let mut appends = store.writer_connection();
     let stream = Uuid::now_v7();
     appends
         .append_batch(&[stream_append(stream, 0, &["A"])], 1)
@@ -871,7 +871,7 @@ async fn appended_once() -> (EventStore, AppendConnection, Uuid) {
 }
 
 #[tokio::test]
-async fn a_held_append_connection_whose_session_ended_is_replaced_after_at_most_one_failure() {
+async fn a_held_writer_connection_whose_session_ended_is_replaced_after_at_most_one_failure() {
     // Given a writer's connection that appended once
     let (store, mut appends, stream) = appended_once().await;
     // When the server ends its session at once
@@ -893,7 +893,7 @@ async fn a_held_append_connection_whose_session_ended_is_replaced_after_at_most_
 }
 
 #[tokio::test]
-async fn a_held_append_connection_idle_past_the_trusted_spell_is_checked_before_use() {
+async fn a_held_writer_connection_idle_past_the_trusted_spell_is_checked_before_use() {
     // Given a writer's connection that appended once, then sat idle
     let (store, mut appends, stream) = appended_once().await;
     // When the server ended its session meanwhile
@@ -905,4 +905,23 @@ async fn a_held_append_connection_idle_past_the_trusted_spell_is_checked_before_
         .await
         .unwrap();
     assert_eq!(accepted, HashSet::from([stream]));
+}
+
+#[tokio::test]
+async fn a_held_writer_connection_loads_what_it_appended_and_recovers_from_an_ended_session() {
+    // Given a writer's connection that appended once
+    let (store, mut connection, stream) = appended_once().await;
+    // When it loads the stream and an unknown one
+    let loaded = connection
+        .load_many(&[stream, Uuid::now_v7()])
+        .await
+        .unwrap();
+    // Then it finds what the pool finds
+    assert_eq!(loaded, store.load_many(&[stream]).await.unwrap());
+    // And when the server ends its session, the next load may fail and the one after succeeds
+    assert!(terminate_other_sessions(&store).await >= 1);
+    if connection.load_many(&[stream]).await.is_err() {
+        let again = connection.load_many(&[stream]).await.unwrap();
+        assert_eq!(again[&stream].version, 1);
+    }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use event_store::{EventStore, LoadedStream, StoreError};
+use event_store::{EventStore, LoadedStream, StoreError, WriterConnection};
 use serde_json::Value;
 use shared_events::{AccountEvent, AccountId, EventDecodeError};
 use uuid::Uuid;
@@ -28,7 +28,22 @@ pub(super) async fn load(
     store: &EventStore,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, LoadedStream>, StoreError> {
-    let mut loaded = store.load_many(ids).await?;
+    with_every_event_unless_snapshot_readable(store, store.load_many(ids).await?).await
+}
+
+/// [`load`] on a writer's own connection.
+pub(super) async fn load_on(
+    connection: &mut WriterConnection,
+    store: &EventStore,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, LoadedStream>, StoreError> {
+    with_every_event_unless_snapshot_readable(store, connection.load_many(ids).await?).await
+}
+
+async fn with_every_event_unless_snapshot_readable(
+    store: &EventStore,
+    mut loaded: HashMap<Uuid, LoadedStream>,
+) -> Result<HashMap<Uuid, LoadedStream>, StoreError> {
     for (id, stream) in &mut loaded {
         if stream
             .snapshot

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
 use event_store::{
-    AppendConnection, EventStore, NewEvent, StoreError, StoredResponse, StreamAppend,
+    EventStore, NewEvent, StoreError, StoredResponse, StreamAppend, WriterConnection,
 };
 use service_kit::backoff::Backoff;
 use service_kit::recent::RecentMap;
@@ -58,7 +58,7 @@ pub(super) async fn write_loop(
     mut receiver: mpsc::Receiver<Job>,
 ) {
     let mut writer = Writer {
-        appends: store.append_connection(),
+        connection: store.writer_connection(),
         store,
         encode,
         recent: RecentMap::new(RECENT_ACCOUNTS / WRITERS),
@@ -83,7 +83,7 @@ struct Plan {
 
 struct Writer {
     store: EventStore,
-    appends: AppendConnection,
+    connection: WriterConnection,
     encode: ReplyEncoder,
     /// Accounts as last decided and committed.
     recent: RecentMap<Uuid, Account>,
@@ -152,7 +152,7 @@ impl Writer {
         let mut loaded = if missing.is_empty() {
             HashMap::new()
         } else {
-            match rehydrate::load(&self.store, &missing).await {
+            match rehydrate::load_on(&mut self.connection, &self.store, &missing).await {
                 Ok(loaded) => loaded,
                 Err(error) => {
                     fail_all(groups.into_iter().flat_map(|(_, jobs)| jobs), &error);
@@ -180,7 +180,7 @@ impl Writer {
         }
         if !refused_on_kept.is_empty() {
             let ids: Vec<Uuid> = refused_on_kept.iter().map(|(id, _)| id.as_uuid()).collect();
-            match rehydrate::load(&self.store, &ids).await {
+            match rehydrate::load_on(&mut self.connection, &self.store, &ids).await {
                 Ok(mut stored) => {
                     for (id, group) in refused_on_kept {
                         let account = rehydrate::rebuild(id, stored.remove(&id.as_uuid()));
@@ -205,7 +205,11 @@ impl Writer {
                 .into_iter()
                 .flat_map(|plan| plan.decided.into_iter().map(|(job, _)| job))
         };
-        match self.appends.append_batch(&appends, SNAPSHOT_SCHEMA).await {
+        match self
+            .connection
+            .append_batch(&appends, SNAPSHOT_SCHEMA)
+            .await
+        {
             Ok(accepted_streams) => {
                 let (committed, conflicted): (Vec<Plan>, Vec<Plan>) = plans
                     .into_iter()
