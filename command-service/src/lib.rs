@@ -16,8 +16,8 @@
 //! - `application`: the writer tasks (group commit, the one conflict retry loop),
 //!   rehydration from snapshots, idempotency keys; returns typed outcomes.
 //! - `domain`: the account aggregate, pure `decide` and `evolve`.
-//! - `relay`: publishes the events after its checkpoint with publisher confirms, a
-//!   few windows in flight; one leader across replicas.
+//! - `relay`: publishes the events after its checkpoint with publisher confirms,
+//!   up to sixteen windows in flight; one leader across replicas.
 
 mod application;
 mod domain;
