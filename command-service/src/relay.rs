@@ -36,6 +36,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// for a slot (at 50 % of peak, `relay_read` 14 ms and `confirmed` 85 ms after
 /// `committed` at p50; with sixteen, 2.5 ms and 19 ms: `bench --quick`).
 const WINDOWS_IN_FLIGHT: usize = 16;
+/// Events published and not yet confirmed at once, in windows of the batch size: small
+/// windows may fly sixteen at once, a backlog drains three full windows at a time (as
+/// before there were sixteen), which bounds the memory the unconfirmed messages hold.
+const FULL_WINDOWS_IN_FLIGHT: i64 = 3;
 /// How long a confirmed position may wait before the checkpoint is written: one write
 /// serves every window confirmed meanwhile. A crash in between only republishes the
 /// events confirmed since the last write, which delivery at least once allows.
@@ -130,8 +134,9 @@ impl Relay {
                 leader.confirm(confirmed).await?;
                 unsaved_since = None;
             }
-            let outcome = if !caught_up && in_flight.len() < WINDOWS_IN_FLIGHT {
-                let batch = leader.read_after(read_to, self.batch_size).await?;
+            let budget = self.budget(&in_flight);
+            let outcome = if !caught_up && budget > 0 {
+                let batch = leader.read_after(read_to, budget).await?;
                 record_stage("relay_read", &batch);
                 let oldest = in_flight
                     .front()
@@ -139,7 +144,7 @@ impl Relay {
                     .or_else(|| batch.first().map(|event| event.occurred_at));
                 self.record_backlog(&mut leader, (confirmed, read_to), oldest, &batch)
                     .await?;
-                caught_up = i64::try_from(batch.len()).unwrap_or(i64::MAX) < self.batch_size;
+                caught_up = i64::try_from(batch.len()).unwrap_or(i64::MAX) < budget;
                 let Some(last) = batch.last().map(|event| event.position) else {
                     continue;
                 };
@@ -164,7 +169,7 @@ impl Relay {
                 // Caught up, or as many windows in flight as allowed: the oldest window's
                 // confirms, or (with room for another window) a wake-up for new events,
                 // which are then published without waiting for those confirms.
-                let room = in_flight.len() < WINDOWS_IN_FLIGHT;
+                let room = budget > 0;
                 let Some(window) = in_flight.front_mut() else {
                     continue;
                 };
@@ -229,6 +234,17 @@ impl Relay {
             leader.confirm(confirmed).await?;
         }
         leader.resign().await
+    }
+
+    /// How many events the next window may hold: at most a batch, within
+    /// [`WINDOWS_IN_FLIGHT`] and [`FULL_WINDOWS_IN_FLIGHT`].
+    fn budget(&self, in_flight: &VecDeque<Window>) -> i64 {
+        if in_flight.len() >= WINDOWS_IN_FLIGHT {
+            return 0;
+        }
+        let unconfirmed: u64 = in_flight.iter().map(|window| window.events).sum();
+        let unconfirmed = i64::try_from(unconfirmed).unwrap_or(i64::MAX);
+        (FULL_WINDOWS_IN_FLIGHT * self.batch_size - unconfirmed).clamp(0, self.batch_size)
     }
 
     /// Sets `relay_backlog_events` (head position less the checkpoint) and
@@ -327,6 +343,8 @@ fn traceparent(correlation_id: &str, event_id: uuid::Uuid) -> Option<String> {
 struct Window {
     /// When the oldest event of the window occurred.
     oldest: DateTime<Utc>,
+    /// How many events it holds.
+    events: u64,
     /// The broker's confirms of every event of the window: the position of the last one
     /// and how many there were, or the first refusal.
     settled: BoxFuture<'static, Result<(i64, u64), PublishError>>,
@@ -397,6 +415,7 @@ impl Publisher {
         }
         Ok(Window {
             oldest: events.first().map_or_else(Utc::now, |e| e.occurred_at),
+            events: events.len() as u64,
             settled: Box::pin(settle(confirms)),
         })
     }
