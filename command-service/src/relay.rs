@@ -142,9 +142,9 @@ impl Relay {
                     .front()
                     .map(|window| window.oldest)
                     .or_else(|| batch.first().map(|event| event.occurred_at));
-                self.record_backlog(&mut leader, (confirmed, read_to), oldest, &batch)
-                    .await?;
                 caught_up = i64::try_from(batch.len()).unwrap_or(i64::MAX) < budget;
+                self.record_backlog(&mut leader, (confirmed, read_to), oldest, &batch, caught_up)
+                    .await?;
                 let Some(last) = batch.last().map(|event| event.position) else {
                     continue;
                 };
@@ -249,18 +249,18 @@ impl Relay {
 
     /// Sets `relay_backlog_events` (head position less the checkpoint) and
     /// `relay_backlog_seconds` (age of the oldest unconfirmed event) after a read of
-    /// the events after `read_to`: only a full window needs the head.
+    /// the events after `read_to`: only a read that filled its limit (not `caught_up`)
+    /// needs the head.
     async fn record_backlog(
         &self,
         leader: &mut OutboxLeader,
         (checkpoint, read_to): (i64, i64),
         oldest: Option<DateTime<Utc>>,
         read: &[RecordedEvent],
+        caught_up: bool,
     ) -> Result<(), StoreError> {
         let head = match read.last() {
-            Some(_) if i64::try_from(read.len()).unwrap_or(i64::MAX) >= self.batch_size => {
-                leader.head().await?
-            }
+            Some(_) if !caught_up => leader.head().await?,
             Some(last) => last.position,
             None => read_to,
         };

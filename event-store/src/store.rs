@@ -215,12 +215,9 @@ async fn load_many_on(
         .collect();
     let behind: Vec<(Uuid, i64)> = streams
         .iter()
-        .filter(|(_, s)| s.snapshot.as_ref().map_or(0, |snapshot| snapshot.version) < s.version)
-        .map(|(id, s)| {
-            (
-                *id,
-                s.snapshot.as_ref().map_or(0, |snapshot| snapshot.version),
-            )
+        .filter_map(|(id, s)| {
+            let snapshot_version = s.snapshot.as_ref().map_or(0, |snapshot| snapshot.version);
+            (snapshot_version < s.version).then_some((*id, snapshot_version))
         })
         .collect();
     if !behind.is_empty() {
