@@ -752,6 +752,55 @@ async fn a_batch_commits_every_stream_whose_version_held_and_skips_the_others() 
 }
 
 #[tokio::test]
+async fn a_lone_event_is_appended_or_skipped_by_the_same_rules_as_a_batch() {
+    // Given a stream at version 1 with a snapshot, and a stream requiring an absent one
+    let store = fresh_store().await;
+    let (stream, fresh, requiring) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let one = |stream_id, expected_version| stream_append(stream_id, expected_version, &["B"]);
+    assert_eq!(
+        store.append_batch(&[one(stream, 0)], 1).await.unwrap(),
+        HashSet::from([stream])
+    );
+
+    // When single events are appended: at a stale version, at the current one without
+    // a snapshot, to a new stream, and to a stream whose required stream is not there
+    let stale = store.append_batch(&[one(stream, 0)], 1).await.unwrap();
+    let current = StreamAppend {
+        snapshot: None,
+        ..one(stream, 1)
+    };
+    let appended = store.append_batch(&[current], 1).await.unwrap();
+    let opened = store.append_batch(&[one(fresh, 0)], 1).await.unwrap();
+    let orphan = StreamAppend {
+        requires: Some(Uuid::now_v7()),
+        ..one(requiring, 0)
+    };
+    let orphaned = store.append_batch(&[orphan], 1).await.unwrap();
+
+    // Then the stale and the orphaned ones are skipped, the others committed in order,
+    // and a missing snapshot keeps the previous one
+    assert!(stale.is_empty() && orphaned.is_empty());
+    assert_eq!(appended, HashSet::from([stream]));
+    assert_eq!(opened, HashSet::from([fresh]));
+    let feed: Vec<(Uuid, i64)> = store
+        .read_all(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| (e.stream_id, e.version))
+        .collect();
+    assert_eq!(feed, [(stream, 1), (stream, 2), (fresh, 1)]);
+    let loaded = store.load_many(&[stream, fresh]).await.unwrap();
+    assert_eq!(loaded[&stream].version, 2);
+    let snapshot = loaded[&stream].snapshot.as_ref().unwrap();
+    assert_eq!((snapshot.version, &snapshot.state), (1, &json!({"at": 1})));
+    assert_eq!(
+        loaded[&fresh].snapshot.as_ref().unwrap().state,
+        json!({"at": 1})
+    );
+}
+
+#[tokio::test]
 async fn a_batch_with_a_taken_idempotency_key_writes_nothing() {
     let store = fresh_store().await;
     let response = |key: &str| StoredResponse {
