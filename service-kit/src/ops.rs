@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -107,7 +108,16 @@ fn builder() -> PrometheusBuilder {
         })
 }
 
+/// How often the recorded histogram samples are folded into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(1);
+
 /// Installs the process-wide Prometheus recorder (once) and returns its handle.
+///
+/// The recorder keeps every histogram sample until an upkeep folds it into the
+/// buckets; a thread of its own does that every [`METRICS_UPKEEP`], so that memory
+/// stays flat whether or how often `/metrics` is scraped. Without it the command
+/// service grew by about 20 MiB over `bench/run.sh`'s cqrs-es runs (8,000 credits
+/// a second, seven samples each).
 pub fn metrics_handle() -> PrometheusHandle {
     PROMETHEUS
         .get_or_init(|| {
@@ -116,6 +126,18 @@ pub fn metrics_handle() -> PrometheusHandle {
             // Fails only if another recorder was installed first, in which case
             // this handle just renders nothing.
             let _ = metrics::set_global_recorder(recorder);
+            let upkept = handle.clone();
+            let upkeep = std::thread::Builder::new()
+                .name("metrics-upkeep".to_owned())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(METRICS_UPKEEP);
+                        upkept.run_upkeep();
+                    }
+                });
+            if let Err(error) = upkeep {
+                tracing::warn!(error = %error, "no metrics upkeep thread; histograms are folded only when /metrics is scraped");
+            }
             handle
         })
         .clone()

@@ -53,3 +53,21 @@ async fn request_durations_are_exposed_as_histogram_buckets() {
     shutdown.cancel();
     served.await.unwrap().unwrap();
 }
+
+#[test]
+fn histogram_samples_are_folded_by_a_thread_of_their_own_whether_or_not_metrics_are_scraped() {
+    // Given the recorder installed
+    let _handle = service_kit::ops::metrics_handle();
+
+    // Then the process runs the thread that folds recorded samples into their buckets,
+    // so that they do not pile up between scrapes
+    let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).unwrap())
+        .map(|name| name.trim().to_owned())
+        .collect();
+    assert!(
+        threads.iter().any(|name| name == "metrics-upkeep"),
+        "threads: {threads:?}"
+    );
+}
