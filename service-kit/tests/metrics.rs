@@ -60,12 +60,23 @@ fn histogram_samples_are_folded_by_a_thread_of_their_own_whether_or_not_metrics_
     let _handle = service_kit::ops::metrics_handle();
 
     // Then the process runs the thread that folds recorded samples into their buckets,
-    // so that they do not pile up between scrapes
-    let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).unwrap())
-        .map(|name| name.trim().to_owned())
-        .collect();
+    // so that they do not pile up between scrapes (a new thread names itself once it
+    // runs, so its name may show a moment after it is spawned)
+    let thread_names = || -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut threads = thread_names();
+    while !threads.iter().any(|name| name == "metrics-upkeep")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        threads = thread_names();
+    }
     assert!(
         threads.iter().any(|name| name == "metrics-upkeep"),
         "threads: {threads:?}"
