@@ -910,7 +910,7 @@ fn version_ranges<'a>(
 }
 
 /// What one batch transaction writes: the rows after every planned run, and the sum
-/// of their balance-sheet deltas per currency and slot.
+/// of their balance-sheet deltas per currency.
 #[derive(Debug, Default)]
 struct BatchWrites {
     opened: Vec<AccountRow>,
@@ -920,7 +920,7 @@ struct BatchWrites {
     opened_transfers: Vec<TransferRow>,
     moved_transfers: Vec<TransferRow>,
     transfer_versions: Vec<(Uuid, TransferVersionRow)>,
-    sheet: BTreeMap<(&'static str, u8), SheetDelta>,
+    sheet: BTreeMap<&'static str, SheetDelta>,
 }
 
 impl BatchWrites {
@@ -944,7 +944,7 @@ impl BatchWrites {
                     .extend(mutation.versions.into_iter().map(|v| (id, v)));
                 if let Some(delta) = mutation.sheet {
                     self.sheet
-                        .entry((delta.currency, delta.slot))
+                        .entry(delta.currency)
                         .and_modify(|sum| sum.absorb(&delta))
                         .or_insert(delta);
                 }
@@ -968,7 +968,7 @@ impl BatchWrites {
     }
 
     /// Writes everything in the batch's transaction, the sheet's counters last (in
-    /// currency and slot order).
+    /// currency order).
     fn write(&self, batch: &mut Batch) {
         if !(self.opened.is_empty() && self.moved.is_empty()) {
             batch.write(&self.opened, &self.moved, &self.operations, &self.versions);

@@ -23,16 +23,6 @@ pub(crate) use self::transfer::{TransferMutation, TransferRow, plan_transfer};
 /// `requested_by`).
 pub(crate) const MAX_OWNER_CHARS: usize = 512;
 
-/// Rows of counters per currency in the balance sheet: each account adds to one of
-/// them (see [`sheet_slot`]), so that concurrent writers rarely wait for one another.
-pub(crate) const SHEET_SLOTS: u8 = 8;
-
-/// The balance-sheet slot of an account: the low bits of its id (in SQL,
-/// `CONV(RIGHT(id, 2), 16, 10) % 8`, as the migration that fills the sheet computes it).
-pub(crate) fn sheet_slot(account: Uuid) -> u8 {
-    account.as_bytes()[15] % SHEET_SLOTS
-}
-
 /// The kinds of event stream the read model projects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum StreamKind {
@@ -248,12 +238,11 @@ impl OperationKind {
     }
 }
 
-/// What a run of an account's events adds to the balance sheet: to the counters of
-/// its currency in its slot ([`sheet_slot`]).
+/// What a run of an account's events adds to the balance sheet's counters of its
+/// currency (the store picks the row, see `store::projection`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SheetDelta {
     pub(crate) currency: &'static str,
-    pub(crate) slot: u8,
     /// Change of the sum of the balances (of every account, closed or not).
     pub(crate) balance: Decimal,
     /// Change of the number of accounts that are not closed.
@@ -269,7 +258,7 @@ impl SheetDelta {
         self.balance.is_zero() && self.accounts == 0 && self.in_transit.is_zero()
     }
 
-    /// Adds another delta of the same currency and slot.
+    /// Adds another delta of the same currency.
     pub(crate) fn absorb(&mut self, other: &Self) {
         self.balance += other.balance;
         self.accounts += other.accounts;
@@ -665,7 +654,6 @@ pub(crate) fn plan(
                 let sheet = currency
                     .map(|currency| SheetDelta {
                         currency: currency.code(),
-                        slot: sheet_slot(account),
                         balance: current_balance - head.map_or(Decimal::ZERO, |h| h.balance),
                         accounts: counted(Some(current_status)) - counted(head.map(|h| h.status)),
                         in_transit,

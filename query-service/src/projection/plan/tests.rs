@@ -397,7 +397,7 @@ fn transfer_legs_are_operations_naming_their_transfer() {
 }
 
 #[test]
-fn the_balance_sheet_gains_what_the_run_changes_in_the_accounts_slot() {
+fn the_balance_sheet_gains_what_the_run_changes_in_its_currency() {
     let account = Uuid::new_v4();
     let transfer = Uuid::now_v7();
     // An opening counts the account and its initial balance
@@ -405,7 +405,6 @@ fn the_balance_sheet_gains_what_the_run_changes_in_the_accounts_slot() {
         sheet_of(account, None, &[created(account, "10.00")]),
         Some(SheetDelta {
             currency: "MAD",
-            slot: sheet_slot(account),
             balance: Decimal::new(1000, 2),
             accounts: 1,
             in_transit: Decimal::ZERO,
@@ -482,17 +481,6 @@ fn a_closed_account_leaves_the_count_and_a_late_refund_still_counts_in_the_balan
         (refunded.accounts, refunded.balance, refunded.in_transit),
         (0, Decimal::new(400, 2), Decimal::new(-400, 2))
     );
-}
-
-#[test]
-fn the_slot_is_the_one_the_migration_computes_from_the_id() {
-    for _ in 0..64 {
-        let account = Uuid::new_v4();
-        let text = account.hyphenated().to_string();
-        let last_byte = u8::from_str_radix(&text[text.len() - 2..], 16).unwrap();
-        assert_eq!(sheet_slot(account), last_byte % 8);
-        assert!(sheet_slot(account) < SHEET_SLOTS);
-    }
 }
 
 #[test]
