@@ -263,6 +263,30 @@ pub(crate) fn cpu_time(pid: u32) -> Option<Duration> {
     parse_cpu_ticks(&stat).map(|ticks| Duration::from_millis(ticks * 10))
 }
 
+/// User + system CPU time of every process whose command name (`comm`) is `name`
+/// (the servers run as several processes: Postgres's backends, for instance).
+pub(crate) fn cpu_time_of_named(name: &str) -> Duration {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    let ticks: u64 = entries
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            (parse_comm(&stat)? == name)
+                .then(|| parse_cpu_ticks(&stat))
+                .flatten()
+        })
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+fn parse_comm(stat: &str) -> Option<&str> {
+    let start = stat.find('(')? + 1;
+    let end = stat.rfind(')')?;
+    stat.get(start..end)
+}
+
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
     let after = stat.rsplit_once(')')?.1;
@@ -283,6 +307,21 @@ mod tests {
         assert_eq!(parse_vm_hwm("Name: x\n"), None);
         assert_eq!(parse_kib(status, "VmRSS:"), Some(1000));
         assert!(vm_hwm_kib(std::process::id()).is_some_and(|kib| kib > 0));
+    }
+
+    #[test]
+    fn reads_the_command_name_and_sums_the_cpu_of_processes_by_name() {
+        assert_eq!(
+            parse_comm("42 (my (odd) name) S 1 42 42 0"),
+            Some("my (odd) name")
+        );
+        assert_eq!(parse_comm("42 no name"), None);
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let name = parse_comm(&own).unwrap().to_owned();
+        let busy = std::time::Instant::now();
+        while busy.elapsed() < Duration::from_millis(30) {}
+        assert!(cpu_time_of_named(&name) >= Duration::from_millis(10));
+        assert_eq!(cpu_time_of_named("no such process"), Duration::ZERO);
     }
 
     #[test]

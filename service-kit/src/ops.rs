@@ -76,9 +76,9 @@ static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Bucket bounds, in seconds, of every histogram whose name ends in `_seconds`:
 /// Prometheus histograms (not summaries), so that replicas' figures add up.
-pub const SECONDS_BUCKETS: [f64; 20] = [
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15,
-    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+pub const SECONDS_BUCKETS: [f64; 24] = [
+    0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.0075, 0.009, 0.01, 0.0125, 0.015, 0.02,
+    0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Bucket bounds of the batch-size histograms ([`BATCH_SIZE_METRICS`]).

@@ -11,7 +11,7 @@ use crate::prom::{self, Quantiles, Scrape};
 use crate::report::format::{MISSING, duration, list, ms, rate};
 use crate::report::{Markdown, Part, Results, Target};
 use crate::stats::{Sample, percentile, to_usize};
-use crate::{mariadb, pg};
+use crate::{mariadb, pg, procs};
 
 /// One open-loop lag measurement.
 #[derive(Debug, Clone, Default)]
@@ -34,6 +34,38 @@ pub(crate) struct Lag {
     /// The command service's own latency of the credit route over the run
     /// (`http_request_duration_seconds`), when exported as a histogram.
     pub(crate) server: Option<Quantiles>,
+    /// Cores each part of the pipeline used while the load ran, in [`CPU_PARTS`] order
+    /// (empty when not measured).
+    pub(crate) cores: Vec<f64>,
+}
+
+/// The processes whose CPU the lag runs account for: the two services, the servers
+/// (each by its processes' command name) and the load generator.
+pub(crate) const CPU_PARTS: [&str; 6] = [
+    "command service",
+    "query service",
+    "Postgres",
+    "MariaDB",
+    "RabbitMQ",
+    "load (bench)",
+];
+
+/// CPU time used so far by each of [`CPU_PARTS`].
+fn cpu_times(ctx: &Ctx) -> Vec<Duration> {
+    let service = |role: &str| {
+        ctx.service(role)
+            .ok()
+            .and_then(procs::Service::cpu_time)
+            .unwrap_or_default()
+    };
+    vec![
+        service(COMMAND),
+        service(QUERY),
+        procs::cpu_time_of_named("postgres"),
+        procs::cpu_time_of_named("mariadbd"),
+        procs::cpu_time_of_named("beam.smp"),
+        procs::cpu_time(std::process::id()).unwrap_or_default(),
+    ]
 }
 
 /// The stages of an event's way, in order, and the service recording each
@@ -178,8 +210,15 @@ async fn measure(
     };
     let target = ctx.target(COMMAND)?;
     let before = Scrapes::take(ctx).await;
+    let (cpu_before, started) = (cpu_times(ctx), Instant::now());
     let outcome =
         load::open_loop(&target, accounts, rate, ctx.plan.lag_run, 64, Some(probe)).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cores = cpu_times(ctx)
+        .iter()
+        .zip(&cpu_before)
+        .map(|(after, before)| after.saturating_sub(*before).as_secs_f64() / elapsed)
+        .collect();
     let pool = Ctx::pool(ctx.main_pool.as_ref())?;
     pg::wait_outbox_empty(pool, Instant::now(), Duration::from_secs(180)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -194,6 +233,7 @@ async fn measure(
         timed_out: outcome.probes_timed_out,
         stages: after.stages(&before),
         server: after.server(&before),
+        cores,
     };
     progress!(
         "lag at {} ({rate:.0} cmd/s): p50 {:.1} ms p99 {:.1} ms over {} probes, {} timed out",
@@ -286,6 +326,28 @@ fn section(results: &Results, out: &mut Markdown) {
         rows,
     );
     out.paragraph("\"ack\" is the client's latency (from when the request was due); \"server\" is the command service's own `http_request_duration_seconds` of the credit route over the run (– when it is not exported as a histogram).");
+    let measured: Vec<&Lag> = results
+        .lag
+        .runs
+        .iter()
+        .filter(|lag| lag.cores.len() == CPU_PARTS.len())
+        .collect();
+    if !measured.is_empty() {
+        out.paragraph("CPU used while the load ran, in cores (user + system time over the run's length), and all of it per command:\n");
+        let mut headers = vec!["load"];
+        headers.extend(CPU_PARTS);
+        headers.extend(["total", "µs per command"]);
+        let align = format!("l{}", "r".repeat(CPU_PARTS.len() + 2));
+        let rows = measured.iter().map(|lag| {
+            let total: f64 = lag.cores.iter().sum();
+            let mut row = vec![lag.load()];
+            row.extend(lag.cores.iter().map(|cores| format!("{cores:.2}")));
+            row.push(format!("{total:.2}"));
+            row.push(format!("{:.0}", total * 1e6 / lag.achieved.max(1.0)));
+            row
+        });
+        out.table(&headers, &align, rows);
+    }
     for lag in &results.lag.runs {
         out.paragraph(&format!(
             "Where the time goes at {} ({} cmd/s), each stage from the event's `occurred_at`:\n",
@@ -357,6 +419,6 @@ fn method(results: &Results) -> Vec<String> {
             duration(results.lag.run),
             mariadb::DEPLOYED_LOG_FLUSH
         ),
-        "**Stages**: both services' `/metrics` are scraped before each lag run and after it (once the relay's backlog is drained and a second has passed); each stage's p50/p99 is computed from the difference of the `event_pipeline_seconds{stage}` histogram buckets (seconds from the event's `occurred_at`, set when the command was decided, to the stage: committed, relay_read, published, confirmed in the command service; delivered, applied, projected in the query service), interpolating linearly within a bucket, so a figure is only as fine as the buckets around it (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50 ms ...); a quantile past the last finite bucket shows that bound. Both services run on this machine and share its clock. \"visible\" is the bench's own probe, measured from the acknowledgement (not from `occurred_at`), so it is not directly comparable to the stages above it. A stage reads \"not exported\" when the service's `/metrics` has no such histogram.".to_owned(),
+        "**Stages**: both services' `/metrics` are scraped before each lag run and after it (once the relay's backlog is drained and a second has passed); each stage's p50/p99 is computed from the difference of the `event_pipeline_seconds{stage}` histogram buckets (seconds from the event's `occurred_at`, set when the command was decided, to the stage: committed, relay_read, published, confirmed in the command service; delivered, applied, projected in the query service), interpolating linearly within a bucket, so a figure is only as fine as the buckets around it (0.5, 1, 2, 3, 4, 5, 6, 7.5, 9, 10, 12.5, 15, 20, 30, 50 ms ...); a quantile past the last finite bucket shows that bound. Both services run on this machine and share its clock. \"visible\" is the bench's own probe, measured from the acknowledgement (not from `occurred_at`), so it is not directly comparable to the stages above it. A stage reads \"not exported\" when the service's `/metrics` has no such histogram.".to_owned(),
     ]
 }

@@ -190,6 +190,7 @@ fn fixture() -> Results {
                         p50_ms: 0.7,
                         p99_ms: 1.6,
                     }),
+                    cores: vec![0.21, 0.26, 0.22, 0.41, 0.40, 0.08],
                 },
                 Lag {
                     fraction: 0.5,
@@ -201,6 +202,7 @@ fn fixture() -> Results {
                     timed_out: 1,
                     stages: Vec::new(),
                     server: None,
+                    cores: Vec::new(),
                 },
                 Lag {
                     fraction: 0.1,
@@ -212,6 +214,7 @@ fn fixture() -> Results {
                     timed_out: 0,
                     stages: Vec::new(),
                     server: None,
+                    cores: Vec::new(),
                 },
                 Lag {
                     fraction: 0.9,
@@ -223,6 +226,7 @@ fn fixture() -> Results {
                     timed_out: 0,
                     stages: vec![("committed", None)],
                     server: None,
+                    cores: Vec::new(),
                 },
             ],
         },
