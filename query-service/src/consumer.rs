@@ -20,7 +20,8 @@
 //! Each queue has its own channel and loop. Batches are pipelined: the next batch is
 //! projected while the previous one commits, unless the two share a stream; batches are
 //! settled in delivery order. At most [`BATCHES_PROJECTING`] batches of all queues are
-//! projected at once.
+//! projected at once; those handed over while a transaction runs share the next one
+//! ([`GroupCommit`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -42,6 +43,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::projection::group::GroupCommit;
 use crate::projection::plan::{Candidate, Origin, Stream, Verdict};
 use crate::projection::stages::{self, Stage};
 use crate::projection::{ProjectionError, Projector};
@@ -87,7 +89,7 @@ pub(crate) struct ConsumerSettings {
 /// Consumes the projection's queues until shutdown.
 #[derive(Debug, Clone)]
 pub(crate) struct Consumer {
-    projector: Projector,
+    group: GroupCommit,
     settings: ConsumerSettings,
     status: BrokerStatus,
     projecting: Arc<Semaphore>,
@@ -134,7 +136,7 @@ impl Consumer {
         status: BrokerStatus,
     ) -> Self {
         Self {
-            projector,
+            group: GroupCommit::start(projector, "broker"),
             settings: ConsumerSettings {
                 prefetch: settings.prefetch.max(1),
                 ..settings
@@ -366,14 +368,14 @@ impl Consumer {
         accounts: BTreeMap<Stream, Vec<Received>>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> InFlight {
-        let groups: Vec<(Stream, Vec<Candidate>)> = accounts
+        let streams: Vec<(Stream, Vec<Candidate>)> = accounts
             .iter()
             .map(|(account, received)| {
                 let candidates = received.iter().map(|r| r.candidate.clone()).collect();
                 (*account, candidates)
             })
             .collect();
-        let projector = self.projector.clone();
+        let group = self.group.clone();
         let permits = Arc::clone(&self.projecting);
         let projecting = AbortOnDropHandle::new(tokio::spawn(async move {
             // A closed semaphore (never closed) would only lift the bound.
@@ -381,7 +383,7 @@ impl Consumer {
                 Some(permit) => Some(permit),
                 None => permits.acquire_owned().await.ok(),
             };
-            projector.project_deliveries(&groups, "broker").await
+            group.project(Arc::new(streams), "broker").await
         }));
         InFlight {
             accounts,

@@ -13,6 +13,9 @@ use crate::report::{Markdown, Part, Results, Target};
 use crate::stats::{Sample, percentile, to_usize};
 use crate::{mariadb, pg, procs};
 
+/// The longest wait for the query service to work off its queues before a run.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// One open-loop lag measurement.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Lag {
@@ -209,6 +212,13 @@ async fn measure(
         timeout: Duration::from_secs(15),
     };
     let target = ctx.target(COMMAND)?;
+    let waited = drained(ctx).await?;
+    if waited > Duration::from_secs(2) {
+        progress!(
+            "waited {:.1} s for the query service to work off its queues",
+            waited.as_secs_f64()
+        );
+    }
     let before = Scrapes::take(ctx).await;
     let (cpu_before, started) = (cpu_times(ctx), Instant::now());
     let outcome =
@@ -244,6 +254,25 @@ async fn measure(
         lag.timed_out
     );
     Ok(lag)
+}
+
+/// Waits until the query service has worked off its queues (what an earlier run or
+/// phase left there), then one more second for the messages it holds unacknowledged:
+/// each run measures the lag of its own load.
+async fn drained(ctx: &Ctx) -> anyhow::Result<Duration> {
+    let queues = Ctx::partitions(&ctx.queue());
+    let started = Instant::now();
+    while ctx.broker()?.backlog(&queues).await? != Some(0) {
+        if started.elapsed() > DRAIN_TIMEOUT {
+            anyhow::bail!(
+                "the query service did not work off its queues within {} s",
+                DRAIN_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(started.elapsed())
 }
 
 /// The phase's part of the report.
