@@ -20,8 +20,7 @@
 //! Each queue has its own channel and loop. Batches are pipelined: the next batch is
 //! projected while the previous one commits, unless the two share a stream; batches are
 //! settled in delivery order. At most [`BATCHES_PROJECTING`] batches of all queues are
-//! projected at once; those handed over while a transaction runs share the next one
-//! ([`GroupCommit`]).
+//! projected at once.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -43,7 +42,6 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::projection::group::GroupCommit;
 use crate::projection::plan::{Candidate, Origin, Stream, Verdict};
 use crate::projection::stages::{self, Stage};
 use crate::projection::{ProjectionError, Projector};
@@ -89,7 +87,7 @@ pub(crate) struct ConsumerSettings {
 /// Consumes the projection's queues until shutdown.
 #[derive(Debug, Clone)]
 pub(crate) struct Consumer {
-    group: GroupCommit,
+    projector: Projector,
     settings: ConsumerSettings,
     status: BrokerStatus,
     projecting: Arc<Semaphore>,
@@ -136,7 +134,7 @@ impl Consumer {
         status: BrokerStatus,
     ) -> Self {
         Self {
-            group: GroupCommit::start(projector, "broker"),
+            projector,
             settings: ConsumerSettings {
                 prefetch: settings.prefetch.max(1),
                 ..settings
@@ -368,14 +366,14 @@ impl Consumer {
         accounts: BTreeMap<Stream, Vec<Received>>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> InFlight {
-        let streams: Vec<(Stream, Vec<Candidate>)> = accounts
+        let groups: Vec<(Stream, Vec<Candidate>)> = accounts
             .iter()
             .map(|(account, received)| {
                 let candidates = received.iter().map(|r| r.candidate.clone()).collect();
                 (*account, candidates)
             })
             .collect();
-        let group = self.group.clone();
+        let projector = self.projector.clone();
         let permits = Arc::clone(&self.projecting);
         let projecting = AbortOnDropHandle::new(tokio::spawn(async move {
             // A closed semaphore (never closed) would only lift the bound.
@@ -383,7 +381,7 @@ impl Consumer {
                 Some(permit) => Some(permit),
                 None => permits.acquire_owned().await.ok(),
             };
-            group.project(Arc::new(streams), "broker").await
+            projector.project_deliveries(&groups, "broker").await
         }));
         InFlight {
             accounts,

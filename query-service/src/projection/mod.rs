@@ -15,13 +15,10 @@
 //!   sheet, each candidate's verdict); no clock, no I/O.
 //! - [`backfill`]: gap filling over HTTP from the command service.
 //! - this module: the orchestration, with one entry point per caller:
-//!   [`group::GroupCommit`] for the broker consumer and
+//!   [`Projector::project_deliveries`] for the broker consumer and
 //!   [`Projector::project_feed_page`] for the feed follower and the rebuild.
-//! - [`group`]: the broker batches of every queue waiting at the same moment share one
-//!   transaction.
 
 mod backfill;
-pub(crate) mod group;
 pub(crate) mod plan;
 pub(crate) mod stages;
 
@@ -308,8 +305,7 @@ impl Projector {
         path: &'static str,
     ) -> Result<PlannedPage, ProjectionError> {
         self.note_positions(&page.streams);
-        let streams: Vec<_> = page.streams.iter().collect();
-        let prepared = self.prepare_together(&streams, path).await?;
+        let prepared = self.prepare_together(&page.streams, path).await?;
         let settled = prepared.as_ref().map_or(0, |prepared| prepared.done.len());
         if let (Some(prepared), Some(mut rows)) = (&prepared, self.written()) {
             rows.keep(&prepared.writes);
@@ -334,7 +330,6 @@ impl Projector {
             None => Ok(Vec::new()),
         };
         let committed = together.is_ok();
-        let together = self.together_outcome(together, page.streams.len(), path);
         let results = self.settle_rest(&page.streams, together, path).await;
         Ok((tally(page, results, path)?, committed))
     }
@@ -397,26 +392,23 @@ impl Projector {
         Ok((fresh, skipped))
     }
 
-    /// Projects the candidates of many streams (each stream once in `streams`); returns
-    /// each stream's verdicts (one per candidate, in order) or why it must be retried,
-    /// in the order of `streams`.
+    /// The broker consumer's entry: projects the candidates of many streams (each
+    /// stream once in `streams`); returns each stream's verdicts (one per candidate, in
+    /// order) or why it must be retried, in the order of `streams`.
     ///
     /// Every stream whose candidates are a plain continuation of its projection goes
     /// into one transaction: its row locked and read, its events folded in memory, all
     /// rows, operations and balance-sheet counters written with multi-row statements
     /// sent with the commit ([`Batch`]). The others (a gap to fill, an event that
     /// cannot apply) and, should that transaction fail, all of them, go through the
-    /// per-stream path ([`Projector::project_alone`]). The broker consumer goes through
-    /// [`group::GroupCommit`], which shares that transaction between the queues.
-    async fn project_deliveries(
+    /// per-stream path ([`Projector::project_alone`]).
+    pub(crate) async fn project_deliveries(
         &self,
         streams: &[(Stream, Vec<Candidate>)],
         path: &'static str,
     ) -> Vec<Result<Vec<Verdict>, ProjectionError>> {
         self.note_positions(streams);
-        let all: Vec<_> = streams.iter().collect();
-        let together = self.project_together(&all, path).await;
-        let together = self.together_outcome(together, streams.len(), path);
+        let together = self.project_together(streams, path).await;
         self.settle_rest(streams, together, path).await
     }
 
@@ -431,38 +423,29 @@ impl Projector {
         }
     }
 
-    /// The verdicts of the one transaction, or `None` when it failed (it may have
-    /// committed all the same: the rows a sole writer holds are dropped).
-    fn together_outcome(
-        &self,
-        together: Result<Vec<(usize, Vec<Verdict>)>, sqlx::Error>,
-        streams: usize,
-        path: &'static str,
-    ) -> Option<Vec<(usize, Vec<Verdict>)>> {
-        match together {
-            Ok(done) => Some(done),
-            Err(error) => {
-                self.forget_written();
-                metrics::counter!("projection_batch_fallbacks_total", "path" => path).increment(1);
-                tracing::debug!(error = %error, streams, path, "batched apply failed; projecting stream by stream");
-                None
-            }
-        }
-    }
-
     /// Every stream's verdicts: those the one transaction settled (`together`), and
     /// the others projected stream by stream (all of them when it failed).
     async fn settle_rest(
         &self,
         streams: &[(Stream, Vec<Candidate>)],
-        together: Option<Vec<(usize, Vec<Verdict>)>>,
+        together: Result<Vec<(usize, Vec<Verdict>)>, sqlx::Error>,
         path: &'static str,
     ) -> Vec<Result<Vec<Verdict>, ProjectionError>> {
         let mut results: Vec<Option<Result<Vec<Verdict>, ProjectionError>>> =
             streams.iter().map(|_| None).collect();
-        for (index, verdicts) in together.unwrap_or_default() {
-            count_verdicts(&verdicts, path);
-            results[index] = Some(Ok(verdicts));
+        match together {
+            Ok(done) => {
+                for (index, verdicts) in done {
+                    count_verdicts(&verdicts, path);
+                    results[index] = Some(Ok(verdicts));
+                }
+            }
+            Err(error) => {
+                // Its commit may have happened all the same.
+                self.forget_written();
+                metrics::counter!("projection_batch_fallbacks_total", "path" => path).increment(1);
+                tracing::debug!(error = %error, streams = streams.len(), path, "batched apply failed; projecting stream by stream");
+            }
         }
         let rest: Vec<_> = futures::stream::iter(
             results
@@ -500,7 +483,7 @@ impl Projector {
     /// streams it settled, by index. Nothing is committed when it fails.
     async fn project_together(
         &self,
-        streams: &[&(Stream, Vec<Candidate>)],
+        streams: &[(Stream, Vec<Candidate>)],
         path: &'static str,
     ) -> Result<Vec<(usize, Vec<Verdict>)>, sqlx::Error> {
         match self.prepare_together(streams, path).await? {
@@ -513,7 +496,7 @@ impl Projector {
     /// (sent with the commit); `None` for no stream.
     async fn prepare_together(
         &self,
-        streams: &[&(Stream, Vec<Candidate>)],
+        streams: &[(Stream, Vec<Candidate>)],
         path: &'static str,
     ) -> Result<Option<PreparedBatch>, sqlx::Error> {
         if streams.is_empty() {
