@@ -127,6 +127,25 @@ impl Broker {
         Ok(())
     }
 
+    /// Waits until no message is ready in any of `queues` (their consumers took them all).
+    pub(crate) async fn wait_drained(
+        &self,
+        queues: &[String],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while self.backlog(queues).await? != Some(0) {
+            if started.elapsed() > timeout {
+                bail!(
+                    "messages still ready in {queues:?} after {} s",
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     /// Messages ready in all of `queues`; `None` when one of them does not exist.
     pub(crate) async fn backlog(&self, queues: &[String]) -> anyhow::Result<Option<u32>> {
         let mut ready = 0;

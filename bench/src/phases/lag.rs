@@ -260,17 +260,10 @@ async fn measure(
 /// phase left there), then one more second for the messages it holds unacknowledged:
 /// each run measures the lag of its own load.
 async fn drained(ctx: &Ctx) -> anyhow::Result<Duration> {
-    let queues = Ctx::partitions(&ctx.queue());
     let started = Instant::now();
-    while ctx.broker()?.backlog(&queues).await? != Some(0) {
-        if started.elapsed() > DRAIN_TIMEOUT {
-            anyhow::bail!(
-                "the query service did not work off its queues within {} s",
-                DRAIN_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ctx.broker()?
+        .wait_drained(&Ctx::partitions(&ctx.queue()), DRAIN_TIMEOUT)
+        .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     Ok(started.elapsed())
 }
@@ -444,7 +437,7 @@ fn method(results: &Results) -> Vec<String> {
     let fractions = list(&deployed, |lag| format!("{:.0}%", lag.fraction * 100.0));
     vec![
         format!(
-            "**Lag** runs an open loop (arrivals at a fixed rate, 64 connections, latency counted from when a request was due) for {} at each of {fractions} of the highest service throughput B1's turns found, with the query service live; \"achieved\" is the commands answered per second from the first arrival to the last answer; about 40 acknowledged commands a second are probed with `GET /accounts/{{id}}?min_version=<acknowledged version>` on the query service, and the lag is the time from the acknowledgement to that answer. One run per load level (no repeats: the probes are the sample). The read model's MariaDB runs as the deployments configure it (`innodb_flush_log_at_trx_commit` {}: the log written at each commit, flushed to disk once a second; docs/operations.md, \"Read model durability\"); the loads up to 50% then run once more with it flushing at each commit (1), the lines marked so, which the targets do not count.",
+            "**Lag** runs an open loop (arrivals at a fixed rate, 64 connections, latency counted from when a request was due) for {} at each of {fractions} of the highest service throughput B1's turns found, with the query service live; \"achieved\" is the commands answered per second from the first arrival to the last answer; about 40 acknowledged commands a second are probed with `GET /accounts/{{id}}?min_version=<acknowledged version>` on the query service, and the lag is the time from the acknowledgement to that answer. One run per load level (no repeats: the probes are the sample); each starts once the query service has worked off its queues (what the previous run or phase left) and a second has passed. The read model's MariaDB runs as the deployments configure it (`innodb_flush_log_at_trx_commit` {}: the log written at each commit, flushed to disk once a second; docs/operations.md, \"Read model durability\"); the loads up to 50% then run once more with it flushing at each commit (1), the lines marked so, which the targets do not count.",
             duration(results.lag.run),
             mariadb::DEPLOYED_LOG_FLUSH
         ),
