@@ -13,6 +13,13 @@ if [[ -f query-service/Cargo.toml ]]; then
 fi
 cargo build --release "${packages[@]}"
 
+# The query service's partitions are a consistent-hash exchange (docs/operations.md, "Queue
+# topology"); a fresh RabbitMQ may not have the plugin on. Enabling it again is a no-op.
+if command -v rabbitmq-plugins >/dev/null 2>&1; then
+    rabbitmq-plugins -q enable rabbitmq_consistent_hash_exchange >/dev/null ||
+        echo "bench/run.sh: could not enable rabbitmq_consistent_hash_exchange; the query service needs it" >&2
+fi
+
 target_dir=${CARGO_TARGET_DIR:-$PWD/target}
 export BENCH_INVOCATION="bench/run.sh${*:+ $*}"
 exec "$target_dir/release/bench" --bin-dir "$target_dir/release" "$@"

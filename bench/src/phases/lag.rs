@@ -264,8 +264,35 @@ async fn drained(ctx: &Ctx) -> anyhow::Result<Duration> {
     ctx.broker()?
         .wait_drained(&Ctx::partitions(&ctx.queue()), DRAIN_TIMEOUT)
         .await?;
+    followed(ctx, started).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     Ok(started.elapsed())
+}
+
+/// Waits until the query service's feed follower (its safety net beside the broker)
+/// has read the feed up to its head. A follower still reading back through what the
+/// earlier phases wrote checks every one of those events again, beside the live
+/// projection: not the steady state the targets are about. A query service without a
+/// follower exports no checkpoint and is not waited for.
+async fn followed(ctx: &Ctx, started: Instant) -> anyhow::Result<()> {
+    const CHECKPOINT: &str = "projection_checkpoint_position";
+    let head = pg::event_count(Ctx::pool(ctx.main_pool.as_ref())?).await? as f64;
+    let query = ctx.service(QUERY)?.base_url();
+    loop {
+        let text = prom::scrape_text(&ctx.http, &query)
+            .await
+            .unwrap_or_default();
+        if !text.contains(CHECKPOINT) || prom::counter(&text, CHECKPOINT, &[]) >= head {
+            return Ok(());
+        }
+        if started.elapsed() > DRAIN_TIMEOUT {
+            anyhow::bail!(
+                "the query service's feed follower had not read up to position {head} after {} s",
+                DRAIN_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The phase's part of the report.
@@ -437,7 +464,7 @@ fn method(results: &Results) -> Vec<String> {
     let fractions = list(&deployed, |lag| format!("{:.0}%", lag.fraction * 100.0));
     vec![
         format!(
-            "**Lag** runs an open loop (arrivals at a fixed rate, 64 connections, latency counted from when a request was due) for {} at each of {fractions} of the highest service throughput B1's turns found, with the query service live; \"achieved\" is the commands answered per second from the first arrival to the last answer; about 40 acknowledged commands a second are probed with `GET /accounts/{{id}}?min_version=<acknowledged version>` on the query service, and the lag is the time from the acknowledgement to that answer. One run per load level (no repeats: the probes are the sample); each starts once the query service has worked off its queues (what the previous run or phase left) and a second has passed. The read model's MariaDB runs as the deployments configure it (`innodb_flush_log_at_trx_commit` {}: the log written at each commit, flushed to disk once a second; docs/operations.md, \"Read model durability\"); the loads up to 50% then run once more with it flushing at each commit (1), the lines marked so, which the targets do not count.",
+            "**Lag** runs an open loop (arrivals at a fixed rate, 64 connections, latency counted from when a request was due) for {} at each of {fractions} of the highest service throughput B1's turns found, with the query service live; \"achieved\" is the commands answered per second from the first arrival to the last answer; about 40 acknowledged commands a second are probed with `GET /accounts/{{id}}?min_version=<acknowledged version>` on the query service, and the lag is the time from the acknowledgement to that answer. One run per load level (no repeats: the probes are the sample); each starts once the query service has worked off its queues (what the previous run or phase left) and its feed follower has read the feed up to its head (a follower still reading the history checks every event again, beside the live projection), and a second has passed. The read model's MariaDB runs as the deployments configure it (`innodb_flush_log_at_trx_commit` {}: the log written at each commit, flushed to disk once a second; docs/operations.md, \"Read model durability\"); the loads up to 50% then run once more with it flushing at each commit (1), the lines marked so, which the targets do not count.",
             duration(results.lag.run),
             mariadb::DEPLOYED_LOG_FLUSH
         ),
