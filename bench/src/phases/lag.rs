@@ -13,7 +13,8 @@ use crate::report::{Markdown, Part, Results, Target};
 use crate::stats::{Sample, percentile, to_usize};
 use crate::{mariadb, pg, procs};
 
-/// The longest wait for the query service to work off its queues before a run.
+/// The longest wait for the query service to work off its queues and catch up with the
+/// feed before a run.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// One open-loop lag measurement.
@@ -215,7 +216,7 @@ async fn measure(
     let waited = drained(ctx).await?;
     if waited > Duration::from_secs(2) {
         progress!(
-            "waited {:.1} s for the query service to work off its queues",
+            "waited {:.1} s for the query service to work off its queues and catch up with the feed",
             waited.as_secs_f64()
         );
     }
@@ -257,8 +258,8 @@ async fn measure(
 }
 
 /// Waits until the query service has worked off its queues (what an earlier run or
-/// phase left there), then one more second for the messages it holds unacknowledged:
-/// each run measures the lag of its own load.
+/// phase left there) and its feed follower has caught up, then one more second for the
+/// messages it holds unacknowledged: each run measures the lag of its own load.
 async fn drained(ctx: &Ctx) -> anyhow::Result<Duration> {
     let started = Instant::now();
     ctx.broker()?
